@@ -1,0 +1,1 @@
+"""Licchavi scoring service: HTTP API and database layer (never imports torch)."""

@@ -1,0 +1,38 @@
+"""Route dependencies shared by resources: paging parameters."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query
+
+from app.core.config import get_settings
+from app.core.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Paging:
+    limit: int
+    offset: int
+
+
+def paging(
+    limit: Annotated[int, Query(ge=1, description="Page size (capped by PAGE_MAX_LIMIT).")] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Paging:
+    cap = get_settings().page_max_limit
+    if limit > cap:
+        raise InvalidInput(
+            f"/limit: must be at most {cap}",
+            errors=[
+                {
+                    "loc": ["query", "limit"],
+                    "pointer": "/limit",
+                    "message": f"must be at most {cap}",
+                    "type": "less_than_equal",
+                }
+            ],
+        )
+    return Paging(limit=limit, offset=offset)
+
+
+PagingDep = Annotated[Paging, Depends(paging)]

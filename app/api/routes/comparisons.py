@@ -1,0 +1,191 @@
+"""Comparison endpoints: write one, write many (JSON or CSV), list, read and delete a pair."""
+
+import io
+import json
+from typing import Annotated, Any, NoReturn
+
+from fastapi import APIRouter, Query, Request, Response, status
+from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import PagingDep
+from app.core.config import get_settings
+from app.core.db import SessionDep
+from app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, validation_errors
+from app.core.security import scoped
+from app.schemas.common import CriterionName, Page, UserId, VideoId
+from app.schemas.comparisons import (
+    BulkResult,
+    ComparisonCreate,
+    ComparisonPublic,
+    ComparisonWriteResult,
+    PairComparison,
+)
+from app.services import comparisons as service
+from app.services.dataset_csv import CsvHeaderError, RowError, parse_rows
+from app.services.upsert import ComparisonRow
+
+router = APIRouter(prefix="/comparisons", tags=["comparisons"])
+
+_bulk_adapter = TypeAdapter(list[ComparisonCreate])
+MAX_LISTED_ERRORS = 100
+
+
+@router.post(
+    "",
+    response_model=ComparisonWriteResult,
+    responses={
+        200: {"description": "Every score already stored or replaced"},
+        201: {"description": "At least one new row"},
+    },
+    dependencies=[scoped("comparisons:write")],
+)
+def create_comparison(
+    payload: ComparisonCreate, session: SessionDep, response: Response
+) -> ComparisonWriteResult:
+    """Store a comparison; a re-post of the same pair (either order) replaces its scores."""
+    result = service.write_comparison(session, payload=payload)
+    response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+    return result
+
+
+@router.post(
+    "/bulk",
+    response_model=BulkResult,
+    dependencies=[scoped("comparisons:write")],
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/ComparisonCreate"},
+                    }
+                },
+                "text/csv": {"schema": {"type": "string"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def create_comparisons_bulk(request: Request, session: SessionDep) -> BulkResult:
+    """All-or-nothing ingest of a JSON list or a public-dataset CSV; every row is checked first."""
+    body = await request.body()
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "text/csv":
+        rows = await run_in_threadpool(_rows_from_csv, session, body)
+    elif media_type in ("application/json", ""):
+        rows = await run_in_threadpool(_rows_from_json, session, body)
+    else:
+        raise UnsupportedMediaType(f"Send application/json or text/csv, not {media_type!r}.")
+    outcome = await run_in_threadpool(service.write_many, session, rows=rows)
+    return BulkResult(
+        inserted=outcome.inserted, updated=outcome.updated, unchanged=outcome.unchanged
+    )
+
+
+def _too_many(count: int) -> None:
+    limit = get_settings().bulk_max_rows
+    if count > limit:
+        raise PayloadTooLarge(f"{count} rows sent; a bulk request takes at most {limit}.")
+
+
+def _rows_from_json(session: Any, body: bytes) -> list[ComparisonRow]:
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput(f"Body is not valid JSON: {exc}") from exc
+    if not isinstance(raw, list):
+        raise InvalidInput("Body must be a JSON list of comparisons.")
+    _too_many(len(raw))
+    try:
+        payloads = _bulk_adapter.validate_python(raw)
+    except ValidationError as exc:
+        errors = validation_errors(exc.errors())
+        for err in errors:
+            err["row"] = int(err["loc"][0])
+        _raise_row_errors(errors)
+    rows, errors = service.rows_from_payloads(payloads, service.known_criteria(session))
+    if errors:
+        _raise_row_errors(errors)
+    return rows
+
+
+def _rows_from_csv(session: Any, body: bytes) -> list[ComparisonRow]:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("CSV body must be UTF-8.") from exc
+    parsed: list[ComparisonRow] = []
+    errors: list[dict[str, Any]] = []
+    try:
+        for item in parse_rows(
+            io.StringIO(text, newline=""),
+            criteria=service.known_criteria(session),
+            default_score_max=get_settings().score_max,
+        ):
+            if isinstance(item, RowError):
+                errors.append(item.as_dict())
+            else:
+                parsed.append(item)
+    except CsvHeaderError as exc:
+        raise InvalidInput(str(exc)) from exc
+    _too_many(len(parsed) + len(errors))
+    if errors:
+        _raise_row_errors(errors)
+    return parsed
+
+
+def _raise_row_errors(errors: list[dict[str, Any]]) -> NoReturn:
+    rows = sorted({e["row"] for e in errors})
+    shown = ", ".join(str(r) for r in rows[:10]) + (" …" if len(rows) > 10 else "")
+    raise InvalidInput(
+        f"{len(rows)} invalid row(s), nothing was stored; rows: {shown}",
+        errors=errors[:MAX_LISTED_ERRORS],
+    )
+
+
+@router.get("", response_model=Page[ComparisonPublic])
+def list_comparisons(
+    session: SessionDep,
+    paging: PagingDep,
+    user_id: Annotated[UserId | None, Query()] = None,
+    video_id: Annotated[VideoId | None, Query(description="Either side of the pair.")] = None,
+    criterion: Annotated[CriterionName | None, Query()] = None,
+) -> Page[ComparisonPublic]:
+    """Comparisons in insertion order, pairs in stored (sorted) orientation."""
+    items, total = service.list_comparisons(
+        session,
+        user_id=user_id,
+        video_id=video_id,
+        criterion=criterion,
+        limit=paging.limit,
+        offset=paging.offset,
+    )
+    return Page(items=items, total=total, limit=paging.limit, offset=paging.offset)
+
+
+@router.get("/{user_id}/{video_a}/{video_b}", response_model=PairComparison)
+def get_comparison(
+    user_id: UserId, video_a: VideoId, video_b: VideoId, session: SessionDep
+) -> PairComparison:
+    """The user's scores for the pair, signed as seen from the order asked."""
+    return service.get_pair(session, user_id=user_id, video_a=video_a, video_b=video_b)
+
+
+@router.delete(
+    "/{user_id}/{video_a}/{video_b}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[scoped("comparisons:write")],
+)
+def delete_comparison(
+    user_id: UserId,
+    video_a: VideoId,
+    video_b: VideoId,
+    session: SessionDep,
+    criterion: Annotated[CriterionName | None, Query(description="Only this criterion.")] = None,
+) -> Response:
+    service.delete_pair(
+        session, user_id=user_id, video_a=video_a, video_b=video_b, criterion=criterion
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

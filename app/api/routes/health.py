@@ -1,0 +1,40 @@
+"""Liveness (`/healthz`, no I/O) and readiness (`/readyz`: database and broker reachable)."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.core.config import get_settings
+from app.core.errors import problem_response
+from app.services.readiness import check_broker, check_database
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(request: Request) -> Any:
+    settings = get_settings()
+    problems = [
+        p
+        for p in (
+            await run_in_threadpool(check_database),
+            await run_in_threadpool(check_broker, settings),
+        )
+        if p
+    ]
+    if problems:
+        return problem_response(
+            request,
+            status=503,
+            slug="not-ready",
+            detail="; ".join(problems),
+            extra={"checks": {"database": "error" if problems[0].startswith("database") else "ok"}},
+        )
+    return JSONResponse({"status": "ready", "checks": {"database": "ok", "broker": "ok"}})

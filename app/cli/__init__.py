@@ -1,0 +1,1 @@
+"""The `licchavi` command line."""

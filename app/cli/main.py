@@ -1,0 +1,236 @@
+"""`licchavi`: serve the API, run workers, migrate, import/export comparisons, manage API keys."""
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from app.core.config import get_settings
+
+cli = typer.Typer(
+    name="licchavi",
+    help="Licchavi scoring service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+api_key_cli = typer.Typer(help="API keys.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(api_key_cli, name="api-key")
+
+err = Console(stderr=True)
+out = Console()
+
+DEMO_DATA = Path(__file__).resolve().parents[1] / "demo" / "comparisons.csv"
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error and return the exit to raise."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def migrate(revision: str = "head") -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    root = Path(__file__).resolve().parents[2]
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "alembic"))
+    command.upgrade(config, revision)
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    try:
+        migrate(revision)
+    except Exception as exc:
+        raise fail(f"migration failed: {exc}".splitlines()[0]) from exc
+    out.print(f"database at {revision}")
+
+
+@api_key_cli.command("create")
+def api_key_create(
+    scopes: Annotated[
+        list[str], typer.Option("--scopes", "-s", help="Scope(s); repeat or comma-separate.")
+    ],
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "cli",
+) -> None:
+    """Create an API key and print it once (only its hash is stored)."""
+    from sqlmodel import Session
+
+    from app.core.db import get_engine
+    from app.core.security import UnknownScope, create_api_key
+
+    wanted = [s.strip() for item in scopes for s in item.split(",") if s.strip()]
+    try:
+        with Session(get_engine()) as session:
+            _row, key = create_api_key(session, name=name, scopes=wanted)
+            session.commit()
+    except UnknownScope as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(key)
+
+
+@cli.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(help="comparisons.csv or a Tournesol export .zip")],
+    strict: Annotated[bool, typer.Option(help="Import nothing if any row is invalid.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 10_000,
+) -> None:
+    """Import comparisons (streamed, in batches); invalid rows are reported and skipped."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from app.core.db import get_engine
+    from app.services.transfer import ImportSourceError, import_comparisons, source_size
+
+    if not file.is_file():
+        raise fail(f"{file}: no such file")
+    try:
+        total = source_size(file)
+    except ImportSourceError as exc:
+        raise fail(str(exc)) from exc
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as progress:
+        task = progress.add_task(f"importing {file.name}", total=total)
+        try:
+            report = import_comparisons(
+                get_engine(),
+                file,
+                strict=strict,
+                batch_size=batch_size,
+                on_read=lambda n: progress.advance(task, n),
+            )
+        except ImportSourceError as exc:
+            raise fail(str(exc)) from exc
+    for rejection in report.rejections[:20]:
+        err.print(f"row {rejection.row}: {rejection.field}: {rejection.message}", highlight=False)
+    if report.rejected > 20:
+        err.print(f"… and {report.rejected - 20} more rejected rows", highlight=False)
+    stored = "nothing stored (--strict)" if strict and report.rejected else "stored"
+    out.print(
+        f"inserted {report.inserted}, updated {report.updated}, unchanged {report.unchanged}, "
+        f"rejected {report.rejected}; {stored}",
+        highlight=False,
+    )
+    if strict and report.rejected:
+        raise typer.Exit(1)
+
+
+@cli.command("export")
+def export_command(directory: Annotated[Path, typer.Argument(help="Output directory.")]) -> None:
+    """Write every comparison as comparisons.csv in the public-dataset format."""
+    from app.core.db import get_engine
+    from app.services.transfer import export_comparisons
+
+    try:
+        count = export_comparisons(get_engine(), directory)
+    except OSError as exc:
+        raise fail(f"{directory}: {exc.strerror or exc}") from exc
+    out.print(f"exported {count} comparisons to {directory / 'comparisons.csv'}")
+
+
+@cli.command("worker")
+def worker_command_cli(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = "cpu",
+    concurrency: Annotated[int, typer.Option(min=1)] = 1,
+    pool: Annotated[str, typer.Option(help="prefork, solo or threads (solo for GPU).")] = "prefork",
+    loglevel: str = "INFO",
+) -> None:
+    """Run a Celery worker on QUEUES."""
+    import os
+
+    from app.cli.supervisor import worker_command
+
+    command = worker_command(queues, concurrency, pool, loglevel)
+    os.execv(command[0], command)
+
+
+@cli.command("serve")
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    demo: Annotated[
+        bool, typer.Option(help="Load demo comparisons if the database is empty.")
+    ] = False,
+    worker: Annotated[
+        bool | None,
+        typer.Option(help="Run a worker beside the API (default: on the embedded broker only)."),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="API processes.")] = 1,
+) -> None:
+    """Serve the HTTP API; on the embedded default also migrate and supervise a Celery worker."""
+    import uvicorn
+
+    from app.cli.supervisor import WorkerSupervisor, worker_command
+
+    settings = get_settings()
+    settings.ensure_data_dir()
+    if settings.resolved_database_url.startswith("sqlite"):
+        migrate()
+    if demo:
+        _load_demo()
+    run_worker = settings.is_embedded if worker is None else worker
+    supervisor = WorkerSupervisor(worker_command("cpu", 1, "prefork")) if run_worker else None
+    if supervisor:
+        supervisor.start()
+    out.print(
+        f"Licchavi scoring service on http://{host}:{port}  (API docs: http://{host}:{port}/docs)"
+    )
+    try:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+        )
+    finally:
+        if supervisor:
+            supervisor.stop()
+
+
+def _load_demo() -> None:
+    from sqlalchemy import func
+    from sqlmodel import Session, select
+
+    from app.core.db import get_engine
+    from app.models import Comparison
+    from app.services.transfer import import_comparisons
+
+    engine = get_engine()
+    with Session(engine) as session:
+        if session.exec(select(func.count()).select_from(Comparison)).one():
+            return
+    report = import_comparisons(engine, DEMO_DATA)
+    out.print(f"demo data: {report.inserted} comparisons loaded")
+
+
+def _register_ml_commands() -> None:
+    # The engine's commands (train, generate, evaluate) live with the engine; they import torch only
+    # when run, so the service CLI stays light.
+    try:
+        from ml.cli import register
+    except ImportError:
+        return
+    register(cli)
+
+
+_register_ml_commands()
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,77 @@
+"""Service settings read from the environment and `.env`, shared by the API, the CLI and workers."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRET = "changethis"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Unset database and broker URLs mean the embedded default."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["local", "test", "production"] = "local"
+    data_dir: Path = Field(default=Path("var"), description="Where the embedded SQLite files live.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means a SQLite file in data_dir."
+    )
+    celery_broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL; unset means kombu's SQLAlchemy transport on SQLite.",
+    )
+    secret_key: str = Field(
+        default=PLACEHOLDER_SECRET,
+        description="Pepper for API key hashes; must be changed in production.",
+    )
+    score_max: float = Field(default=10.0, gt=0, description="Default score bound of a comparison.")
+    bulk_max_rows: int = Field(
+        default=10_000, ge=1, description="Rows accepted by one bulk request."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body."
+    )
+    page_max_limit: int = Field(
+        default=1000, ge=1, description="Largest `limit` of a list endpoint."
+    )
+    readiness_timeout_seconds: float = Field(default=2.0, gt=0)
+    task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
+    task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret_in_production(self) -> "Settings":
+        if self.environment == "production" and self.secret_key == PLACEHOLDER_SECRET:
+            raise ValueError("SECRET_KEY must be set to a real secret when ENVIRONMENT=production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'licchavi.sqlite3').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite3').resolve()}"
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when the broker is the embedded SQLite transport (no Redis needed)."""
+        return self.resolved_broker_url.startswith("sqla+")
+
+    def ensure_data_dir(self) -> None:
+        if self.database_url is None or self.celery_broker_url is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once on first use (never at import time)."""
+    return Settings()

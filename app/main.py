@@ -1,0 +1,31 @@
+"""The FastAPI application factory (`uvicorn --factory app.main:create_app`)."""
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from app.api.routes import catalog, comparisons, health
+from app.core.config import get_settings
+from app.core.errors import install_error_handlers
+from app.core.limits import BodySizeLimit
+
+API_PREFIX = "/api/v1"
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    application = FastAPI(
+        title="Licchavi scoring service",
+        version="0.1.0",
+        description="Pairwise comparisons of videos in; Licchavi global and individual scores out.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url="/docs",
+    )
+    install_error_handlers(application)
+    application.include_router(health.router)
+    application.include_router(comparisons.router, prefix=API_PREFIX)
+    application.include_router(catalog.router, prefix=API_PREFIX)
+    Instrumentator(excluded_handlers=["/metrics", "/healthz"]).instrument(application).expose(
+        application, include_in_schema=False
+    )
+    application.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return application

@@ -1,0 +1,8 @@
+"""SQLModel tables; importing this package registers every table on the shared metadata."""
+
+from app.models.api_key import ApiKey
+from app.models.catalog import Criterion, User, Video
+from app.models.comparison import Comparison
+from app.models.worker import WorkerHeartbeat
+
+__all__ = ["ApiKey", "Comparison", "Criterion", "User", "Video", "WorkerHeartbeat"]

@@ -1,0 +1,100 @@
+"""Comparison payloads in Tournesol's shape, and what the API answers about them."""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from app.core.config import get_settings
+from app.schemas.common import CriterionName, UserId, VideoId
+
+
+class CriterionScore(BaseModel):
+    """A score on one criterion: negative prefers video_a, positive video_b."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    criterion: CriterionName
+    score_max: float | None = Field(default=None, gt=0, le=1000, allow_inf_nan=False)
+    score: float = Field(allow_inf_nan=False)
+
+    @field_validator("score")
+    @classmethod
+    def _score_in_range(cls, score: float, info: ValidationInfo) -> float:
+        bound = info.data.get("score_max") or get_settings().score_max
+        if abs(score) > bound:
+            raise ValueError(f"score must lie in [-{bound:g}, {bound:g}]")
+        return score
+
+
+class ComparisonCreate(BaseModel):
+    """What the frontend posts: one pair of videos, scored on one or more criteria."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    video_a: VideoId
+    video_b: VideoId
+    criteria_scores: list[CriterionScore] = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "ComparisonCreate":
+        if self.video_a == self.video_b:
+            raise ValueError("video_a and video_b must differ")
+        names = [cs.criterion for cs in self.criteria_scores]
+        if len(names) != len(set(names)):
+            raise ValueError("each criterion may appear once in criteria_scores")
+        return self
+
+
+class CriterionScoreResult(BaseModel):
+    criterion: str
+    score: float
+    score_max: float
+    status: Literal["created", "updated", "unchanged"]
+
+
+class ComparisonWriteResult(BaseModel):
+    user_id: str
+    video_a: str
+    video_b: str
+    criteria_scores: list[CriterionScoreResult]
+    created: int
+    updated: int
+    unchanged: int
+
+
+class ComparisonPublic(BaseModel):
+    """One stored comparison row (pair in stored, sorted order unless asked otherwise)."""
+
+    user_id: str
+    video_a: str
+    video_b: str
+    criterion: str
+    score: float
+    score_max: float
+    created_at: datetime
+    updated_at: datetime
+
+
+class PairScore(BaseModel):
+    criterion: str
+    score: float
+    score_max: float
+    created_at: datetime
+    updated_at: datetime
+
+
+class PairComparison(BaseModel):
+    """Every criterion a user scored for one pair, oriented as asked."""
+
+    user_id: str
+    video_a: str
+    video_b: str
+    criteria_scores: list[PairScore]
+
+
+class BulkResult(BaseModel):
+    inserted: int
+    updated: int
+    unchanged: int

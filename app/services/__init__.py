@@ -1,0 +1,1 @@
+"""Business logic: keyword-only functions taking a session; they flush, never commit."""

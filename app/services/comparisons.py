@@ -1,0 +1,213 @@
+"""Comparisons: write from API payloads, read with filters and pages, delete."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, select
+
+from app.core.config import get_settings
+from app.core.errors import InvalidInput, NotFound
+from app.models import Comparison, Criterion, User, Video
+from app.schemas.comparisons import (
+    ComparisonCreate,
+    ComparisonPublic,
+    ComparisonWriteResult,
+    CriterionScoreResult,
+    PairComparison,
+    PairScore,
+)
+from app.services.upsert import ComparisonRow, UpsertOutcome, oriented, upsert_comparisons
+
+VideoA = aliased(Video, name="video_a")
+VideoB = aliased(Video, name="video_b")
+
+
+def known_criteria(session: Session) -> set[str]:
+    return set(session.exec(select(Criterion.name)).all())
+
+
+def rows_from_payloads(
+    payloads: Sequence[ComparisonCreate], criteria: set[str]
+) -> tuple[list[ComparisonRow], list[dict[str, Any]]]:
+    """Stored-orientation rows, and an error per unknown criterion (pointer into the list)."""
+    default_max = get_settings().score_max
+    rows: list[ComparisonRow] = []
+    errors: list[dict[str, Any]] = []
+    for i, payload in enumerate(payloads):
+        for j, cs in enumerate(payload.criteria_scores):
+            if cs.criterion not in criteria:
+                errors.append(
+                    {
+                        "row": i,
+                        "pointer": f"/{i}/criteria_scores/{j}/criterion",
+                        "message": f"unknown criterion {cs.criterion!r}",
+                        "type": "unknown_criterion",
+                    }
+                )
+                continue
+            rows.append(
+                oriented(
+                    payload.user_id,
+                    payload.video_a,
+                    payload.video_b,
+                    cs.criterion,
+                    cs.score,
+                    cs.score_max or default_max,
+                )
+            )
+    return rows, errors
+
+
+def write_comparison(session: Session, *, payload: ComparisonCreate) -> ComparisonWriteResult:
+    rows, errors = rows_from_payloads([payload], known_criteria(session))
+    if errors:
+        for err in errors:
+            err.pop("row")
+            err["pointer"] = err["pointer"].removeprefix("/0")
+        raise InvalidInput(f"{errors[0]['pointer']}: {errors[0]['message']}", errors=errors)
+    outcome = upsert_comparisons(session, rows=rows)
+    results = []
+    for cs in payload.criteria_scores:
+        row = oriented(payload.user_id, payload.video_a, payload.video_b, cs.criterion, cs.score, 1)
+        results.append(
+            CriterionScoreResult(
+                criterion=cs.criterion,
+                score=cs.score,
+                score_max=cs.score_max or get_settings().score_max,
+                status=outcome.statuses[row.key],
+            )
+        )
+    return ComparisonWriteResult(
+        user_id=payload.user_id,
+        video_a=payload.video_a,
+        video_b=payload.video_b,
+        criteria_scores=results,
+        created=outcome.inserted,
+        updated=outcome.updated,
+        unchanged=outcome.unchanged,
+    )
+
+
+def write_many(session: Session, *, rows: Sequence[ComparisonRow]) -> UpsertOutcome:
+    return upsert_comparisons(session, rows=rows)
+
+
+def _public_select() -> Any:
+    return (
+        select(
+            User.external_id,
+            VideoA.external_id,
+            VideoB.external_id,
+            Criterion.name,
+            Comparison.score,
+            Comparison.score_max,
+            Comparison.created_at,
+            Comparison.updated_at,
+        )
+        .join(User, User.id == Comparison.user_id)  # type: ignore[arg-type]
+        .join(VideoA, VideoA.id == Comparison.video_a_id)  # type: ignore[arg-type]
+        .join(VideoB, VideoB.id == Comparison.video_b_id)  # type: ignore[arg-type]
+        .join(Criterion, Criterion.id == Comparison.criterion_id)  # type: ignore[arg-type]
+    )
+
+
+def list_comparisons(
+    session: Session,
+    *,
+    user_id: str | None,
+    video_id: str | None,
+    criterion: str | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[ComparisonPublic], int]:
+    """A page of comparisons in insertion order (id), and the total matching the filters."""
+    conditions = []
+    if user_id is not None:
+        user_pk = session.exec(select(User.id).where(User.external_id == user_id)).first()
+        if user_pk is None:
+            return [], 0
+        conditions.append(Comparison.user_id == user_pk)
+    if video_id is not None:
+        video_pk = session.exec(select(Video.id).where(Video.external_id == video_id)).first()
+        if video_pk is None:
+            return [], 0
+        conditions.append(or_(Comparison.video_a_id == video_pk, Comparison.video_b_id == video_pk))
+    if criterion is not None:
+        criterion_pk = session.exec(select(Criterion.id).where(Criterion.name == criterion)).first()
+        if criterion_pk is None:
+            raise NotFound(f"Unknown criterion {criterion!r}.")
+        conditions.append(Comparison.criterion_id == criterion_pk)
+    where = and_(*conditions) if conditions else and_(True)
+    total = session.exec(select(func.count()).select_from(Comparison).where(where)).one()
+    rows = session.exec(
+        _public_select().where(where).order_by(Comparison.id).limit(limit).offset(offset)
+    ).all()
+    return [_public(row) for row in rows], int(total)
+
+
+def _public(row: Any) -> ComparisonPublic:
+    user, a, b, criterion, score, score_max, created_at, updated_at = row
+    return ComparisonPublic(
+        user_id=user,
+        video_a=a,
+        video_b=b,
+        criterion=criterion,
+        score=score,
+        score_max=score_max,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+
+
+def get_pair(session: Session, *, user_id: str, video_a: str, video_b: str) -> PairComparison:
+    """Every criterion `user_id` scored for the pair, with signs as seen from the asked order."""
+    flipped = video_a > video_b
+    low, high = (video_b, video_a) if flipped else (video_a, video_b)
+    rows = session.exec(
+        _public_select()
+        .where(User.external_id == user_id, VideoA.external_id == low, VideoB.external_id == high)
+        .order_by(Criterion.name)
+    ).all()
+    if not rows:
+        raise NotFound(f"No comparison of {video_a} and {video_b} by {user_id}.")
+    sign = -1.0 if flipped else 1.0
+    return PairComparison(
+        user_id=user_id,
+        video_a=video_a,
+        video_b=video_b,
+        criteria_scores=[
+            PairScore(
+                criterion=r[3],
+                score=sign * r[4] + 0.0,
+                score_max=r[5],
+                created_at=r[6],
+                updated_at=r[7],
+            )
+            for r in rows
+        ],
+    )
+
+
+def delete_pair(
+    session: Session, *, user_id: str, video_a: str, video_b: str, criterion: str | None
+) -> int:
+    """Delete the user's comparison of the pair (one criterion or all); 404 when nothing matched."""
+    low, high = sorted((video_a, video_b))
+    ids = select(Comparison.id).where(
+        Comparison.user_id == select(User.id).where(User.external_id == user_id).scalar_subquery(),
+        Comparison.video_a_id == select(Video.id).where(Video.external_id == low).scalar_subquery(),
+        Comparison.video_b_id
+        == select(Video.id).where(Video.external_id == high).scalar_subquery(),
+    )
+    if criterion is not None:
+        ids = ids.where(
+            Comparison.criterion_id
+            == select(Criterion.id).where(Criterion.name == criterion).scalar_subquery()
+        )
+    result = session.execute(delete(Comparison).where(Comparison.id.in_(ids)))  # type: ignore[union-attr]
+    deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if deleted == 0:
+        raise NotFound(f"No comparison of {video_a} and {video_b} by {user_id}.")
+    return deleted

@@ -1,0 +1,191 @@
+"""Streaming import of public-dataset CSVs (plain or inside an export zip) and streaming export."""
+
+import csv
+import io
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app.core.config import get_settings
+from app.services.comparisons import known_criteria
+from app.services.dataset_csv import EXPORT_COLUMNS, RowError, format_number, parse_rows, week_date
+from app.services.upsert import ComparisonRow, upsert_comparisons
+
+MAX_KEPT_REJECTIONS = 1000
+
+
+class ImportSourceError(ValueError):
+    """The file cannot be read as comparisons (missing, not CSV, no comparisons.csv in the zip)."""
+
+
+@dataclass
+class ImportReport:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    rejections: list[RowError] = field(default_factory=list)
+
+    def reject(self, error: RowError) -> None:
+        self.rejected += 1
+        if len(self.rejections) < MAX_KEPT_REJECTIONS:
+            self.rejections.append(error)
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts bytes read from the underlying (compressed) file, for progress reporting."""
+
+    def __init__(self, raw: IO[bytes], on_read: Callable[[int], None]) -> None:
+        self.raw = raw
+        self.on_read = on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.on_read(len(data))
+        return len(data)
+
+
+def _comparisons_member(archive: zipfile.ZipFile, path: Path) -> zipfile.ZipInfo:
+    for info in archive.infolist():
+        if info.filename.rsplit("/", 1)[-1] == "comparisons.csv":
+            return info
+    raise ImportSourceError(f"{path}: the zip holds no comparisons.csv")
+
+
+def source_size(path: Path) -> int:
+    """Bytes of CSV text `open_comparisons` will read (uncompressed size for a zip)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return _comparisons_member(archive, path).file_size
+    return path.stat().st_size
+
+
+@contextmanager
+def open_comparisons(
+    path: Path, on_read: Callable[[int], None] = lambda _: None
+) -> Iterator[IO[str]]:
+    """Text lines of a comparisons CSV, read from the file or from `comparisons.csv` in a zip."""
+    if not path.is_file():
+        raise ImportSourceError(f"{path}: no such file")
+    if zipfile.is_zipfile(path):
+        with (
+            zipfile.ZipFile(path) as archive,
+            archive.open(_comparisons_member(archive, path)) as raw,
+        ):
+            yield _text(raw, on_read)
+    else:
+        with open(path, "rb") as raw:
+            yield _text(raw, on_read)
+
+
+def _text(raw: IO[bytes], on_read: Callable[[int], None]) -> IO[str]:
+    counted = io.BufferedReader(_CountingReader(raw, on_read), buffer_size=1 << 20)
+    return io.TextIOWrapper(counted, encoding="utf-8-sig", newline="")
+
+
+def import_comparisons(
+    engine: Engine,
+    path: Path,
+    *,
+    batch_size: int = 10_000,
+    strict: bool = False,
+    on_read: Callable[[int], None] = lambda _: None,
+) -> ImportReport:
+    """Upsert every valid row, batch by batch (each batch its own transaction; re-running is safe).
+
+    With `strict`, the whole file is validated first and nothing is written if any row is bad.
+    """
+    with Session(engine) as session:
+        criteria = known_criteria(session)
+    default_max = get_settings().score_max
+    report = ImportReport()
+    if strict:
+        with open_comparisons(path) as lines:
+            for item in parse_rows(lines, criteria=criteria, default_score_max=default_max):
+                if isinstance(item, RowError):
+                    report.reject(item)
+        if report.rejected:
+            return report
+    batch: list[ComparisonRow] = []
+    with open_comparisons(path, on_read) as lines:
+        try:
+            for item in parse_rows(lines, criteria=criteria, default_score_max=default_max):
+                if isinstance(item, RowError):
+                    report.reject(item)
+                    continue
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    _flush(engine, batch, report)
+                    batch = []
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ImportSourceError(f"{path}: not a readable CSV ({exc})") from exc
+    _flush(engine, batch, report)
+    return report
+
+
+def _flush(engine: Engine, batch: list[ComparisonRow], report: ImportReport) -> None:
+    if not batch:
+        return
+    with Session(engine) as session:
+        outcome = upsert_comparisons(session, rows=batch)
+        session.commit()
+    report.inserted += outcome.inserted
+    report.updated += outcome.updated
+    report.unchanged += outcome.unchanged
+
+
+EXPORT_QUERY = """
+    SELECT u.external_id, va.external_id, vb.external_id, c.name, cmp.score, cmp.score_max,
+           cmp.created_at
+    FROM comparisons cmp
+    JOIN users u ON u.id = cmp.user_id
+    JOIN videos va ON va.id = cmp.video_a_id
+    JOIN videos vb ON vb.id = cmp.video_b_id
+    JOIN criteria c ON c.id = cmp.criterion_id
+    ORDER BY cmp.id
+"""
+
+
+def export_comparisons(engine: Engine, directory: Path) -> int:
+    """Write `comparisons.csv` in the public-dataset format; returns the number of rows."""
+    from datetime import datetime
+
+    from sqlalchemy import text
+
+    directory.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with (
+        open(directory / "comparisons.csv", "w", newline="", encoding="utf-8") as out,
+        engine.connect() as connection,
+    ):
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(EXPORT_COLUMNS)
+        result = connection.execution_options(stream_results=True, yield_per=10_000).execute(
+            text(EXPORT_QUERY)
+        )
+        for user, a, b, criterion, score, score_max, created_at in result:
+            if isinstance(created_at, str):  # SQLite hands back text through raw SQL
+                created_at = datetime.fromisoformat(created_at)
+            writer.writerow(
+                (
+                    user,
+                    a,
+                    b,
+                    criterion,
+                    format_number(score),
+                    format_number(score_max),
+                    week_date(created_at),
+                )
+            )
+            count += 1
+    return count

@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks that load rows, call `ml`, and write results."""

@@ -1,0 +1,53 @@
+"""The Celery application, configured lazily from the service settings; queues `cpu` and `gpu`."""
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from app.core.config import get_settings
+
+celery_app = Celery("licchavi", include=["workers.tasks.maintenance"])
+
+
+@celery_app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    # Read settings when Celery first needs its configuration, not at import time.
+    settings = get_settings()
+    settings.ensure_data_dir()
+    broker_url = settings.resolved_broker_url
+    transport_options: dict[str, Any] = {}
+    if broker_url.startswith(("redis://", "rediss://")):
+        # Our own leases decide when work is redone; a short visibility timeout would make Redis
+        # hand a long training task to a second worker while the first is still running it.
+        transport_options["visibility_timeout"] = 24 * 3600
+    else:
+        transport_options["polling_interval"] = 0.5
+    sender.conf.update(
+        broker_url=broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_seconds,
+        task_time_limit=settings.task_time_limit_seconds,
+        task_default_queue="cpu",
+        task_queues=(Queue("cpu"), Queue("gpu")),
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+
+
+@worker_process_init.connect
+def _fresh_engine_after_fork(**_: Any) -> None:
+    # A pooled connection inherited through fork must never be shared with the parent.
+    from app.core.db import dispose_engine
+
+    dispose_engine()
