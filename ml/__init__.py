@@ -1,0 +1,1 @@
+"""Licchavi scoring engine: pure numerical core (config, data, solvers), no service code."""

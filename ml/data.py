@@ -1,0 +1,229 @@
+"""Comparison data: loading, de-duplication and integer indexing per criterion."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_SCORE_MAX = 10.0
+REQUIRED_COLUMNS = ("public_username", "video_a", "video_b", "criteria", "score")
+RECORD_COLUMNS = (*REQUIRED_COLUMNS, "score_max")
+
+
+@dataclass(frozen=True)
+class CriterionComparisons:
+    """The comparisons of one criterion, with users and videos replaced by integer indices.
+
+    Comparisons are grouped by user (user_index is non-decreasing) and keep their input order
+    within a user. ratings are r = score / score_max; positive means video_b is preferred.
+    """
+
+    criterion: str
+    user_ids: np.ndarray
+    video_ids: np.ndarray
+    user_index: np.ndarray
+    video_a_index: np.ndarray
+    video_b_index: np.ndarray
+    ratings: np.ndarray
+
+    @property
+    def n_comparisons(self) -> int:
+        return int(self.ratings.shape[0])
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def n_videos(self) -> int:
+        return int(self.video_ids.shape[0])
+
+    def subset(self, mask: np.ndarray) -> CriterionComparisons:
+        """The comparisons selected by a boolean mask, re-indexed over the users/videos left."""
+        users = self.user_index[mask]
+        video_a = self.video_a_index[mask]
+        video_b = self.video_b_index[mask]
+        kept_users, user_index = np.unique(users, return_inverse=True)
+        kept_videos, pair_index = np.unique(np.concatenate([video_a, video_b]), return_inverse=True)
+        n = video_a.shape[0]
+        return CriterionComparisons(
+            criterion=self.criterion,
+            user_ids=self.user_ids[kept_users],
+            video_ids=self.video_ids[kept_videos],
+            user_index=user_index.astype(np.int64),
+            video_a_index=pair_index[:n].astype(np.int64),
+            video_b_index=pair_index[n:].astype(np.int64),
+            ratings=self.ratings[mask],
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """Back to the public column layout (score expressed out of 10)."""
+        return pd.DataFrame(
+            {
+                "public_username": self.user_ids[self.user_index],
+                "video_a": self.video_ids[self.video_a_index],
+                "video_b": self.video_ids[self.video_b_index],
+                "criteria": self.criterion,
+                "score": self.ratings * DEFAULT_SCORE_MAX,
+                "score_max": DEFAULT_SCORE_MAX,
+            }
+        )
+
+
+def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes whose order follows the sorted unique values (sorting only the uniques)."""
+    codes, uniques = pd.factorize(values)
+    uniques_array = np.asarray(uniques, dtype=object)
+    order = np.argsort(uniques_array.astype(str), kind="stable")
+    rank = np.empty(order.shape[0], dtype=np.int64)
+    rank[order] = np.arange(order.shape[0], dtype=np.int64)
+    return rank[codes], uniques_array[order]
+
+
+def _criterion_comparisons(
+    criterion: str,
+    users: np.ndarray,
+    video_a: np.ndarray,
+    video_b: np.ndarray,
+    ratings: np.ndarray,
+    user_names: np.ndarray,
+    video_names: np.ndarray,
+) -> CriterionComparisons:
+    """Index one criterion's rows (global codes in, local dense codes out)."""
+    kept_users, user_index = np.unique(users, return_inverse=True)
+    n = video_a.shape[0]
+    kept_videos, video_index = np.unique(np.concatenate([video_a, video_b]), return_inverse=True)
+    # Group by user while keeping the input order inside each user.
+    order = np.argsort(user_index, kind="stable")
+    return CriterionComparisons(
+        criterion=criterion,
+        user_ids=user_names[kept_users],
+        video_ids=video_names[kept_videos],
+        user_index=user_index[order].astype(np.int64),
+        video_a_index=video_index[:n][order].astype(np.int64),
+        video_b_index=video_index[n:][order].astype(np.int64),
+        ratings=np.ascontiguousarray(ratings[order], dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True)
+class ComparisonDataset:
+    """Comparisons of every criterion present in the input."""
+
+    criteria: dict[str, CriterionComparisons]
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> ComparisonDataset:
+        """Build from columns public_username, video_a, video_b, criteria, score[, score_max].
+
+        Rows with a missing score or comparing a video with itself are dropped. When a user
+        compares the same pair several times on a criterion (in either order), the last row wins.
+        """
+        missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+        if missing:
+            raise ValueError(f"comparisons: missing column(s) {', '.join(missing)}")
+        score = pd.to_numeric(frame["score"], errors="coerce").to_numpy(dtype=np.float64)
+        if "score_max" in frame.columns:
+            score_max = pd.to_numeric(frame["score_max"], errors="coerce").to_numpy(np.float64)
+            score_max = np.where(np.isnan(score_max), DEFAULT_SCORE_MAX, score_max)
+        else:
+            score_max = np.full(score.shape[0], DEFAULT_SCORE_MAX)
+        if np.any(score_max <= 0):
+            raise ValueError("comparisons: score_max must be positive")
+        ratings = score / score_max
+        valid = ~np.isnan(ratings)
+        if np.any(np.abs(ratings[valid]) > 1 + 1e-9):
+            count = int(np.sum(np.abs(ratings[valid]) > 1 + 1e-9))
+            raise ValueError(f"comparisons: {count} row(s) with |score| > score_max")
+
+        users, user_names = _sorted_codes(frame["public_username"].to_numpy())
+        both_videos = np.concatenate([frame["video_a"].to_numpy(), frame["video_b"].to_numpy()])
+        video_codes, video_names = _sorted_codes(both_videos)
+        n_rows = score.shape[0]
+        video_a, video_b = video_codes[:n_rows], video_codes[n_rows:]
+        criteria_codes, criteria_names = pd.factorize(frame["criteria"].astype(str))
+        valid &= video_a != video_b
+
+        # Later rows replace earlier ones for the same (criterion, user, unordered pair).
+        low, high = np.minimum(video_a, video_b), np.maximum(video_a, video_b)
+        keys = pd.DataFrame({"criterion": criteria_codes, "user": users, "low": low, "high": high})[
+            valid
+        ]
+        keep = np.zeros(n_rows, dtype=bool)
+        keep[keys.index[~keys.duplicated(keep="last").to_numpy()]] = True
+
+        result: dict[str, CriterionComparisons] = {}
+        for code in np.argsort(np.asarray(criteria_names, dtype=str)):
+            selected = keep & (criteria_codes == code)
+            if not selected.any():
+                continue
+            name = str(criteria_names[code])
+            result[name] = _criterion_comparisons(
+                name,
+                users[selected],
+                video_a[selected],
+                video_b[selected],
+                np.clip(ratings[selected], -1.0, 1.0),
+                user_names,
+                video_names,
+            )
+        return cls(criteria=result)
+
+    @classmethod
+    def from_records(cls, records: Iterable[tuple[Any, ...]]) -> ComparisonDataset:
+        """Build from (user, video_a, video_b, criterion, score[, score_max]) tuples."""
+        rows = list(records)
+        if rows and len(rows[0]) == len(RECORD_COLUMNS) - 1:
+            frame = pd.DataFrame(rows, columns=list(REQUIRED_COLUMNS))
+        else:
+            frame = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+        for column in ("public_username", "video_a", "video_b"):
+            frame[column] = frame[column].astype(str)
+        return cls.from_frame(frame)
+
+    @property
+    def n_comparisons(self) -> int:
+        return sum(data.n_comparisons for data in self.criteria.values())
+
+
+def _csv_engine() -> dict[str, Any]:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return {"engine": "c"}
+    return {"engine": "pyarrow"}
+
+
+def _read_csv(source: str | Path | io.BytesIO) -> pd.DataFrame:
+    header = pd.read_csv(source, nrows=0).columns
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    wanted = [column for column in header if column in RECORD_COLUMNS]
+    text_columns = {column: str for column in ("public_username", "video_a", "video_b", "criteria")}
+    return pd.read_csv(
+        source,
+        usecols=wanted,
+        dtype={**text_columns, "score": np.float64, "score_max": np.float64},
+        **_csv_engine(),
+    )
+
+
+def read_comparisons(path: str | Path) -> ComparisonDataset:
+    """Load a comparisons CSV, or a Tournesol export .zip holding a comparisons.csv."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [name for name in archive.namelist() if Path(name).name == "comparisons.csv"]
+            if not names:
+                raise ValueError(f"{path}: no comparisons.csv in the archive")
+            frame = _read_csv(io.BytesIO(archive.read(names[0])))
+    else:
+        frame = _read_csv(path)
+    return ComparisonDataset.from_frame(frame)

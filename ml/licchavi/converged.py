@@ -1,0 +1,220 @@
+"""Deterministic minimisation of J to a stated stationarity tolerance (OWL-QN, float64).
+
+Writing θ_nv = x_nv + ρ_v turns the coupling into w·‖x‖₁, an L1 term on separate coordinates,
+next to a smooth part F(x, ρ, s) = fit + s-prior + w0·Σρ². Orthant-wise limited-memory
+quasi-Newton (Andrew & Gao, 2007) handles exactly that shape: it keeps exact zeros (a local
+score tied to the global one, the "median" solutions of the L1 coupling) and its stopping
+test is the minimal-norm subgradient of J, reported as `stationarity` (max over coordinates).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ml.config import LicchaviConfig
+from ml.licchavi import losses
+from ml.licchavi.parameters import Parameters, Progress
+from ml.licchavi.problem import Problem
+
+HISTORY_SIZE = 12
+ARMIJO = 1e-4
+MAX_BACKTRACKS = 50
+
+IterationCallback = Callable[[dict[str, float]], bool]
+
+
+@dataclass
+class SmoothPart:
+    value: float
+    grad: torch.Tensor  # over the packed vector [x, ρ, s]
+    fit: float
+    s_prior: float
+    reg: float
+
+
+class PackedLayout:
+    """Slices of the packed vector z = [x (pairs), ρ (videos), s (users)]."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.n_pairs = problem.n_pairs
+        self.n_videos = problem.n_videos
+        self.n_users = problem.n_users
+        self.size = self.n_pairs + self.n_videos + self.n_users
+
+    def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = z[: self.n_pairs]
+        rho = z[self.n_pairs : self.n_pairs + self.n_videos]
+        s = z[self.n_pairs + self.n_videos :]
+        return x, rho, s
+
+    def pack(self, parameters: Parameters) -> torch.Tensor:
+        theta = parameters.theta.to(torch.float64)
+        rho = parameters.rho.to(torch.float64)
+        x = theta - rho.index_select(0, self.problem.pair_video)
+        return torch.cat([x, rho, parameters.s.to(torch.float64)])
+
+    def theta(self, z: torch.Tensor) -> torch.Tensor:
+        x, rho, _ = self.split(z)
+        return x + rho.index_select(0, self.problem.pair_video)
+
+
+def smooth_part(layout: PackedLayout, z: torch.Tensor, w0: float) -> SmoothPart:
+    """F = fit + s-prior + w0·Σρ² and its gradient in the (x, ρ, s) coordinates."""
+    problem = layout.problem
+    x, rho, s = layout.split(z)
+    if bool((s <= 0).any()):
+        return SmoothPart(float("inf"), torch.zeros_like(z), float("inf"), float("inf"), 0.0)
+    theta = x + rho.index_select(0, problem.pair_video)
+    fit = losses.fit_terms(problem, theta, s)
+    s_prior = losses.s_prior(s)
+    reg = losses.regularisation(rho, w0)
+    grad = torch.cat(
+        [
+            fit.grad_theta,
+            problem.sum_per_video(fit.grad_theta) + 2 * w0 * rho,
+            fit.grad_s + losses.s_prior_gradient(s),
+        ]
+    )
+    fit_value, s_value, reg_value = float(fit.value), float(s_prior), float(reg)
+    return SmoothPart(fit_value + s_value + reg_value, grad, fit_value, s_value, reg_value)
+
+
+def pseudo_gradient(layout: PackedLayout, z: torch.Tensor, grad: torch.Tensor, w: float):
+    """Minimal-norm subgradient of F + w‖x‖₁ (zero exactly at stationary points of J)."""
+    n = layout.n_pairs
+    x, g = z[:n], grad[:n]
+    at_zero = torch.sign(g) * (g.abs() - w).clamp_min(0)
+    pg_x = torch.where(x != 0, g + w * torch.sign(x), at_zero)
+    return torch.cat([pg_x, grad[n:]])
+
+
+def stationarity(problem: Problem, parameters: Parameters, w: float, w0: float) -> float:
+    """max |minimal-norm subgradient of J| at the given parameters (float64)."""
+    layout = PackedLayout(problem)
+    z = layout.pack(parameters)
+    smooth = smooth_part(layout, z, w0)
+    return float(pseudo_gradient(layout, z, smooth.grad, w).abs().max())
+
+
+class ConvergedSolver:
+    """OWL-QN on J in float64; deterministic for a given input."""
+
+    def __init__(
+        self, problem: Problem, config: LicchaviConfig, parameters: Parameters, progress: Progress
+    ) -> None:
+        self.problem = problem
+        self.config = config
+        self.parameters = parameters
+        self.progress = progress
+        self.layout = PackedLayout(problem)
+        self.z = self.layout.pack(parameters)
+        self.stationarity = float("inf")
+
+    def current_parameters(self) -> Parameters:
+        """θ, ρ, s of the current iterate, in the parameters' dtype."""
+        _, rho, s = self.layout.split(self.z)
+        dtype = self.parameters.theta.dtype
+        return Parameters(
+            theta=self.layout.theta(self.z).to(dtype),
+            rho=rho.to(dtype).clone(),
+            s=s.to(dtype).clone(),
+            age=self.parameters.age.clone(),
+        )
+
+    def _direction(
+        self, pg: torch.Tensor, memory: list[tuple[torch.Tensor, torch.Tensor, float]]
+    ) -> torch.Tensor:
+        """-H·pg with the L-BFGS two-loop recursion."""
+        q = pg.clone()
+        alphas = []
+        for step, change, rho_k in reversed(memory):
+            alpha = rho_k * float(step @ q)
+            alphas.append(alpha)
+            q.add_(change, alpha=-alpha)
+        if memory:
+            step, change, _ = memory[-1]
+            q.mul_(float(step @ change) / float(change @ change))
+        for (step, change, rho_k), alpha in zip(memory, reversed(alphas), strict=True):
+            beta = rho_k * float(change @ q)
+            q.add_(step, alpha=alpha - beta)
+        return -q
+
+    def run(self, on_iteration: IterationCallback | None = None) -> Progress:
+        config, layout, progress = self.config, self.layout, self.progress
+        w, w0, n = config.w, config.w0, layout.n_pairs
+        started = time.perf_counter()
+        elapsed_before = progress.history[-1]["elapsed"] if progress.history else 0.0
+        z = self.z
+        smooth = smooth_part(layout, z, w0)
+        total = smooth.value + w * float(z[:n].abs().sum())
+        memory: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+        previous_grad_rho: torch.Tensor | None = None
+        for iteration in range(progress.epoch + 1, progress.epoch + config.max_iterations + 1):
+            pg = pseudo_gradient(layout, z, smooth.grad, w)
+            self.stationarity = float(pg.abs().max())
+            if self.stationarity <= config.tolerance:
+                progress.converged = True
+                break
+            direction = self._direction(pg, memory)
+            # Keep the L1 coordinates inside the orthant the pseudo-gradient points to.
+            direction[:n] = torch.where(direction[:n] * pg[:n] < 0, direction[:n], 0.0)
+            slope = float(direction @ pg)
+            if slope >= 0:
+                memory.clear()
+                direction = -pg
+                slope = float(direction @ pg)
+            orthant = torch.where(z[:n] != 0, torch.sign(z[:n]), torch.sign(-pg[:n]))
+            step_size = 1.0 if memory else min(1.0, 1.0 / max(float(pg.norm()), 1e-12))
+            accepted = False
+            for _ in range(MAX_BACKTRACKS):
+                candidate = z + step_size * direction
+                x_new = candidate[:n]
+                candidate[:n] = torch.where(torch.sign(x_new) == orthant, x_new, 0.0)
+                smooth_new = smooth_part(layout, candidate, w0)
+                total_new = smooth_new.value + w * float(candidate[:n].abs().sum())
+                if total_new <= total + ARMIJO * float(pg @ (candidate - z)):
+                    accepted = True
+                    break
+                step_size *= 0.5
+            if not accepted:
+                break  # no progress possible at float64 precision
+            step, change = candidate - z, smooth_new.grad - smooth.grad
+            curvature = float(step @ change)
+            if curvature > 1e-12 * float(change @ change):
+                memory.append((step, change, 1.0 / curvature))
+                if len(memory) > HISTORY_SIZE:
+                    memory.pop(0)
+            z, smooth, total = candidate, smooth_new, total_new
+            self.z = z
+            self.parameters.age += 1
+            progress.epoch = iteration
+            grad_rho = smooth.grad[n : n + layout.n_videos]
+            row = {
+                "fit": smooth.fit,
+                "s": smooth.s_prior,
+                "gen": w * float(z[:n].abs().sum()),
+                "reg": smooth.reg,
+                "l2_norm": float(z[n : n + layout.n_videos].norm()),
+                "grad_sp": 0.0
+                if previous_grad_rho is None
+                else float(previous_grad_rho @ grad_rho),
+                "grad_norm": float(grad_rho @ grad_rho),
+                "objective": total,
+                "stationarity": self.stationarity,
+                "elapsed": elapsed_before + time.perf_counter() - started,
+            }
+            previous_grad_rho = grad_rho
+            progress.history.append(row)
+            if on_iteration is not None and on_iteration(row) is False:
+                return progress
+        else:
+            pg = pseudo_gradient(layout, z, smooth.grad, w)
+            self.stationarity = float(pg.abs().max())
+            progress.converged = self.stationarity <= config.tolerance
+        progress.finished = True
+        return progress

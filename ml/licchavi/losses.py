@@ -1,0 +1,162 @@
+"""Terms of the Licchavi objective J and their gradients, vectorised over comparisons and pairs.
+
+    J(θ, s, ρ) = Σ_comparisons f(s_n (θ_na − θ_nb), r)        fit
+               + Σ_n (s_n²/2 − log s_n)                          s prior
+               + w  Σ_(n, v) |θ_nv − ρ_v|                        coupling
+               + w0 Σ_v ρ_v²                                     regularisation
+
+with f(t, r) = log(2 sinh(t) / t) + r t, evaluated piecewise like the original for stability:
+|t| ≤ 0.01 uses t²/6 + log 2 and |t| ≥ 10 uses |t| − log|t|.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ml.licchavi.problem import Problem
+
+LOG_TWO = math.log(2.0)
+SMALL_T = 0.01
+LARGE_T = 10.0
+# Below this, coth(t) − 1/t and 1/t² − 1/sinh²(t) lose most digits to cancellation; a Taylor
+# series is exact to float precision there.
+SERIES_T = 0.5
+
+
+def bt_loss_and_derivative(t: torch.Tensor, ratings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """f(t, r) and f'(t, r) = coth t − 1/t + r per comparison (piecewise as in the original)."""
+    magnitude = t.abs()
+    small = magnitude <= SMALL_T
+    large = magnitude >= LARGE_T
+    # Each branch is evaluated on a clamped copy so unselected branches stay finite.
+    medium = magnitude.clamp(SMALL_T, LARGE_T)
+    large_arg = magnitude.clamp_min(LARGE_T)
+
+    even_part = torch.where(
+        small,
+        magnitude * magnitude / 6 + LOG_TWO,
+        torch.where(
+            large,
+            large_arg - torch.log(large_arg),
+            torch.log(2 * torch.sinh(medium) / medium),
+        ),
+    )
+    squared = medium * medium
+    series = medium * (1 / 3 + squared * (-1 / 45 + squared * (2 / 945 - squared / 4725)))
+    exact = 1 / torch.tanh(medium) - 1 / medium
+    odd_slope = torch.where(
+        small,
+        magnitude / 3,
+        torch.where(large, 1 - 1 / large_arg, torch.where(medium < SERIES_T, series, exact)),
+    )
+    loss = even_part + ratings * t
+    derivative = torch.sign(t) * odd_slope + ratings
+    return loss, derivative
+
+
+def bt_second_derivative(t: torch.Tensor) -> torch.Tensor:
+    """f''(t) = 1/t² − 1/sinh²(t), consistent with the piecewise f (1/3 near 0, 1/t² far)."""
+    magnitude = t.abs()
+    small = magnitude <= SMALL_T
+    large = magnitude >= LARGE_T
+    medium = magnitude.clamp(SMALL_T, LARGE_T)
+    squared = medium * medium
+    series = 1 / 3 + squared * (-1 / 15 + squared * (2 / 189 - squared / 675))
+    exact = 1 / squared - 1 / torch.sinh(medium) ** 2
+    large_arg = magnitude.clamp_min(LARGE_T)
+    return torch.where(
+        small,
+        torch.full_like(t, 1 / 3),
+        torch.where(
+            large, 1 / (large_arg * large_arg), torch.where(medium < SERIES_T, series, exact)
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class FitTerms:
+    """The fit term at (θ, s) and its gradients."""
+
+    value: torch.Tensor  # scalar
+    grad_theta: torch.Tensor  # per pair
+    grad_s: torch.Tensor  # per user
+    comparison_derivative: torch.Tensor  # f'(t) per comparison, reused by callers
+
+
+def fit_terms(problem: Problem, theta: torch.Tensor, s: torch.Tensor) -> FitTerms:
+    """Σ f(s_n (θ_a − θ_b), r) with ∂/∂θ (per pair) and ∂/∂s (per user)."""
+    difference = theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
+    scale = s.index_select(0, problem.comparison_user)
+    loss, derivative = bt_loss_and_derivative(scale * difference, problem.ratings)
+    return FitTerms(
+        value=loss.sum(),
+        grad_theta=problem.sum_per_pair(derivative * scale),
+        grad_s=problem.sum_per_user(derivative * difference),
+        comparison_derivative=derivative,
+    )
+
+
+def fit_value(problem: Problem, theta: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Σ f(s_n (θ_a − θ_b), r) only."""
+    t = s.index_select(0, problem.comparison_user) * (
+        theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
+    )
+    return bt_loss_and_derivative(t, problem.ratings)[0].sum()
+
+
+def s_prior(s: torch.Tensor) -> torch.Tensor:
+    """Σ (s²/2 − log s): keeps every scale near 1."""
+    return (0.5 * s * s - torch.log(s)).sum()
+
+
+def s_prior_gradient(s: torch.Tensor) -> torch.Tensor:
+    return s - 1 / s
+
+
+def coupling_deviation(problem: Problem, theta: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """θ_nv − ρ_v for every (user, video) pair."""
+    return theta - rho.index_select(0, problem.pair_video)
+
+
+def regularisation(rho: torch.Tensor, w0: float) -> torch.Tensor:
+    return w0 * (rho * rho).sum()
+
+
+def global_gradient(
+    problem: Problem, deviation: torch.Tensor, rho: torch.Tensor, w: float, w0: float
+) -> torch.Tensor:
+    """∂/∂ρ of w·Σ|θ − ρ| + w0·Σρ², taking sign(0) = 0 like torch's |x|."""
+    return problem.sum_per_video(torch.sign(deviation)) * (-w) + 2 * w0 * rho
+
+
+def objective(
+    problem: Problem,
+    theta: torch.Tensor,
+    rho: torch.Tensor,
+    s: torch.Tensor,
+    w: float,
+    w0: float,
+) -> torch.Tensor:
+    """J(θ, s, ρ) as a scalar tensor."""
+    coupling = w * coupling_deviation(problem, theta, rho).abs().sum()
+    return fit_value(problem, theta, s) + s_prior(s) + coupling + regularisation(rho, w0)
+
+
+def objective_gradients(
+    problem: Problem,
+    theta: torch.Tensor,
+    rho: torch.Tensor,
+    s: torch.Tensor,
+    w: float,
+    w0: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(∂J/∂θ, ∂J/∂ρ, ∂J/∂s) with sign(0) = 0 for the |·| terms."""
+    fit = fit_terms(problem, theta, s)
+    deviation = coupling_deviation(problem, theta, rho)
+    grad_theta = fit.grad_theta + w * torch.sign(deviation)
+    grad_rho = global_gradient(problem, deviation, rho, w, w0)
+    grad_s = fit.grad_s + s_prior_gradient(s)
+    return grad_theta, grad_rho, grad_s

@@ -1,0 +1,267 @@
+"""Training entry points (one criterion or a dataset) with warm start, resume and callbacks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ml.config import LicchaviConfig
+from ml.data import ComparisonDataset, CriterionComparisons
+from ml.licchavi.converged import ConvergedSolver, stationarity
+from ml.licchavi.faithful import FaithfulSolver, initial_progress
+from ml.licchavi.parameters import Parameters, Progress
+from ml.licchavi.problem import Problem, data_fingerprint, resolve_device
+from ml.licchavi.state import (
+    LicchaviState,
+    aligned_parameters,
+    capture_state,
+    restored_parameters,
+    restored_progress,
+)
+from ml.licchavi.uncertainty import global_uncertainty, local_uncertainty
+
+# Settings that do not change the numbers a run produces; a checkpoint stays resumable across them.
+_NON_NUMERICAL_SETTINGS = ("device", "compute_uncertainty")
+
+
+class TrainingCancelled(Exception):
+    """Raised when a callback returns False; `state` holds the last snapshot taken (if any)."""
+
+    def __init__(self, criterion: str, epoch: int, state: LicchaviState | None = None) -> None:
+        super().__init__(f"training of {criterion!r} cancelled after epoch {epoch}")
+        self.criterion = criterion
+        self.epoch = epoch
+        self.state = state
+
+
+@dataclass
+class EpochReport:
+    """What a callback sees after each epoch (faithful) or iteration (converged)."""
+
+    criterion: str
+    epoch: int
+    max_epochs: int
+    history_row: dict[str, float]
+    elapsed: float
+    _snapshot: Callable[[], LicchaviState] = field(repr=False)
+
+    def snapshot(self) -> LicchaviState:
+        """The run's current state, resumable with train_criterion(initial_state=...)."""
+        return self._snapshot()
+
+
+@dataclass
+class CriterionResult:
+    """Scores of one criterion: global per video, local per (user, video) pair, s per user."""
+
+    criterion: str
+    config: LicchaviConfig
+    video_ids: np.ndarray
+    global_scores: np.ndarray
+    global_uncertainty: np.ndarray
+    n_comparisons: np.ndarray
+    n_contributors: np.ndarray
+    user_ids: np.ndarray
+    s: np.ndarray
+    local_user_index: np.ndarray
+    local_video_index: np.ndarray
+    local_scores: np.ndarray
+    local_uncertainty: np.ndarray
+    history: list[dict[str, float]]
+    epochs: int
+    converged: bool
+    stationarity: float
+    state: LicchaviState
+
+
+def training_fingerprint(config: LicchaviConfig) -> str:
+    """Hash of the settings that shape the numbers (device and uncertainty excluded)."""
+    values = config.model_dump(mode="json", exclude=set(_NON_NUMERICAL_SETTINGS))
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _fresh_parameters(problem: Problem, dtype: torch.dtype, device: torch.device) -> Parameters:
+    return Parameters(
+        theta=torch.zeros(problem.n_pairs, dtype=dtype, device=device),
+        rho=torch.zeros(problem.n_videos, dtype=dtype, device=device),
+        s=torch.ones(problem.n_users, dtype=dtype, device=device),
+        age=torch.zeros(problem.n_users, dtype=torch.int64, device=device),
+    )
+
+
+def _can_resume(
+    state: LicchaviState, fingerprint: str, config: LicchaviConfig, problem: Problem
+) -> bool:
+    return (
+        state.is_checkpoint
+        and state.solver == config.solver
+        and state.data_fingerprint == fingerprint
+        and state.config_fingerprint == training_fingerprint(config)
+        and state.theta.shape[0] == problem.n_pairs
+    )
+
+
+def train_criterion(
+    data: CriterionComparisons,
+    config: LicchaviConfig,
+    *,
+    initial_state: LicchaviState | None = None,
+    callback: Callable[[EpochReport], bool | None] | None = None,
+) -> CriterionResult:
+    """Train one criterion.
+
+    initial_state: a checkpoint of an interrupted run on the same data and settings is resumed
+    where it stopped; any other state (a finished run, or different data) is a warm start.
+    callback: called after every epoch/iteration; returning False raises TrainingCancelled.
+    """
+    device = resolve_device(config.device)
+    # The converged solver works in float64: its tolerance is below float32 resolution.
+    dtype_name = "float64" if config.solver == "converged" else config.dtype
+    resolved = config.model_copy(update={"device": device.type, "dtype": dtype_name})
+    dtype = torch.float64 if dtype_name == "float64" else torch.float32
+    problem = Problem.build(data, device, dtype)
+    fingerprint = data_fingerprint(data)
+    config_fingerprint = training_fingerprint(resolved)
+
+    if initial_state is not None and _can_resume(initial_state, fingerprint, resolved, problem):
+        parameters = restored_parameters(initial_state, dtype, device)
+        progress = restored_progress(initial_state, dtype, device)
+    else:
+        if initial_state is None:
+            parameters = _fresh_parameters(problem, dtype, device)
+        else:
+            parameters = aligned_parameters(
+                initial_state, data.video_ids, data.user_ids, problem, dtype, device
+            )
+        progress = initial_progress(resolved)
+
+    solver: FaithfulSolver | ConvergedSolver
+    if resolved.solver == "faithful":
+        solver = FaithfulSolver(problem, resolved, parameters, progress)
+        max_epochs = resolved.epochs
+    else:
+        solver = ConvergedSolver(problem, resolved, parameters, progress)
+        max_epochs = progress.epoch + resolved.max_iterations
+
+    def current_parameters() -> Parameters:
+        if isinstance(solver, ConvergedSolver):
+            return solver.current_parameters()
+        return solver.parameters
+
+    def snapshot() -> LicchaviState:
+        return capture_state(
+            data.criterion,
+            resolved.solver,
+            data.video_ids,
+            data.user_ids,
+            problem,
+            current_parameters(),
+            progress,
+            fingerprint,
+            config_fingerprint,
+        )
+
+    last_snapshot: list[LicchaviState] = []
+
+    def on_epoch(row: dict[str, float]) -> bool:
+        if callback is None:
+            return True
+
+        def remembered_snapshot() -> LicchaviState:
+            state = snapshot()
+            last_snapshot[:] = [state]
+            return state
+
+        report = EpochReport(
+            criterion=data.criterion,
+            epoch=progress.epoch,
+            max_epochs=max_epochs,
+            history_row=dict(row),
+            elapsed=row["elapsed"],
+            _snapshot=remembered_snapshot,
+        )
+        return callback(report) is not False
+
+    started = time.perf_counter()
+    progress = solver.run(on_epoch)
+    if not progress.finished:
+        raise TrainingCancelled(
+            data.criterion, progress.epoch, last_snapshot[0] if last_snapshot else None
+        )
+    final = current_parameters()
+    if isinstance(solver, ConvergedSolver):
+        final_stationarity = solver.stationarity
+    else:
+        final_stationarity = stationarity(problem, final, resolved.w, resolved.w0)
+    return _result(data, resolved, problem, final, progress, final_stationarity, snapshot, started)
+
+
+def _result(
+    data: CriterionComparisons,
+    config: LicchaviConfig,
+    problem: Problem,
+    parameters: Parameters,
+    progress: Progress,
+    final_stationarity: float,
+    snapshot: Callable[[], LicchaviState],
+    started: float,
+) -> CriterionResult:
+    n_videos = problem.n_videos
+    if config.compute_uncertainty:
+        local_spread = local_uncertainty(problem, parameters.theta, parameters.s)
+        global_spread = global_uncertainty(problem, parameters.theta, parameters.rho)
+    else:  # the original reported 0 when uncertainty was not computed
+        local_spread = np.zeros(problem.n_pairs)
+        global_spread = np.zeros(n_videos)
+    comparisons_per_video = np.bincount(
+        np.concatenate([data.video_a_index, data.video_b_index]), minlength=n_videos
+    )
+    return CriterionResult(
+        criterion=data.criterion,
+        config=config,
+        video_ids=data.video_ids,
+        global_scores=parameters.rho.detach().cpu().to(torch.float64).numpy(),
+        global_uncertainty=global_spread,
+        n_comparisons=comparisons_per_video.astype(np.int64),
+        n_contributors=np.bincount(problem.pair_video_np, minlength=n_videos).astype(np.int64),
+        user_ids=data.user_ids,
+        s=parameters.s.detach().cpu().to(torch.float64).numpy(),
+        local_user_index=problem.pair_user_np,
+        local_video_index=problem.pair_video_np,
+        local_scores=parameters.theta.detach().cpu().to(torch.float64).numpy(),
+        local_uncertainty=local_spread,
+        history=[dict(row) for row in progress.history],
+        epochs=progress.epoch,
+        converged=progress.converged,
+        stationarity=final_stationarity,
+        state=snapshot(),
+    )
+
+
+def train(
+    dataset: ComparisonDataset,
+    config: LicchaviConfig,
+    *,
+    criteria: Sequence[str] | None = None,
+    initial_states: dict[str, LicchaviState] | None = None,
+    callback: Callable[[EpochReport], bool | None] | None = None,
+) -> dict[str, CriterionResult]:
+    """Train every criterion (or the ones named) independently, in name order."""
+    names = sorted(dataset.criteria) if criteria is None else list(criteria)
+    unknown = [name for name in names if name not in dataset.criteria]
+    if unknown:
+        raise KeyError(f"criteria not in the dataset: {', '.join(unknown)}")
+    states = initial_states or {}
+    return {
+        name: train_criterion(
+            dataset.criteria[name], config, initial_state=states.get(name), callback=callback
+        )
+        for name in names
+    }
