@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,8 +262,9 @@ def read_states(path: str | Path) -> dict[str, LicchaviState]:
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise ValueError(f"{path}: not a saved state file ({error})") from error
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a saved state file ({reason})") from error
     if not isinstance(payload, dict) or not all(isinstance(v, bytes) for v in payload.values()):
         raise ValueError(f"{path}: expected a mapping of criterion to state bytes")
     return {str(name): LicchaviState.from_bytes(blob) for name, blob in payload.items()}
