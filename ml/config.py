@@ -41,6 +41,11 @@ class LicchaviConfig(BaseModel):
         1e-5, gt=0, description="converged solver: max |minimal-norm subgradient| to stop"
     )
     max_iterations: int = Field(3000, ge=1, description="converged solver: iteration budget")
+    optimise_s: bool = Field(
+        False,
+        description="converged solver: also minimise over s_n (by default s_n stays at its"
+        " starting value: 1, or the warm-start state's; see docs/solvers.md)",
+    )
     seed: int = Field(0, ge=0, description="seed of the equilibrium test's random draws")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"

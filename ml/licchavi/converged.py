@@ -56,6 +56,10 @@ class PackedLayout:
         theta = parameters.theta.to(torch.float64)
         rho = parameters.rho.to(torch.float64)
         x = theta - rho.index_select(0, self.problem.pair_video)
+        if parameters.fresh_pairs is not None:
+            # A score nobody fitted yet starts tied to the global one (x = 0), not at 0: the
+            # closest guess, so a warm start only has to fit the new comparisons.
+            x = torch.where(parameters.fresh_pairs, 0.0, x)
         return torch.cat([x, rho, parameters.s.to(torch.float64)])
 
     def theta(self, z: torch.Tensor) -> torch.Tensor:
@@ -63,8 +67,13 @@ class PackedLayout:
         return x + rho.index_select(0, self.problem.pair_video)
 
 
-def smooth_part(layout: PackedLayout, z: torch.Tensor, w0: float) -> SmoothPart:
-    """F = fit + s-prior + w0·Σρ² and its gradient in the (x, ρ, s) coordinates."""
+def smooth_part(
+    layout: PackedLayout, z: torch.Tensor, w0: float, optimise_s: bool = True
+) -> SmoothPart:
+    """F = fit + s-prior + w0·Σρ² and its gradient in the (x, ρ, s) coordinates.
+
+    With optimise_s False the s block of the gradient is zero, so s stays where it started.
+    """
     problem = layout.problem
     x, rho, s = layout.split(z)
     if bool((s <= 0).any()):
@@ -77,11 +86,35 @@ def smooth_part(layout: PackedLayout, z: torch.Tensor, w0: float) -> SmoothPart:
         [
             fit.grad_theta,
             problem.sum_per_video(fit.grad_theta) + 2 * w0 * rho,
-            fit.grad_s + losses.s_prior_gradient(s),
+            fit.grad_s + losses.s_prior_gradient(s) if optimise_s else torch.zeros_like(s),
         ]
     )
     fit_value, s_value, reg_value = float(fit.value), float(s_prior), float(reg)
     return SmoothPart(fit_value + s_value + reg_value, grad, fit_value, s_value, reg_value)
+
+
+CURVATURE_FLOOR = 1e-3
+
+
+def inverse_curvature(layout: PackedLayout, z: torch.Tensor, w0: float) -> torch.Tensor:
+    """1 / diagonal of ∇²F, the L-BFGS starting metric.
+
+    Users and videos differ by orders of magnitude in comparison counts; scaling each coordinate
+    by its own curvature lets the first step already be a sensible (diagonal Newton) step, which
+    is what makes a warm start from a near-optimal state converge in a few iterations.
+    """
+    problem = layout.problem
+    x, rho, s = layout.split(z)
+    theta = x + rho.index_select(0, problem.pair_video)
+    scale = s.index_select(0, problem.comparison_user)
+    difference = theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
+    curvature = losses.bt_second_derivative(scale * difference)
+    per_pair = torch.zeros(layout.n_pairs, dtype=z.dtype, device=z.device)
+    per_pair.index_add_(0, problem.pair_a, curvature * scale * scale)
+    per_pair.index_add_(0, problem.pair_b, curvature * scale * scale)
+    per_video = problem.sum_per_video(per_pair) + 2 * w0
+    per_user = problem.sum_per_user(curvature * difference * difference) + 1 + 1 / (s * s)
+    return torch.cat([per_pair, per_video, per_user]).clamp_min_(CURVATURE_FLOOR).reciprocal_()
 
 
 def pseudo_gradient(layout: PackedLayout, z: torch.Tensor, grad: torch.Tensor, w: float):
@@ -93,11 +126,13 @@ def pseudo_gradient(layout: PackedLayout, z: torch.Tensor, grad: torch.Tensor, w
     return torch.cat([pg_x, grad[n:]])
 
 
-def stationarity(problem: Problem, parameters: Parameters, w: float, w0: float) -> float:
+def stationarity(
+    problem: Problem, parameters: Parameters, w: float, w0: float, optimise_s: bool = True
+) -> float:
     """max |minimal-norm subgradient of J| at the given parameters (float64)."""
     layout = PackedLayout(problem)
     z = layout.pack(parameters)
-    smooth = smooth_part(layout, z, w0)
+    smooth = smooth_part(layout, z, w0, optimise_s)
     return float(pseudo_gradient(layout, z, smooth.grad, w).abs().max())
 
 
@@ -127,18 +162,19 @@ class ConvergedSolver:
         )
 
     def _direction(
-        self, pg: torch.Tensor, memory: list[tuple[torch.Tensor, torch.Tensor, float]]
+        self,
+        pg: torch.Tensor,
+        memory: list[tuple[torch.Tensor, torch.Tensor, float]],
+        metric: torch.Tensor,
     ) -> torch.Tensor:
-        """-H·pg with the L-BFGS two-loop recursion."""
+        """-H·pg with the L-BFGS two-loop recursion, starting from the diagonal metric."""
         q = pg.clone()
         alphas = []
         for step, change, rho_k in reversed(memory):
             alpha = rho_k * float(step @ q)
             alphas.append(alpha)
             q.add_(change, alpha=-alpha)
-        if memory:
-            step, change, _ = memory[-1]
-            q.mul_(float(step @ change) / float(change @ change))
+        q.mul_(metric)
         for (step, change, rho_k), alpha in zip(memory, reversed(alphas), strict=True):
             beta = rho_k * float(change @ q)
             q.add_(step, alpha=alpha - beta)
@@ -150,7 +186,7 @@ class ConvergedSolver:
         started = time.perf_counter()
         elapsed_before = progress.history[-1]["elapsed"] if progress.history else 0.0
         z = self.z
-        smooth = smooth_part(layout, z, w0)
+        smooth = smooth_part(layout, z, w0, config.optimise_s)
         total = smooth.value + w * float(z[:n].abs().sum())
         memory: list[tuple[torch.Tensor, torch.Tensor, float]] = []
         previous_grad_rho: torch.Tensor | None = None
@@ -160,7 +196,7 @@ class ConvergedSolver:
             if self.stationarity <= config.tolerance:
                 progress.converged = True
                 break
-            direction = self._direction(pg, memory)
+            direction = self._direction(pg, memory, inverse_curvature(layout, z, w0))
             # Keep the L1 coordinates inside the orthant the pseudo-gradient points to.
             direction[:n] = torch.where(direction[:n] * pg[:n] < 0, direction[:n], 0.0)
             slope = float(direction @ pg)
@@ -169,13 +205,13 @@ class ConvergedSolver:
                 direction = -pg
                 slope = float(direction @ pg)
             orthant = torch.where(z[:n] != 0, torch.sign(z[:n]), torch.sign(-pg[:n]))
-            step_size = 1.0 if memory else min(1.0, 1.0 / max(float(pg.norm()), 1e-12))
+            step_size = 1.0
             accepted = False
             for _ in range(MAX_BACKTRACKS):
                 candidate = z + step_size * direction
                 x_new = candidate[:n]
                 candidate[:n] = torch.where(torch.sign(x_new) == orthant, x_new, 0.0)
-                smooth_new = smooth_part(layout, candidate, w0)
+                smooth_new = smooth_part(layout, candidate, w0, config.optimise_s)
                 total_new = smooth_new.value + w * float(candidate[:n].abs().sum())
                 if total_new <= total + ARMIJO * float(pg @ (candidate - z)):
                     accepted = True

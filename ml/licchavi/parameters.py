@@ -15,10 +15,16 @@ class Parameters:
     rho: torch.Tensor
     s: torch.Tensor
     age: torch.Tensor
+    # Pairs with no saved θ after a warm start (θ was padded with 0); None when all are known.
+    fresh_pairs: torch.Tensor | None = None
 
     def clone(self) -> Parameters:
         return Parameters(
-            theta=self.theta.clone(), rho=self.rho.clone(), s=self.s.clone(), age=self.age.clone()
+            theta=self.theta.clone(),
+            rho=self.rho.clone(),
+            s=self.s.clone(),
+            age=self.age.clone(),
+            fresh_pairs=None if self.fresh_pairs is None else self.fresh_pairs.clone(),
         )
 
 

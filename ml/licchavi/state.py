@@ -210,6 +210,8 @@ def aligned_parameters(
     found = new_keys[slot] == old_keys if len(new_keys) else np.zeros(0, dtype=bool)
     theta = np.zeros(len(new_keys))
     theta[slot[found]] = state.theta[kept][found]
+    fresh = np.ones(len(new_keys), dtype=bool)
+    fresh[slot[found]] = False
 
     def as_tensor(array: np.ndarray, tensor_dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(array).to(device=device, dtype=tensor_dtype)
@@ -219,6 +221,7 @@ def aligned_parameters(
         rho=as_tensor(rho, dtype),
         s=as_tensor(s, dtype),
         age=as_tensor(age, torch.int64),
+        fresh_pairs=torch.from_numpy(fresh).to(device),
     )
 
 

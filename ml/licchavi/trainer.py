@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,10 @@ from ml.licchavi.state import (
     restored_progress,
 )
 from ml.licchavi.uncertainty import global_uncertainty, local_uncertainty
+
+# Below this many comparisons an epoch is a series of small kernels whose cost is dominated by
+# thread start-up and, on a shared machine, by waiting for the second core: one thread is faster.
+SINGLE_THREAD_BELOW = 300_000
 
 # Settings that do not change the numbers a run produces; a checkpoint stays resumable across them.
 _NON_NUMERICAL_SETTINGS = ("device", "compute_uncertainty")
@@ -108,6 +113,20 @@ def _can_resume(
     )
 
 
+@contextlib.contextmanager
+def _cpu_threads(n_comparisons: int, device: torch.device) -> Iterator[None]:
+    """Use one intra-op thread for small CPU problems, restoring the setting afterwards."""
+    if device.type != "cpu" or n_comparisons >= SINGLE_THREAD_BELOW:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_criterion(
     data: CriterionComparisons,
     config: LicchaviConfig,
@@ -122,6 +141,17 @@ def train_criterion(
     callback: called after every epoch/iteration; returning False raises TrainingCancelled.
     """
     device = resolve_device(config.device)
+    with _cpu_threads(data.n_comparisons, device):
+        return _train_criterion(data, config, device, initial_state, callback)
+
+
+def _train_criterion(
+    data: CriterionComparisons,
+    config: LicchaviConfig,
+    device: torch.device,
+    initial_state: LicchaviState | None,
+    callback: Callable[[EpochReport], bool | None] | None,
+) -> CriterionResult:
     # The converged solver works in float64: its tolerance is below float32 resolution.
     dtype_name = "float64" if config.solver == "converged" else config.dtype
     resolved = config.model_copy(update={"device": device.type, "dtype": dtype_name})
@@ -199,7 +229,7 @@ def train_criterion(
     if isinstance(solver, ConvergedSolver):
         final_stationarity = solver.stationarity
     else:
-        final_stationarity = stationarity(problem, final, resolved.w, resolved.w0)
+        final_stationarity = stationarity(problem, final, resolved.w, resolved.w0, True)
     return _result(data, resolved, problem, final, progress, final_stationarity, snapshot, started)
 
 
