@@ -1,6 +1,7 @@
 """The FastAPI application factory (`uvicorn --factory app.main:create_app`)."""
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api.routes import catalog, comparisons, health
@@ -24,8 +25,12 @@ def create_app() -> FastAPI:
     application.include_router(health.router)
     application.include_router(comparisons.router, prefix=API_PREFIX)
     application.include_router(catalog.router, prefix=API_PREFIX)
-    Instrumentator(excluded_handlers=["/metrics", "/healthz"]).instrument(application).expose(
-        application, include_in_schema=False
-    )
+    # A registry per application: several apps in one process (tests) must not share counters.
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    Instrumentator(excluded_handlers=["/metrics", "/healthz"], registry=registry).instrument(
+        application
+    ).expose(application, include_in_schema=False)
     application.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return application

@@ -14,6 +14,19 @@ celery_app = Celery("licchavi", include=["workers.tasks.maintenance"])
 @celery_app.on_configure.connect
 def _configure(sender: Celery, **_: Any) -> None:
     # Read settings when Celery first needs its configuration, not at import time.
+    sender.conf.update(celery_config())
+
+
+def reconfigure() -> None:
+    """Re-read the settings and drop pooled broker connections (when settings change in tests)."""
+    if celery_app.configured:
+        celery_app.close()
+        # close() keeps the producer pool bound to the old broker; forget it too.
+        celery_app.amqp._producer_pool = None
+        celery_app.conf.update(celery_config())
+
+
+def celery_config() -> dict[str, Any]:
     settings = get_settings()
     settings.ensure_data_dir()
     broker_url = settings.resolved_broker_url
@@ -22,9 +35,9 @@ def _configure(sender: Celery, **_: Any) -> None:
         # Our own leases decide when work is redone; a short visibility timeout would make Redis
         # hand a long training task to a second worker while the first is still running it.
         transport_options["visibility_timeout"] = 24 * 3600
-    else:
-        transport_options["polling_interval"] = 0.5
-    sender.conf.update(
+    # (kombu's SQLAlchemy transport hands every transport option to create_engine, so the
+    # embedded broker keeps its default one-second polling interval.)
+    return dict(
         broker_url=broker_url,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,

@@ -5,7 +5,7 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header
 from sqlmodel import Session, select
@@ -103,5 +103,6 @@ def require_scope(scope: str) -> Callable[..., Principal]:
     return dependency
 
 
-def scoped(scope: str) -> object:
+def scoped(scope: str) -> Any:
+    """`dependencies=[scoped("…")]` for routes that need a scope but not the principal."""
     return Depends(require_scope(scope))

@@ -19,5 +19,5 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = timestamp_field()
     revoked_at: datetime | None = Field(
         default=None,
-        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=sa.DateTime(timezone=True),
     )

@@ -15,7 +15,7 @@ def timestamp_field(**kwargs: Any) -> Any:
     """A non-null timezone-aware timestamp column defaulting to now."""
     return Field(
         default_factory=utcnow,
-        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=sa.DateTime(timezone=True),
         nullable=False,
         **kwargs,
     )

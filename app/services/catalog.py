@@ -27,7 +27,7 @@ def list_videos(
     if ids:
         sides = []
         for column in (Comparison.video_a_id, Comparison.video_b_id):
-            side = select(column.label("video_id"), Comparison.user_id).where(column.in_(ids))  # type: ignore[union-attr,attr-defined]
+            side = select(column.label("video_id"), Comparison.user_id).where(column.in_(ids))  # type: ignore[attr-defined]
             if criterion_pk is not None:
                 side = side.where(Comparison.criterion_id == criterion_pk)
             sides.append(side)

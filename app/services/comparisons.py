@@ -3,9 +3,10 @@
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_
+from sqlalchemy import ColumnElement, and_, delete, func, or_, true
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from app.core.config import get_settings
 from app.core.errors import InvalidInput, NotFound
@@ -29,13 +30,16 @@ def known_criteria(session: Session) -> set[str]:
 
 
 def rows_from_payloads(
-    payloads: Sequence[ComparisonCreate], criteria: set[str]
+    payloads: Sequence[ComparisonCreate],
+    criteria: set[str],
+    *,
+    positions: Sequence[int] | None = None,
 ) -> tuple[list[ComparisonRow], list[dict[str, Any]]]:
-    """Stored-orientation rows, and an error per unknown criterion (pointer into the list)."""
+    """Stored-orientation rows, and an error per unknown criterion (at request `positions`)."""
     default_max = get_settings().score_max
     rows: list[ComparisonRow] = []
     errors: list[dict[str, Any]] = []
-    for i, payload in enumerate(payloads):
+    for i, payload in zip(positions or range(len(payloads)), payloads, strict=True):
         for j, cs in enumerate(payload.criteria_scores):
             if cs.criterion not in criteria:
                 errors.append(
@@ -96,20 +100,20 @@ def write_many(session: Session, *, rows: Sequence[ComparisonRow]) -> UpsertOutc
 
 def _public_select() -> Any:
     return (
-        select(
-            User.external_id,
-            VideoA.external_id,
-            VideoB.external_id,
-            Criterion.name,
-            Comparison.score,
-            Comparison.score_max,
-            Comparison.created_at,
-            Comparison.updated_at,
+        sa_select(
+            col(User.external_id),
+            col(VideoA.external_id),
+            col(VideoB.external_id),
+            col(Criterion.name),
+            col(Comparison.score),
+            col(Comparison.score_max),
+            col(Comparison.created_at),
+            col(Comparison.updated_at),
         )
-        .join(User, User.id == Comparison.user_id)  # type: ignore[arg-type]
-        .join(VideoA, VideoA.id == Comparison.video_a_id)  # type: ignore[arg-type]
-        .join(VideoB, VideoB.id == Comparison.video_b_id)  # type: ignore[arg-type]
-        .join(Criterion, Criterion.id == Comparison.criterion_id)  # type: ignore[arg-type]
+        .join(User, col(User.id) == col(Comparison.user_id))
+        .join(VideoA, col(VideoA.id) == col(Comparison.video_a_id))
+        .join(VideoB, col(VideoB.id) == col(Comparison.video_b_id))
+        .join(Criterion, col(Criterion.id) == col(Comparison.criterion_id))
     )
 
 
@@ -123,25 +127,27 @@ def list_comparisons(
     offset: int,
 ) -> tuple[list[ComparisonPublic], int]:
     """A page of comparisons in insertion order (id), and the total matching the filters."""
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if user_id is not None:
         user_pk = session.exec(select(User.id).where(User.external_id == user_id)).first()
         if user_pk is None:
             return [], 0
-        conditions.append(Comparison.user_id == user_pk)
+        conditions.append(col(Comparison.user_id) == user_pk)
     if video_id is not None:
         video_pk = session.exec(select(Video.id).where(Video.external_id == video_id)).first()
         if video_pk is None:
             return [], 0
-        conditions.append(or_(Comparison.video_a_id == video_pk, Comparison.video_b_id == video_pk))
+        conditions.append(
+            or_(col(Comparison.video_a_id) == video_pk, col(Comparison.video_b_id) == video_pk)
+        )
     if criterion is not None:
         criterion_pk = session.exec(select(Criterion.id).where(Criterion.name == criterion)).first()
         if criterion_pk is None:
             raise NotFound(f"Unknown criterion {criterion!r}.")
-        conditions.append(Comparison.criterion_id == criterion_pk)
-    where = and_(*conditions) if conditions else and_(True)
+        conditions.append(col(Comparison.criterion_id) == criterion_pk)
+    where = and_(true(), *conditions)
     total = session.exec(select(func.count()).select_from(Comparison).where(where)).one()
-    rows = session.exec(
+    rows = session.execute(
         _public_select().where(where).order_by(Comparison.id).limit(limit).offset(offset)
     ).all()
     return [_public(row) for row in rows], int(total)
@@ -165,7 +171,7 @@ def get_pair(session: Session, *, user_id: str, video_a: str, video_b: str) -> P
     """Every criterion `user_id` scored for the pair, with signs as seen from the asked order."""
     flipped = video_a > video_b
     low, high = (video_b, video_a) if flipped else (video_a, video_b)
-    rows = session.exec(
+    rows = session.execute(
         _public_select()
         .where(User.external_id == user_id, VideoA.external_id == low, VideoB.external_id == high)
         .order_by(Criterion.name)

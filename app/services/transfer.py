@@ -14,7 +14,14 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.services.comparisons import known_criteria
-from app.services.dataset_csv import EXPORT_COLUMNS, RowError, format_number, parse_rows, week_date
+from app.services.dataset_csv import (
+    EXPORT_COLUMNS,
+    CsvHeaderError,
+    RowError,
+    format_number,
+    parse_rows,
+    week_date,
+)
 from app.services.upsert import ComparisonRow, upsert_comparisons
 
 MAX_KEPT_REJECTIONS = 1000
@@ -111,26 +118,34 @@ def import_comparisons(
     report = ImportReport()
     if strict:
         with open_comparisons(path) as lines:
-            for item in parse_rows(lines, criteria=criteria, default_score_max=default_max):
+            for item in _parsed(path, lines, criteria, default_max):
                 if isinstance(item, RowError):
                     report.reject(item)
         if report.rejected:
             return report
     batch: list[ComparisonRow] = []
     with open_comparisons(path, on_read) as lines:
-        try:
-            for item in parse_rows(lines, criteria=criteria, default_score_max=default_max):
-                if isinstance(item, RowError):
-                    report.reject(item)
-                    continue
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    _flush(engine, batch, report)
-                    batch = []
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise ImportSourceError(f"{path}: not a readable CSV ({exc})") from exc
+        for item in _parsed(path, lines, criteria, default_max):
+            if isinstance(item, RowError):
+                report.reject(item)
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                _flush(engine, batch, report)
+                batch = []
     _flush(engine, batch, report)
     return report
+
+
+def _parsed(
+    path: Path, lines: IO[str], criteria: set[str], default_max: float
+) -> Iterator[ComparisonRow | RowError]:
+    try:
+        yield from parse_rows(lines, criteria=criteria, default_score_max=default_max)
+    except CsvHeaderError as exc:
+        raise ImportSourceError(f"{path}: {exc}") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ImportSourceError(f"{path}: not a readable CSV ({exc})") from exc
 
 
 def _flush(engine: Engine, batch: list[ComparisonRow], report: ImportReport) -> None:

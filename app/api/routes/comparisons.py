@@ -5,7 +5,7 @@ import json
 from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Query, Request, Response, status
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PagingDep
@@ -27,7 +27,6 @@ from app.services.upsert import ComparisonRow
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
 
-_bulk_adapter = TypeAdapter(list[ComparisonCreate])
 MAX_LISTED_ERRORS = 100
 
 
@@ -98,16 +97,24 @@ def _rows_from_json(session: Any, body: bytes) -> list[ComparisonRow]:
     if not isinstance(raw, list):
         raise InvalidInput("Body must be a JSON list of comparisons.")
     _too_many(len(raw))
-    try:
-        payloads = _bulk_adapter.validate_python(raw)
-    except ValidationError as exc:
-        errors = validation_errors(exc.errors())
-        for err in errors:
-            err["row"] = int(err["loc"][0])
-        _raise_row_errors(errors)
-    rows, errors = service.rows_from_payloads(payloads, service.known_criteria(session))
-    if errors:
-        _raise_row_errors(errors)
+    payloads: list[ComparisonCreate] = []
+    positions: list[int] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        try:
+            payloads.append(ComparisonCreate.model_validate(item))
+            positions.append(index)
+        except ValidationError as exc:
+            for err in validation_errors(exc.errors()):
+                errors.append(
+                    {**err, "row": index, "pointer": f"/{index}{err['pointer']}".rstrip("/")}
+                )
+    # Unknown criteria are checked on the rows that passed, so one answer lists every bad row.
+    rows, criteria_errors = service.rows_from_payloads(
+        payloads, service.known_criteria(session), positions=positions
+    )
+    if errors or criteria_errors:
+        _raise_row_errors(sorted(errors + criteria_errors, key=lambda e: e["row"]))
     return rows
 
 

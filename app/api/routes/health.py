@@ -21,20 +21,18 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=None)
 async def readyz(request: Request) -> Any:
     settings = get_settings()
-    problems = [
-        p
-        for p in (
-            await run_in_threadpool(check_database),
-            await run_in_threadpool(check_broker, settings),
-        )
-        if p
-    ]
+    checks = {
+        "database": await run_in_threadpool(check_database),
+        "broker": await run_in_threadpool(check_broker, settings),
+    }
+    summary = {name: "error" if problem else "ok" for name, problem in checks.items()}
+    problems = [problem for problem in checks.values() if problem]
     if problems:
         return problem_response(
             request,
             status=503,
             slug="not-ready",
             detail="; ".join(problems),
-            extra={"checks": {"database": "error" if problems[0].startswith("database") else "ok"}},
+            extra={"checks": summary},
         )
-    return JSONResponse({"status": "ready", "checks": {"database": "ok", "broker": "ok"}})
+    return JSONResponse({"status": "ready", "checks": summary})

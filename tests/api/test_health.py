@@ -1,0 +1,98 @@
+"""Liveness, readiness, metrics, body limit, and that the API never imports torch."""
+
+import subprocess
+import sys
+
+import pytest
+
+from app.core.config import get_settings
+from app.core.db import dispose_engine
+from tests.api.test_comparisons import WRITE, assert_problem, payload
+from tests.conftest import ApiClient
+
+
+def test_healthz_and_readyz(client: ApiClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_readyz_is_a_503_problem_when_the_broker_is_unreachable(
+    sqlite_engine: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("READINESS_TIMEOUT_SECONDS", "0.5")
+    get_settings.cache_clear()
+    with TestClient(create_app()) as client:
+        problem = assert_problem(client.get("/readyz"), 503)
+    assert "broker" in problem["detail"]
+    assert problem["checks"] == {"database": "ok", "broker": "error"}
+
+
+def test_readyz_reports_an_unreachable_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    get_settings.cache_clear()
+    dispose_engine()
+    with TestClient(create_app()) as client:
+        assert client.get("/healthz").status_code == 200  # liveness does no I/O
+        assert "database" in assert_problem(client.get("/readyz"), 503)["detail"]
+
+
+def test_metrics_are_exposed(client: ApiClient) -> None:
+    client.get("/api/v1/criteria")
+    body = client.get("/metrics").text
+    assert "http_requests_total" in body and 'handler="/api/v1/criteria"' in body
+
+
+def test_too_large_body_is_413_and_stores_nothing(
+    client: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    monkeypatch.setenv("MAX_BODY_BYTES", "2048")
+    get_settings.cache_clear()
+    small = TestClient(create_app())
+    small.app.dependency_overrides = client.app.dependency_overrides  # type: ignore[attr-defined]
+    auth = client.key(WRITE)
+    big = [payload(user=f"u{i}") for i in range(100)]
+    assert_problem(small.post("/api/v1/comparisons/bulk", json=big, headers=auth), 413)
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        for _ in range(10):
+            yield b" " * 1024
+
+    assert_problem(small.post("/api/v1/comparisons/bulk", content=chunks(), headers=auth), 413)
+    assert client.get("/api/v1/comparisons").json()["total"] == 0
+
+
+def test_api_does_not_import_torch() -> None:
+    code = (
+        "import app.main, app.cli.main, sys; app.main.create_app(); print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_production_refuses_the_placeholder_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    get_settings.cache_clear()
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        get_settings()
+    monkeypatch.setenv("SECRET_KEY", "a-real-secret")
+    get_settings.cache_clear()
+    assert get_settings().environment == "production"
