@@ -139,8 +139,9 @@ def run_measured(command: list[str], env: dict[str, str], log: Path) -> tuple[fl
 class ApiServer:
     """`licchavi serve --no-worker` on a free localhost port, for the duration of a `with`."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, workers: int = 1) -> None:
         self.port = free_port()
+        self.workers = workers
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.log = log
@@ -148,7 +149,7 @@ class ApiServer:
 
     def __enter__(self) -> "ApiServer":
         command = [str(BIN / "licchavi"), "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--no-worker"]
+        command += ["--port", str(self.port), "--no-worker", "--workers", str(self.workers)]
         self._log_file = open(self.log, "wb")  # closed in __exit__
         self.process = subprocess.Popen(
             command, env=self.env, cwd=REPO, stdout=self._log_file, stderr=self._log_file
@@ -297,6 +298,7 @@ def main() -> None:
     parser.add_argument("--import-rows", type=int, default=1_000_000)
     parser.add_argument("--rate", type=float, default=200.0, help="single writes per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of single writes")
+    parser.add_argument("--api-workers", type=int, default=2, help="uvicorn processes")
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--videos", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -338,7 +340,7 @@ def main() -> None:
     api_key = api_key.strip().splitlines()[-1]
     print(f"database {args.database} migrated; work dir {work}", file=sys.stderr)
 
-    with ApiServer(env, work / "api.log") as server:
+    with ApiServer(env, work / "api.log", workers=args.api_workers) as server:
         headers = {"Authorization": f"Bearer {api_key}"}
         with httpx.Client(base_url=server.base_url, headers=headers, timeout=300) as client:
             print("bulk JSON …", file=sys.stderr)

@@ -43,9 +43,11 @@ class Measurement:
     size: Size
     solver: str
     wall_seconds: float
+    cpu_seconds: float
     peak_rss_gb: float
     read_seconds: float | None
     train_seconds: float | None
+    total_seconds: float | None  # read + train + write, as the command reports it
     epochs: int
     spearman: float
     heldout_accuracy: float
@@ -92,8 +94,9 @@ def train_command(data_dir: Path, scores_dir: Path, solver: str, extra: list[str
     ]
 
 
-def run_training(command: list[str]) -> tuple[float, float, str]:
-    """Wall time, peak RSS in GB of the child alone (os.wait4), and its stderr."""
+def run_training(command: list[str]) -> tuple[float, float, float, str]:
+    """Wall time, CPU time (user + system), peak RSS in GB of the child alone (os.wait4), and
+    its stderr."""
     stderr_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"licchavi_bench_{os.getpid()}.err"
     with open(stderr_path, "w") as stderr:
         started = time.perf_counter()
@@ -106,14 +109,14 @@ def run_training(command: list[str]) -> tuple[float, float, str]:
     if process.returncode != 0:
         raise SystemExit(f"training failed ({process.returncode}):\n{text}")
     # ru_maxrss is in kilobytes on Linux.
-    return wall, usage.ru_maxrss / 1e6, text
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1e6, text
 
 
 def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measurement:
     data_dir = prepare(size, cache)
     scores_dir = cache / "scores" / f"{size.name}-{solver}"
-    wall, peak_gb, log = run_training(train_command(data_dir, scores_dir, solver, extra))
-    timings = re.search(r"read ([\d.]+) s, trained ([\d.]+) s", log)
+    wall, cpu, peak_gb, log = run_training(train_command(data_dir, scores_dir, solver, extra))
+    timings = re.search(r"read ([\d.]+) s, trained ([\d.]+) s, total ([\d.]+) s", log)
     epochs = re.findall(r"(\d+) epochs", log)
     report = evaluate(data_dir, scores_dir, data_dir / "heldout.csv")
     metrics = next(iter(report.values()))
@@ -121,9 +124,11 @@ def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measureme
         size=size,
         solver=solver,
         wall_seconds=wall,
+        cpu_seconds=cpu,
         peak_rss_gb=peak_gb,
         read_seconds=float(timings.group(1)) if timings else None,
         train_seconds=float(timings.group(2)) if timings else None,
+        total_seconds=float(timings.group(3)) if timings else None,
         epochs=int(epochs[0]) if epochs else 0,
         spearman=metrics["spearman"],
         heldout_accuracy=metrics["heldout_accuracy"],
@@ -131,10 +136,12 @@ def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measureme
 
 
 def markdown_table(measurements: list[Measurement]) -> str:
+    """Wall time split into start-up (interpreter, torch import), read, train and write."""
     lines = [
-        "| set (users/videos/comparisons) | solver | wall s | read s | train s | peak RSS GB "
-        "| epochs | Spearman vs truth | held-out accuracy | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| set (users/videos/comparisons) | solver | wall s | start-up s | read s | train s "
+        "| write s | CPU s | peak RSS GB | epochs | Spearman vs truth | held-out accuracy "
+        "| target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
         target = f"≤ {m.size.target_seconds:g} s" + (
@@ -143,12 +150,27 @@ def markdown_table(measurements: list[Measurement]) -> str:
         met = m.wall_seconds <= m.size.target_seconds and (
             m.size.target_gb is None or m.peak_rss_gb <= m.size.target_gb
         )
-        lines.append(
-            f"| {m.size.name} {m.size.users:,}/{m.size.videos:,}/{m.size.comparisons:,} "
-            f"| {m.solver} | {m.wall_seconds:.2f} | {_optional(m.read_seconds)} "
-            f"| {_optional(m.train_seconds)} | {m.peak_rss_gb:.2f} | {m.epochs} "
-            f"| {m.spearman:.3f} | {m.heldout_accuracy:.3f} | {target} | {'yes' if met else 'no'} |"
-        )
+        startup = None if m.total_seconds is None else m.wall_seconds - m.total_seconds
+        write = None
+        if None not in (m.total_seconds, m.read_seconds, m.train_seconds):
+            write = m.total_seconds - m.read_seconds - m.train_seconds  # type: ignore[operator]
+        cells = [
+            f"{m.size.name} {m.size.users:,}/{m.size.videos:,}/{m.size.comparisons:,}",
+            m.solver,
+            f"{m.wall_seconds:.2f}",
+            _optional(startup),
+            _optional(m.read_seconds),
+            _optional(m.train_seconds),
+            _optional(write),
+            f"{m.cpu_seconds:.2f}",
+            f"{m.peak_rss_gb:.2f}",
+            str(m.epochs),
+            f"{m.spearman:.3f}",
+            f"{m.heldout_accuracy:.3f}",
+            target,
+            "yes" if met else "no",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -130,7 +130,7 @@ def _train(
                 initial_states=initial_states,
                 callback=on_epoch,
             )
-        except RuntimeError as error:  # e.g. cuda asked for on a machine without it
+        except (RuntimeError, ValueError) as error:  # e.g. cuda asked for without a GPU
             raise CliError(f"training failed: {error}") from error
     train_seconds = time.perf_counter() - started - read_seconds
     write_result(output, results, config)
@@ -158,6 +158,7 @@ class _EpochProgress:
         self.criteria = criteria
         self.enabled = enabled and err.is_terminal
         self.tasks: dict[str, Any] = {}
+        self.completed: dict[str, int] = {}
 
     def __enter__(self) -> Any:
         if not self.enabled:
@@ -187,12 +188,13 @@ class _EpochProgress:
             task = self.bar.add_task(report.criterion, total=report.max_epochs)
             self.tasks[report.criterion] = task
         self.bar.update(task, completed=report.epoch, total=report.max_epochs)
+        self.completed[report.criterion] = report.epoch
 
     def __exit__(self, *exc_info: object) -> None:
         if self.enabled:
             # A run that stops early (equilibrium reached) shows as complete.
-            for task in self.tasks.values():
-                self.bar.update(task, total=self.bar.tasks[task].completed or 1)
+            for criterion, task in self.tasks.items():
+                self.bar.update(task, total=max(1, self.completed.get(criterion, 0)))
             self.bar.__exit__(None, None, None)
 
 

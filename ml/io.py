@@ -107,12 +107,17 @@ def _quote(text: str) -> str:
 
 
 def _encode(categories: list[Any]) -> np.ndarray:
-    """Categories as a (n, width) uint8 matrix of UTF-8 bytes, NUL-padded; row n is empty."""
-    encoded = [_quote(str(c)).encode() for c in categories] + [b""]
-    width = max(1, max(len(e) for e in encoded))
-    return np.frombuffer(b"".join(e.ljust(width, b"\0") for e in encoded), np.uint8).reshape(
-        len(encoded), width
-    )
+    """Categories as a (n + 1, width) uint8 matrix of UTF-8 bytes, NUL-padded; row n is empty."""
+    texts = [str(c) for c in categories]
+    joined = "\0".join(texts)
+    if any(char in joined for char in ',"\n\r'):
+        texts = [_quote(text) for text in texts]
+        joined = "\0".join(texts)
+    # One encode and split instead of one call per category (there can be millions of ids).
+    encoded = [*joined.encode().split(b"\0"), b""] if texts else [b""]
+    table = np.array(encoded, dtype=bytes)
+    width = max(1, table.dtype.itemsize)
+    return np.frombuffer(table.astype(f"S{width}").tobytes(), np.uint8).reshape(len(encoded), width)
 
 
 def _format_block(prepared: list[_Column], start: int, stop: int, decimals: int) -> bytes:
@@ -136,9 +141,13 @@ def _format_block(prepared: list[_Column], start: int, stop: int, decimals: int)
 
 def _digits(magnitude: np.ndarray, width: int) -> np.ndarray:
     """(n, width) matrix of the decimal digits of non-negative int64 values, most significant
-    first."""
-    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    return ((magnitude[:, None] // powers[None, :]) % 10).astype(np.uint8)
+    first (one divmod per column: faster than broadcasting over powers of ten)."""
+    digits = np.empty((len(magnitude), width), dtype=np.uint8)
+    remaining = magnitude.astype(np.int64)
+    for column in range(width - 1, -1, -1):
+        remaining, digit = np.divmod(remaining, 10)
+        digits[:, column] = digit
+    return digits
 
 
 def _integer_bytes(values: np.ndarray, force_sign: np.ndarray | None = None) -> np.ndarray:

@@ -89,16 +89,10 @@ def upgrade() -> None:
     sa.CheckConstraint('score >= -score_max AND score <= score_max', name='ck_comparison_score_in_range'),
     sa.CheckConstraint('score_max > 0', name='ck_comparison_score_max_positive'),
     sa.CheckConstraint('video_a_id <> video_b_id', name='ck_comparison_distinct_videos'),
-    sa.ForeignKeyConstraint(['criterion_id'], ['criteria.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['video_a_id'], ['videos.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['video_b_id'], ['videos.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('user_id', 'video_a_id', 'video_b_id', 'criterion_id', name='uq_comparison_key')
     )
     with op.batch_alter_table('comparisons', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_comparisons_criterion_id'), ['criterion_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_comparisons_updated_at'), ['updated_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_comparisons_video_a_id'), ['video_a_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_comparisons_video_b_id'), ['video_b_id'], unique=False)
 
@@ -132,8 +126,6 @@ def downgrade() -> None:
     with op.batch_alter_table('comparisons', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_comparisons_video_b_id'))
         batch_op.drop_index(batch_op.f('ix_comparisons_video_a_id'))
-        batch_op.drop_index(batch_op.f('ix_comparisons_updated_at'))
-        batch_op.drop_index(batch_op.f('ix_comparisons_criterion_id'))
 
     op.drop_table('comparisons')
     with op.batch_alter_table('videos', schema=None) as batch_op:

@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -66,6 +67,16 @@ class Principal:
         return "admin" in self.scopes or scope in self.scopes
 
 
+# Verified keys are remembered briefly so a busy client costs no lookup per request; a revoked key
+# stops working within this many seconds.
+KEY_CACHE_SECONDS = 5.0
+_verified: dict[str, tuple[float, Principal]] = {}
+
+
+def forget_verified_keys() -> None:
+    _verified.clear()
+
+
 def authenticate(session: Session, authorization: str | None) -> Principal:
     if not authorization:
         raise NotAuthenticated(
@@ -76,6 +87,10 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     parts = key.strip().split("_", 2)
     if scheme.lower() != "bearer" or len(parts) != 3 or parts[0] != KEY_PREFIX:
         raise NotAuthenticated("Malformed API key.", headers={"WWW-Authenticate": "Bearer"})
+    key = key.strip()
+    cached = _verified.get(key)
+    if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
+        return cached[1]
     row = session.exec(select(ApiKey).where(ApiKey.prefix == parts[1])).first()
     if (
         row is None

