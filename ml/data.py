@@ -77,14 +77,35 @@ class CriterionComparisons:
         )
 
 
-def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sorted_codes(values: np.ndarray | pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes whose order follows the sorted unique values (sorting only the uniques)."""
     codes, uniques = pd.factorize(values)
     uniques_array = np.asarray(uniques, dtype=object)
     order = np.argsort(uniques_array.astype(str), kind="stable")
     rank = np.empty(order.shape[0], dtype=np.int64)
     rank[order] = np.arange(order.shape[0], dtype=np.int64)
-    return rank[codes], uniques_array[order]
+    return rank[np.asarray(codes)], uniques_array[order]
+
+
+def _dense(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes present, codes renumbered 0..k-1 in the same order), in linear time."""
+    present = np.bincount(codes, minlength=size) > 0
+    renumber = np.cumsum(present) - 1
+    return np.flatnonzero(present), renumber[codes]
+
+
+def _first_of_last_rows(key_columns: list[np.ndarray], bounds: list[int]) -> np.ndarray:
+    """Mask of the rows that are the last occurrence of their key (one hash pass)."""
+    capacity = 1
+    for bound in bounds:
+        capacity *= max(bound, 1)
+    if capacity < 2**62:
+        key = np.zeros(key_columns[0].shape[0], dtype=np.int64)
+        for column, bound in zip(key_columns, bounds, strict=True):
+            key = key * max(bound, 1) + column
+        return ~pd.Series(key).duplicated(keep="last").to_numpy()
+    frame = pd.DataFrame({str(i): column for i, column in enumerate(key_columns)})
+    return ~frame.duplicated(keep="last").to_numpy()
 
 
 def _criterion_comparisons(
@@ -97,9 +118,9 @@ def _criterion_comparisons(
     video_names: np.ndarray,
 ) -> CriterionComparisons:
     """Index one criterion's rows (global codes in, local dense codes out)."""
-    kept_users, user_index = np.unique(users, return_inverse=True)
+    kept_users, user_index = _dense(users, user_names.shape[0])
     n = video_a.shape[0]
-    kept_videos, video_index = np.unique(np.concatenate([video_a, video_b]), return_inverse=True)
+    kept_videos, video_index = _dense(np.concatenate([video_a, video_b]), video_names.shape[0])
     # Group by user while keeping the input order inside each user.
     order = np.argsort(user_index, kind="stable")
     return CriterionComparisons(
@@ -143,7 +164,7 @@ class ComparisonDataset:
             count = int(np.sum(np.abs(ratings[valid]) > 1 + 1e-9))
             raise ValueError(f"comparisons: {count} row(s) with |score| > score_max")
 
-        users, user_names = _sorted_codes(frame["public_username"].to_numpy())
+        users, user_names = _sorted_codes(frame["public_username"])
         both_videos = np.concatenate([frame["video_a"].to_numpy(), frame["video_b"].to_numpy()])
         video_codes, video_names = _sorted_codes(both_videos)
         n_rows = score.shape[0]
@@ -152,12 +173,14 @@ class ComparisonDataset:
         valid &= video_a != video_b
 
         # Later rows replace earlier ones for the same (criterion, user, unordered pair).
+        rows = np.flatnonzero(valid)
         low, high = np.minimum(video_a, video_b), np.maximum(video_a, video_b)
-        keys = pd.DataFrame({"criterion": criteria_codes, "user": users, "low": low, "high": high})[
-            valid
-        ]
+        latest = _first_of_last_rows(
+            [criteria_codes[rows], users[rows], low[rows], high[rows]],
+            [len(criteria_names), len(user_names), len(video_names), len(video_names)],
+        )
         keep = np.zeros(n_rows, dtype=bool)
-        keep[keys.index[~keys.duplicated(keep="last").to_numpy()]] = True
+        keep[rows[latest]] = True
 
         result: dict[str, CriterionComparisons] = {}
         for code in np.argsort(np.asarray(criteria_names, dtype=str)):

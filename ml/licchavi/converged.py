@@ -1,10 +1,17 @@
-"""Deterministic minimisation of J to a stated stationarity tolerance (OWL-QN, float64).
+"""Deterministic minimisation of J to a stated stationarity tolerance (orthant-wise Newton).
 
 Writing θ_nv = x_nv + ρ_v turns the coupling into w·‖x‖₁, an L1 term on separate coordinates,
-next to a smooth part F(x, ρ, s) = fit + s-prior + w0·Σρ². Orthant-wise limited-memory
-quasi-Newton (Andrew & Gao, 2007) handles exactly that shape: it keeps exact zeros (a local
-score tied to the global one, the "median" solutions of the L1 coupling) and its stopping
-test is the minimal-norm subgradient of J, reported as `stationarity` (max over coordinates).
+next to a smooth part F(x, ρ, s) = fit + s-prior + w0·Σρ². Orthant-wise methods (Andrew & Gao,
+2007) handle exactly that shape: inside the orthant fixed by the signs of x the L1 term is
+linear, coordinates that reach 0 stay exactly 0 (a local score tied to the global one, the
+"median" solutions of the coupling) and the stopping test is the minimal-norm subgradient of J,
+reported as `stationarity` (its largest coordinate).
+
+With s held fixed (the default) J is convex in (θ, ρ): each step solves the Newton system on
+the free coordinates by preconditioned conjugate gradients (Hessian-vector products are the
+same gathers and scatters as the gradient), so convergence is fast near the optimum and a warm
+start needs few steps. With s free the problem is not convex and an L-BFGS direction is used.
+All arithmetic is float64.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ml.licchavi.parameters import Parameters, Progress
 from ml.licchavi.problem import Problem
 
 HISTORY_SIZE = 12
+MAX_CG_STEPS = 200
 ARMIJO = 1e-4
 MAX_BACKTRACKS = 50
 
@@ -149,6 +157,7 @@ class ConvergedSolver:
         self.layout = PackedLayout(problem)
         self.z = self.layout.pack(parameters)
         self.stationarity = float("inf")
+        self.inner_steps = 0  # conjugate-gradient steps (Hessian-vector products) of the last step
 
     def current_parameters(self) -> Parameters:
         """θ, ρ, s of the current iterate, in the parameters' dtype."""
@@ -180,6 +189,64 @@ class ConvergedSolver:
             q.add_(step, alpha=alpha - beta)
         return -q
 
+    def _newton_direction(
+        self, z: torch.Tensor, pg: torch.Tensor, metric: torch.Tensor
+    ) -> torch.Tensor:
+        """Approximately solve ∇²F·d = −pg on the free coordinates by preconditioned CG.
+
+        Free: ρ, and every x that is non-zero or may leave 0 (pg ≠ 0); s is held fixed.
+        """
+        layout, problem, w0 = self.layout, self.problem, self.config.w0
+        n, n_videos = layout.n_pairs, layout.n_videos
+        x, rho, s = layout.split(z)
+        theta = x + rho.index_select(0, problem.pair_video)
+        scale = s.index_select(0, problem.comparison_user)
+        difference = theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
+        weight = losses.bt_second_derivative(scale * difference) * scale * scale
+        free = torch.ones_like(z)
+        free[:n] = ((x != 0) | (pg[:n] != 0)).to(z.dtype)
+        free[n + n_videos :] = 0.0
+
+        def hessian_times(vector: torch.Tensor) -> torch.Tensor:
+            vector = vector * free
+            d_rho = vector[n : n + n_videos]
+            d_theta = vector[:n] + d_rho.index_select(0, problem.pair_video)
+            change = d_theta.index_select(0, problem.pair_a) - d_theta.index_select(
+                0, problem.pair_b
+            )
+            per_pair = problem.sum_per_pair(weight * change)
+            out = torch.zeros_like(vector)
+            out[:n] = per_pair
+            out[n : n + n_videos] = problem.sum_per_video(per_pair) + 2 * w0 * d_rho
+            return out * free
+
+        preconditioner = metric * free
+        residual = -pg * free
+        direction = torch.zeros_like(z)
+        preconditioned = preconditioner * residual
+        search = preconditioned.clone()
+        residual_dot = float(residual @ preconditioned)
+        target = min(0.1, float(pg.norm()) ** 0.5) * float(residual.norm())
+        self.inner_steps = 0
+        for _ in range(MAX_CG_STEPS):
+            self.inner_steps += 1
+            curved = hessian_times(search)
+            curvature = float(search @ curved)
+            if curvature <= 0:
+                break
+            step = residual_dot / curvature
+            direction.add_(search, alpha=step)
+            residual.add_(curved, alpha=-step)
+            if float(residual.norm()) <= target:
+                break
+            preconditioned = preconditioner * residual
+            next_dot = float(residual @ preconditioned)
+            search.mul_(next_dot / residual_dot).add_(preconditioned)
+            residual_dot = next_dot
+        if not bool(direction.any()):
+            return -preconditioner * pg
+        return direction
+
     def run(self, on_iteration: IterationCallback | None = None) -> Progress:
         config, layout, progress = self.config, self.layout, self.progress
         w, w0, n = config.w, config.w0, layout.n_pairs
@@ -196,9 +263,19 @@ class ConvergedSolver:
             if self.stationarity <= config.tolerance:
                 progress.converged = True
                 break
-            direction = self._direction(pg, memory, inverse_curvature(layout, z, w0))
-            # Keep the L1 coordinates inside the orthant the pseudo-gradient points to.
-            direction[:n] = torch.where(direction[:n] * pg[:n] < 0, direction[:n], 0.0)
+            metric = inverse_curvature(layout, z, w0)
+            if config.optimise_s:
+                direction = self._direction(pg, memory, metric)
+            else:
+                direction = self._newton_direction(z, pg, metric)
+            # A coordinate at 0 may only leave it the way the pseudo-gradient points (OWL-QN's
+            # sign rule); the others may move freely, the orthant projection below stops them
+            # at 0. Applying the rule to every coordinate would cut good Newton steps short.
+            at_zero = z[:n] == 0
+            disagree = direction[:n] * pg[:n] >= 0
+            if not config.optimise_s:
+                disagree &= at_zero
+            direction[:n] = torch.where(disagree, 0.0, direction[:n])
             slope = float(direction @ pg)
             if slope >= 0:
                 memory.clear()
@@ -242,6 +319,7 @@ class ConvergedSolver:
                 "grad_norm": float(grad_rho @ grad_rho),
                 "objective": total,
                 "stationarity": self.stationarity,
+                "inner_steps": float(self.inner_steps),
                 "elapsed": elapsed_before + time.perf_counter() - started,
             }
             previous_grad_rho = grad_rho

@@ -21,9 +21,13 @@ from ml.licchavi.problem import Problem
 LOG_TWO = math.log(2.0)
 SMALL_T = 0.01
 LARGE_T = 10.0
-# Below this, coth(t) − 1/t and 1/t² − 1/sinh²(t) lose most digits to cancellation; a Taylor
-# series is exact to float precision there.
+# In float32, coth(t) − 1/t and 1/t² − 1/sinh²(t) lose most digits to cancellation below this;
+# a Taylor series is exact to float32 precision there. float64 keeps enough digits down to 0.01.
 SERIES_T = 0.5
+
+
+def _series_threshold(t: torch.Tensor) -> float:
+    return SERIES_T if t.dtype != torch.float64 else 0.0
 
 
 def bt_loss_and_derivative(t: torch.Tensor, ratings: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -45,13 +49,16 @@ def bt_loss_and_derivative(t: torch.Tensor, ratings: torch.Tensor) -> tuple[torc
         ),
     )
     squared = medium * medium
-    series = medium * (1 / 3 + squared * (-1 / 45 + squared * (2 / 945 - squared / 4725)))
     exact = 1 / torch.tanh(medium) - 1 / medium
-    odd_slope = torch.where(
-        small,
-        magnitude / 3,
-        torch.where(large, 1 - 1 / large_arg, torch.where(medium < SERIES_T, series, exact)),
-    )
+    threshold = _series_threshold(t)
+    if threshold > 0:
+        series = medium * (
+            1 / 3
+            + squared
+            * (-1 / 45 + squared * (2 / 945 + squared * (-1 / 4725 + squared * 2 / 93555)))
+        )
+        exact = torch.where(medium < threshold, series, exact)
+    odd_slope = torch.where(small, magnitude / 3, torch.where(large, 1 - 1 / large_arg, exact))
     loss = even_part + ratings * t
     derivative = torch.sign(t) * odd_slope + ratings
     return loss, derivative
@@ -64,15 +71,16 @@ def bt_second_derivative(t: torch.Tensor) -> torch.Tensor:
     large = magnitude >= LARGE_T
     medium = magnitude.clamp(SMALL_T, LARGE_T)
     squared = medium * medium
-    series = 1 / 3 + squared * (-1 / 15 + squared * (2 / 189 - squared / 675))
     exact = 1 / squared - 1 / torch.sinh(medium) ** 2
+    threshold = _series_threshold(t)
+    if threshold > 0:
+        series = 1 / 3 + squared * (
+            -1 / 15 + squared * (2 / 189 + squared * (-1 / 675 + squared * 2 / 10395))
+        )
+        exact = torch.where(medium < threshold, series, exact)
     large_arg = magnitude.clamp_min(LARGE_T)
     return torch.where(
-        small,
-        torch.full_like(t, 1 / 3),
-        torch.where(
-            large, 1 / (large_arg * large_arg), torch.where(medium < SERIES_T, series, exact)
-        ),
+        small, torch.full_like(t, 1 / 3), torch.where(large, 1 / (large_arg * large_arg), exact)
     )
 
 

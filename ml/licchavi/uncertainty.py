@@ -44,7 +44,7 @@ def global_uncertainty(problem: Problem, theta: torch.Tensor, rho: torch.Tensor)
     sorted_distance = distance[order]
     start = np.concatenate([[0], np.cumsum(raters)[:-1]])
     # How many of each video's sorted distances fall below the prior value.
-    below = np.bincount(video[sorted_distance < PRIOR_DISTANCE], minlength=n_videos)
+    below = np.bincount(video[distance < PRIOR_DISTANCE], minlength=n_videos)
     total = raters + PRIOR_WEIGHT
 
     def element(position: np.ndarray) -> np.ndarray:
