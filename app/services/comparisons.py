@@ -1,6 +1,6 @@
 """Comparisons: write from API payloads, read with filters and pages, delete."""
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, true
@@ -35,44 +35,10 @@ def known_criteria(session: Session) -> set[str]:
     return set(session.exec(select(Criterion.name)).all())
 
 
-def rows_from_payloads(
-    payloads: Sequence[ComparisonCreate],
-    criteria: set[str],
-    *,
-    positions: Sequence[int] | None = None,
-) -> tuple[list[ComparisonRow], list[dict[str, Any]]]:
-    """Stored-orientation rows, and an error per unknown criterion (at request `positions`)."""
+def payload_rows(payload: ComparisonCreate) -> list[ComparisonRow]:
+    """One stored-orientation row per criterion score of the payload."""
     default_max = get_settings().score_max
-    rows: list[ComparisonRow] = []
-    errors: list[dict[str, Any]] = []
-    for i, payload in zip(positions or range(len(payloads)), payloads, strict=True):
-        for j, cs in enumerate(payload.criteria_scores):
-            if cs.criterion not in criteria:
-                errors.append(
-                    {
-                        "row": i,
-                        "pointer": f"/{i}/criteria_scores/{j}/criterion",
-                        "message": f"unknown criterion {cs.criterion!r}",
-                        "type": "unknown_criterion",
-                    }
-                )
-                continue
-            rows.append(
-                oriented(
-                    payload.user_id,
-                    payload.video_a,
-                    payload.video_b,
-                    cs.criterion,
-                    cs.score,
-                    cs.score_max or default_max,
-                )
-            )
-    return rows, errors
-
-
-def write_comparison(session: Session, *, payload: ComparisonCreate) -> ComparisonWriteResult:
-    default_max = get_settings().score_max
-    rows = [
+    return [
         oriented(
             payload.user_id,
             payload.video_a,
@@ -83,33 +49,59 @@ def write_comparison(session: Session, *, payload: ComparisonCreate) -> Comparis
         )
         for cs in payload.criteria_scores
     ]
+
+
+def _unknown_criteria_errors(
+    payload: ComparisonCreate, unknown: Container[str], prefix: str = ""
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "pointer": f"{prefix}/criteria_scores/{j}/criterion",
+            "message": f"unknown criterion {cs.criterion!r}",
+            "type": "unknown_criterion",
+        }
+        for j, cs in enumerate(payload.criteria_scores)
+        if cs.criterion in unknown
+    ]
+
+
+def rows_from_payloads(
+    payloads: Sequence[ComparisonCreate],
+    criteria: set[str],
+    *,
+    positions: Sequence[int] | None = None,
+) -> tuple[list[ComparisonRow], list[dict[str, Any]]]:
+    """Stored-orientation rows, and an error per unknown criterion (at request `positions`)."""
+    rows: list[ComparisonRow] = []
+    errors: list[dict[str, Any]] = []
+    for i, payload in zip(positions or range(len(payloads)), payloads, strict=True):
+        unknown = {cs.criterion for cs in payload.criteria_scores} - criteria
+        if unknown:
+            errors += [{"row": i, **e} for e in _unknown_criteria_errors(payload, unknown, f"/{i}")]
+        else:
+            rows += payload_rows(payload)
+    return rows, errors
+
+
+def write_comparison(session: Session, *, payload: ComparisonCreate) -> ComparisonWriteResult:
+    rows = payload_rows(payload)
     try:
         # The upsert checks the criteria in the same round trip as it looks up users and videos.
         outcome = upsert_comparisons(session, rows=rows)
     except UnknownCriteria as exc:
-        errors = [
-            {
-                "pointer": f"/criteria_scores/{j}/criterion",
-                "message": f"unknown criterion {cs.criterion!r}",
-                "type": "unknown_criterion",
-            }
-            for j, cs in enumerate(payload.criteria_scores)
-            if cs.criterion in exc.names
-        ]
+        errors = _unknown_criteria_errors(payload, exc.names)
         raise InvalidInput(
             f"{errors[0]['pointer']}: {errors[0]['message']}", errors=errors
         ) from exc
-    results = []
-    for cs in payload.criteria_scores:
-        row = oriented(payload.user_id, payload.video_a, payload.video_b, cs.criterion, cs.score, 1)
-        results.append(
-            CriterionScoreResult(
-                criterion=cs.criterion,
-                score=cs.score,
-                score_max=cs.score_max or get_settings().score_max,
-                status=outcome.statuses[row.key],
-            )
+    results = [
+        CriterionScoreResult(
+            criterion=cs.criterion,
+            score=cs.score,
+            score_max=row.score_max,
+            status=outcome.statuses[row.key],
         )
+        for cs, row in zip(payload.criteria_scores, rows, strict=True)
+    ]
     return ComparisonWriteResult(
         user_id=payload.user_id,
         video_a=payload.video_a,
