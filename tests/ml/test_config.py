@@ -56,11 +56,11 @@ def test_invalid_settings_name_the_field(overrides: list[str], field: str) -> No
 
 
 def test_file_errors_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing.yaml"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1,\n")
-    with pytest.raises(ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
         load_config(bad)
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("epoch: 3\n")

@@ -106,7 +106,8 @@ def test_subset_reindexes_users_and_videos() -> None:
 def test_reads_a_tournesol_export_zip_without_score_max() -> None:
     dataset = read_comparisons(TINY_TOURNESOL)
     assert sorted(dataset.criteria) == ["importance", "largely_recommended"]
-    raw = pd.read_csv(zipfile.ZipFile(TINY_TOURNESOL).open("comparisons.csv"))
+    with zipfile.ZipFile(TINY_TOURNESOL) as archive:
+        raw = pd.read_csv(archive.open("comparisons.csv"))
     assert "score_max" not in raw.columns
     for name, data in dataset.criteria.items():
         assert data.n_comparisons <= int((raw["criteria"] == name).sum())
