@@ -42,6 +42,7 @@ SEED = 42
 class Measurement:
     size: Size
     solver: str
+    threads: str
     wall_seconds: float
     cpu_seconds: float
     peak_rss_gb: float
@@ -112,9 +113,9 @@ def run_training(command: list[str]) -> tuple[float, float, float, str]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1e6, text
 
 
-def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measurement:
+def measure(size: Size, solver: str, cache: Path, extra: list[str], threads: str) -> Measurement:
     data_dir = prepare(size, cache)
-    scores_dir = cache / "scores" / f"{size.name}-{solver}"
+    scores_dir = cache / "scores" / f"{size.name}-{solver}-threads-{threads}"
     wall, cpu, peak_gb, log = run_training(train_command(data_dir, scores_dir, solver, extra))
     timings = re.search(r"read ([\d.]+) s, trained ([\d.]+) s, total ([\d.]+) s", log)
     epochs = re.findall(r"(\d+) epochs", log)
@@ -123,6 +124,7 @@ def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measureme
     return Measurement(
         size=size,
         solver=solver,
+        threads=threads,
         wall_seconds=wall,
         cpu_seconds=cpu,
         peak_rss_gb=peak_gb,
@@ -138,10 +140,10 @@ def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measureme
 def markdown_table(measurements: list[Measurement]) -> str:
     """Wall time split into start-up (interpreter, torch import), read, train and write."""
     lines = [
-        "| set (users/videos/comparisons) | solver | wall s | start-up s | read s | train s "
-        "| write s | CPU s | peak RSS GB | epochs | Spearman vs truth | held-out accuracy "
-        "| target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| set (users/videos/comparisons) | solver | threads | wall s | start-up s | read s "
+        "| train s | write s | CPU s | peak RSS GB | epochs | Spearman vs truth "
+        "| held-out accuracy | target | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
         target = f"≤ {m.size.target_seconds:g} s" + (
@@ -157,6 +159,7 @@ def markdown_table(measurements: list[Measurement]) -> str:
         cells = [
             f"{m.size.name} {m.size.users:,}/{m.size.videos:,}/{m.size.comparisons:,}",
             m.solver,
+            m.threads,
             f"{m.wall_seconds:.2f}",
             _optional(startup),
             _optional(m.read_seconds),
@@ -174,6 +177,11 @@ def markdown_table(measurements: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+def _load_average() -> str:
+    """1-minute load: the host is shared, and other work inflates wall times."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def _optional(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -185,6 +193,9 @@ def main() -> None:
     parser.add_argument("--solvers", default="faithful", help="faithful, converged or both")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "out" / "licchavi")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--threads", default="default", help="torch threads per run: default, or e.g. 1 or 1,2"
+    )
     args = parser.parse_args()
 
     names = [name.strip() for name in args.sizes.split(",") if name.strip()]
@@ -195,14 +206,20 @@ def main() -> None:
         parser.error(f"unknown size(s): {', '.join(unknown)}")
     extra = [item for override in args.overrides for item in ("--set", override)]
     measurements = []
+    load_before = _load_average()
     for name in names:
         for solver in [s.strip() for s in args.solvers.split(",") if s.strip()]:
-            measurement = measure(SIZES[name], solver, args.cache, extra)
-            print(markdown_table([measurement]).splitlines()[-1], file=sys.stderr)
-            measurements.append(measurement)
+            for threads in [t.strip() for t in args.threads.split(",") if t.strip()]:
+                thread_options = [] if threads == "default" else ["--threads", threads]
+                measurement = measure(
+                    SIZES[name], solver, args.cache, [*extra, *thread_options], threads
+                )
+                print(markdown_table([measurement]).splitlines()[-1], file=sys.stderr)
+                measurements.append(measurement)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"python {platform.python_version()}"
+        f"python {platform.python_version()}, load average before/after: {load_before} / "
+        f"{_load_average()}"
     )
     print(markdown_table(measurements))
 
