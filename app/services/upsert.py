@@ -130,13 +130,13 @@ def upsert_comparisons(session: Session, *, rows: Sequence[ComparisonRow]) -> Up
         )
         # Exact because SQLite transactions here begin IMMEDIATE: no other writer runs in between.
         existing = {
-            names.key(*ids) for ids in session.execute(text(_SQLITE_EXISTING), {"rows": source})
+            names.key(*found) for found in session.execute(text(_SQLITE_EXISTING), {"rows": source})
         }
         result = session.execute(
             text(_UPSERT.format(source=_SQLITE_SOURCE, extra="")), {"rows": source, "now": now}
         )
-        for ids in result:
-            key = names.key(*ids)
+        for returned in result:
+            key = names.key(*returned)
             outcome.statuses[key] = "updated" if key in existing else "created"
     for row in batch:
         outcome.statuses.setdefault(row.key, "unchanged")
