@@ -33,6 +33,20 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+@cli.callback()
+def _settings_are_valid() -> None:
+    """Refuse to run any command on invalid settings, with the reason on one line."""
+    from pydantic import ValidationError
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise fail(f"invalid settings: {reasons}") from exc
+
+
 def migrate(revision: str = "head") -> None:
     from alembic.config import Config
 

@@ -1,0 +1,166 @@
+"""The commands the deployment files run, exercised natively: migrate, API keys, the API on
+PostgreSQL + Redis with its healthcheck, and the worker healthcheck."""
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import PG_ADMIN_URL, drop_database, reset_caches
+from tests.helpers import free_port, stop, wait_for
+
+
+def licchavi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def empty_postgres(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, unmigrated PostgreSQL database set as DATABASE_URL."""
+    import uuid
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"licchavi_empty_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        from tests.conftest import service_missing
+
+        service_missing("PostgreSQL", exc)
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    reset_caches()
+    yield url
+    reset_caches()
+    drop_database(url, admin)
+
+
+def test_db_upgrade_migrates_an_empty_database_and_is_idempotent(empty_postgres: str) -> None:
+    for _ in range(2):
+        result = licchavi("db", "upgrade")
+        assert result.returncode == 0, result.stderr
+    engine = sa.create_engine(empty_postgres)
+    with engine.connect() as connection:
+        criteria = connection.execute(sa.text("SELECT count(*) FROM criteria")).scalar_one()
+    engine.dispose()
+    assert criteria == 10
+
+
+def test_db_upgrade_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = licchavi(
+        "db", "upgrade", env={"DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/x"}
+    )
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: migration failed") and "Traceback" not in result.stderr
+
+
+def test_production_refuses_the_placeholder_secret_from_the_cli(empty_postgres: str) -> None:
+    result = licchavi("db", "upgrade", env={"ENVIRONMENT": "production"})
+    assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+def test_api_key_create_prints_a_working_key_once(empty_postgres: str) -> None:
+    assert licchavi("db", "upgrade").returncode == 0
+    bad = licchavi("api-key", "create", "--scopes", "comparisons:write,launch-missiles")
+    assert bad.returncode == 2 and "unknown scope" in bad.stderr and "Traceback" not in bad.stderr
+    created = licchavi("api-key", "create", "--scopes", "comparisons:write", "--name", "frontend")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("lk_") and "\n" not in key
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    body = {
+        "user_id": "u",
+        "video_a": "a",
+        "video_b": "b",
+        "criteria_scores": [{"criterion": "largely_recommended", "score": 1}],
+    }
+    with TestClient(create_app()) as client:
+        assert (
+            client.post(
+                "/api/v1/comparisons", json=body, headers={"Authorization": f"Bearer {key}"}
+            ).status_code
+            == 201
+        )
+        engine = sa.create_engine(empty_postgres)
+        with engine.connect() as connection:
+            stored = connection.execute(sa.text("SELECT key_hash FROM api_keys")).scalar_one()
+        engine.dispose()
+        assert key not in stored  # only a hash is kept
+
+
+def test_api_and_worker_as_deployed_answer_their_healthchecks(
+    empty_postgres: str, redis_broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", redis_broker_url)
+    assert licchavi("db", "upgrade").returncode == 0
+    port = free_port()
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-worker",
+        ]
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu", "--concurrency", "1"]
+    )
+    try:
+        wait_for(
+            "the API", lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, 60
+        )
+        # The compose healthcheck of the api service, verbatim but for the port.
+        probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=4)"
+        assert subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 0
+        # The worker healthcheck: the worker answers a broadcast ping over Redis.
+        hostname = wait_for(
+            "the worker to answer a ping",
+            lambda: _ping_worker(),
+            60,
+            every=1.0,
+        )
+        assert hostname.startswith("celery@")
+    finally:
+        stop(worker)
+        stop(api)
+
+
+def _ping_worker() -> str | None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app:celery_app",
+            "inspect",
+            "ping",
+            "--timeout",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith("->") and "pong" in result.stdout:
+            return line.split()[1].rstrip(":")
+    return None
