@@ -42,6 +42,30 @@ class Settings(BaseSettings):
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
     log_level: str = "INFO"
+    auto_train_enabled: bool = Field(
+        default=True, description="Schedule a warm-started run when comparisons change."
+    )
+    auto_train_delay_seconds: float = Field(
+        default=2.0, ge=0, description="Debounce: an auto run starts this long after a change."
+    )
+    run_lease_seconds: float = Field(
+        default=60.0, gt=0, description="A running run whose lease is this old is taken over."
+    )
+    run_progress_interval_seconds: float = Field(
+        default=2.0, gt=0, description="How often a training run writes progress and metrics."
+    )
+    run_checkpoint_every_epochs: int = Field(
+        default=10, ge=1, description="Epochs between two checkpoints of a training run."
+    )
+    run_sweep_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often a worker looks for stalled or unsent runs."
+    )
+    run_resend_after_seconds: float = Field(
+        default=30.0, gt=0, description="A queued run not started this long is sent again."
+    )
+    code_version: str | None = Field(
+        default=None, description="Recorded on every run; defaults to the package version."
+    )
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret_in_production(self) -> "Settings":

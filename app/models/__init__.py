@@ -3,6 +3,27 @@
 from app.models.api_key import ApiKey
 from app.models.catalog import Criterion, User, Video
 from app.models.comparison import Comparison
+from app.models.training import (
+    GlobalScore,
+    LocalScore,
+    ModelState,
+    PublishedRun,
+    TrainingMetric,
+    TrainingRun,
+)
 from app.models.worker import WorkerHeartbeat
 
-__all__ = ["ApiKey", "Comparison", "Criterion", "User", "Video", "WorkerHeartbeat"]
+__all__ = [
+    "ApiKey",
+    "Comparison",
+    "Criterion",
+    "GlobalScore",
+    "LocalScore",
+    "ModelState",
+    "PublishedRun",
+    "TrainingMetric",
+    "TrainingRun",
+    "User",
+    "Video",
+    "WorkerHeartbeat",
+]

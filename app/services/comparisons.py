@@ -19,6 +19,7 @@ from app.schemas.comparisons import (
     PairComparison,
     PairScore,
 )
+from app.services.freshness import comparisons_changed
 from app.services.upsert import (
     ComparisonRow,
     UnknownCriteria,
@@ -93,6 +94,11 @@ def write_comparison(session: Session, *, payload: ComparisonCreate) -> Comparis
         raise InvalidInput(
             f"{errors[0]['pointer']}: {errors[0]['message']}", errors=errors
         ) from exc
+    comparisons_changed(
+        session,
+        criteria={row.criterion for row in rows},
+        changed=outcome.inserted + outcome.updated,
+    )
     results = [
         CriterionScoreResult(
             criterion=cs.criterion,
@@ -114,7 +120,13 @@ def write_comparison(session: Session, *, payload: ComparisonCreate) -> Comparis
 
 
 def write_many(session: Session, *, rows: Sequence[ComparisonRow]) -> UpsertOutcome:
-    return upsert_comparisons(session, rows=rows)
+    outcome = upsert_comparisons(session, rows=rows)
+    comparisons_changed(
+        session,
+        criteria={row.criterion for row in rows},
+        changed=outcome.inserted + outcome.updated,
+    )
+    return outcome
 
 
 def _public_select() -> Any:
@@ -235,4 +247,7 @@ def delete_pair(
     deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if deleted == 0:
         raise NotFound(f"No comparison of {video_a} and {video_b} by {user_id}.")
+    comparisons_changed(
+        session, criteria=None if criterion is None else [criterion], changed=deleted
+    )
     return deleted

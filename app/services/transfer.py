@@ -22,6 +22,7 @@ from app.services.dataset_csv import (
     parse_rows,
     week_date,
 )
+from app.services.freshness import comparisons_changed
 from app.services.upsert import ComparisonRow, upsert_comparisons
 
 MAX_KEPT_REJECTIONS = 1000
@@ -153,6 +154,11 @@ def _flush(engine: Engine, batch: list[ComparisonRow], report: ImportReport) -> 
         return
     with Session(engine) as session:
         outcome = upsert_comparisons(session, rows=batch)
+        comparisons_changed(
+            session,
+            criteria={row.criterion for row in batch},
+            changed=outcome.inserted + outcome.updated,
+        )
         session.commit()
     report.inserted += outcome.inserted
     report.updated += outcome.updated

@@ -1,14 +1,24 @@
-"""Housekeeping tasks."""
+"""Housekeeping: worker heartbeats, and the sweeper that re-wakes stalled or unsent runs."""
 
+import logging
 import os
 import socket
+import threading
+from typing import Any
 
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.core.db import get_engine
+from app.core.config import get_settings
+from app.core.db import get_engine, make_engine
 from app.models import WorkerHeartbeat
 from app.models.base import utcnow
+from app.services.sweeper import runs_to_wake
+from app.services.wakeups import Wakeup, send_wakeup
 from workers.celery_app import celery_app
+
+logger = logging.getLogger(__name__)
 
 
 @celery_app.task(name="maintenance.heartbeat")
@@ -23,3 +33,76 @@ def heartbeat() -> None:
         row.seen_at = utcnow()
         session.add(row)
         session.commit()
+
+
+def wake_stalled_runs(engine: Engine) -> int:
+    """Re-send wake-ups for runs whose worker died or whose message was lost; returns how many."""
+    settings = get_settings()
+    with engine.begin() as connection:
+        run_ids = runs_to_wake(connection, resend_after_seconds=settings.run_resend_after_seconds)
+    for run_id in run_ids:
+        send_wakeup(Wakeup(run_id))
+    return len(run_ids)
+
+
+@celery_app.task(name="maintenance.sweep_runs")
+def sweep_runs() -> int:
+    """The sweep as a task, for deployments that prefer Celery beat to the in-worker loop."""
+    return wake_stalled_runs(get_engine())
+
+
+class RunSweeper:
+    """A daemon thread in the worker's main process that sweeps every few seconds.
+
+    A loop in the worker rather than Celery beat: the embedded default then needs no extra
+    process, and the sweep runs even while the broker is down (it is what re-sends the wake-ups
+    once the broker is back). Several workers sweeping only send duplicate wake-ups, which claim
+    nothing. The thread has its own engine: pool processes are forked from this process, and
+    they must never share the process-wide engine's connections.
+    """
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        url = settings.resolved_database_url
+        self.engine = (
+            make_engine(url)
+            if url.startswith("sqlite")
+            else make_engine(url, pool_size=1, max_overflow=1)
+        )
+        self.interval = settings.run_sweep_interval_seconds
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="run-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
+        self.engine.dispose()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                woken = wake_stalled_runs(self.engine)
+                if woken:
+                    logger.info("sweeper: %s run(s) woken again", woken)
+            except Exception:
+                logger.exception("sweeper: sweep failed; retrying")
+            self.stopping.wait(self.interval)
+
+
+_sweeper: list[RunSweeper] = []
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    sweeper = RunSweeper()
+    sweeper.start()
+    _sweeper.append(sweeper)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    while _sweeper:
+        _sweeper.pop().stop()

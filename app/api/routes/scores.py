@@ -1,0 +1,62 @@
+"""Scores: global ones (public) of the published run or any succeeded run; individual ones."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import PagingDep
+from app.core.db import SessionDep
+from app.core.security import scoped
+from app.schemas.common import CriterionName, UserId, VideoId
+from app.schemas.scores import ScorePage, UserScores, VideoScores
+from app.services import scores as service
+
+router = APIRouter(tags=["scores"])
+
+
+@router.get("/scores", response_model=ScorePage)
+def list_scores(
+    session: SessionDep,
+    paging: PagingDep,
+    criterion: Annotated[
+        CriterionName | None, Query(description="Default: the main criterion.")
+    ] = None,
+    order: Annotated[Literal["desc", "asc"], Query()] = "desc",
+    min_contributors: Annotated[int, Query(ge=0)] = 0,
+    run_id: Annotated[
+        int | None, Query(description="Read this succeeded run instead of the published one.")
+    ] = None,
+) -> ScorePage:
+    """Global scores ranked by score (video id breaks ties); every item is from one run."""
+    return service.global_scores(
+        session,
+        criterion=criterion,
+        order=order,
+        limit=paging.limit,
+        offset=paging.offset,
+        min_contributors=min_contributors,
+        run_id=run_id,
+    )
+
+
+@router.get("/videos/{video_id}/scores", response_model=VideoScores)
+def get_video_scores(video_id: VideoId, session: SessionDep) -> VideoScores:
+    """The video's published global score on every criterion."""
+    return service.video_scores(session, video_id=video_id)
+
+
+@router.get(
+    "/users/{user_id}/scores",
+    response_model=UserScores,
+    dependencies=[scoped("scores:read_local")],
+)
+def get_user_scores(
+    user_id: UserId,
+    session: SessionDep,
+    paging: PagingDep,
+    criterion: Annotated[CriterionName | None, Query()] = None,
+) -> UserScores:
+    """The user's individual (local) scores from each criterion's published run."""
+    return service.user_scores(
+        session, user_id=user_id, criterion=criterion, limit=paging.limit, offset=paging.offset
+    )

@@ -1,0 +1,76 @@
+"""Training runs as the API takes and shows them."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.schemas.common import CriterionName
+
+Solver = Literal["faithful", "converged"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RunTrigger = Literal["manual", "auto", "sweep"]
+
+
+class RunCreate(BaseModel):
+    """Start training: every criterion with comparisons unless `criteria` names some."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    criteria: list[CriterionName] | None = Field(default=None, min_length=1, max_length=64)
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the Licchavi settings (LicchaviConfig)."
+    )
+    solver: Solver | None = None
+    warm_start: bool = Field(
+        default=True, description="Start from the published run's state of each criterion."
+    )
+
+    @field_validator("criteria")
+    @classmethod
+    def _distinct(cls, criteria: list[str] | None) -> list[str] | None:
+        if criteria is not None and len(set(criteria)) != len(criteria):
+            raise ValueError("each criterion may appear once")
+        return criteria
+
+
+class RunPublic(BaseModel):
+    id: int
+    status: RunStatus
+    trigger: RunTrigger
+    criteria: list[str] | None
+    solver: str
+    config: dict[str, Any]
+    config_hash: str
+    code_version: str
+    data_fingerprint: str | None
+    n_comparisons: int | None
+    warm_start: bool
+    progress: float
+    epoch: int
+    max_epochs: int
+    current_criterion: str | None
+    attempt: int
+    cancel_requested: bool
+    error: str | None
+    eta_seconds: float | None = Field(
+        default=None, description="Remaining time estimated from progress so far (running only)."
+    )
+    metrics: dict[str, dict[str, float]] | None = Field(
+        default=None, description="Per criterion, the latest value of each loss term."
+    )
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class EpochMetrics(BaseModel):
+    criterion: str
+    epoch: int
+    values: dict[str, float]
+
+
+class RunMetrics(BaseModel):
+    run_id: int
+    items: list[EpochMetrics]

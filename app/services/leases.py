@@ -1,0 +1,133 @@
+"""Run leases: a worker owns a running run while its lease is fresh; conditional updates only."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import aliased
+
+from app.models import TrainingRun
+
+Run = TrainingRun.__table__  # type: ignore[attr-defined]
+
+
+class LeaseLost(Exception):
+    """Another worker took the run over (our lease expired); stop without writing results."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: int
+    owner: str
+    attempt: int
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> Claim | None:
+    """Take the run if it is queued, or running under an expired lease; None if not ours.
+
+    One conditional UPDATE decides, so of two deliveries of the same wake-up only one claims.
+    An auto run also waits while another auto run of its criterion holds a live lease.
+    """
+    now = now_utc()
+    other = aliased(Run)
+    busy_sibling = exists().where(
+        other.c.scope == Run.c.scope,
+        other.c.trigger == "auto",
+        other.c.status == "running",
+        other.c.id != Run.c.id,
+        other.c.lease_expires_at >= now,
+    )
+    statement = (
+        update(Run)
+        .where(
+            Run.c.id == run_id,
+            Run.c.cancel_requested.is_(False),
+            or_(
+                Run.c.status == "queued",
+                and_(Run.c.status == "running", Run.c.lease_expires_at < now),
+            ),
+            or_(Run.c.trigger != "auto", ~busy_sibling),
+        )
+        .values(
+            status="running",
+            attempt=Run.c.attempt + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            started_at=func.coalesce(Run.c.started_at, now),
+        )
+        .returning(Run.c.attempt)
+    )
+    with engine.begin() as connection:
+        attempt = connection.execute(statement).scalar()
+    return None if attempt is None else Claim(run_id=run_id, owner=owner, attempt=int(attempt))
+
+
+def renew(
+    connection: Connection,
+    claim: Claim,
+    *,
+    lease_seconds: float,
+    progress: float,
+    epoch: int,
+    criterion: str | None,
+) -> bool:
+    """Write progress and extend the lease; returns whether a cancel was asked.
+
+    Raises LeaseLost when the run is no longer ours.
+    """
+    now = now_utc()
+    cancel = connection.execute(
+        update(Run)
+        .where(_owned(claim))
+        .values(
+            progress=progress,
+            epoch=epoch,
+            current_criterion=criterion,
+            heartbeat_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(Run.c.cancel_requested)
+    ).scalar()
+    if cancel is None:
+        raise LeaseLost(f"run {claim.run_id}: lease lost")
+    return bool(cancel)
+
+
+def _owned(claim: Claim) -> ColumnElement[bool]:
+    return and_(
+        Run.c.id == claim.run_id, Run.c.status == "running", Run.c.lease_owner == claim.owner
+    )
+
+
+def record_snapshot(
+    connection: Connection, claim: Claim, *, fingerprint: str, n_comparisons: int, at: datetime
+) -> None:
+    result = connection.execute(
+        update(Run)
+        .where(_owned(claim))
+        .values(data_fingerprint=fingerprint, n_comparisons=n_comparisons, snapshot_at=at)
+    )
+    if not result.rowcount:
+        raise LeaseLost(f"run {claim.run_id}: lease lost")
+
+
+def finish(connection: Connection, claim: Claim, *, status: str, error: str | None = None) -> bool:
+    """Move our run to a final status; False when it is no longer ours (nothing written)."""
+    values: dict[str, object] = {
+        "status": status,
+        "finished_at": now_utc(),
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if status == "succeeded":
+        values["progress"] = 1.0
+    if error is not None:
+        values["error"] = error[:10_000]
+    result = connection.execute(update(Run).where(_owned(claim)).values(**values))
+    return bool(result.rowcount)

@@ -1,0 +1,44 @@
+"""Runs that need another wake-up: expired leases (crashed workers), queued runs never started."""
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Connection
+
+from app.models import TrainingRun
+
+Run = TrainingRun.__table__  # type: ignore[attr-defined]
+
+
+def runs_to_wake(connection: Connection, *, resend_after_seconds: float) -> list[int]:
+    """Ids of runs a worker should be woken for, each marked as woken now.
+
+    - running with an expired lease: its worker died; the next claim takes it over;
+    - queued and due for longer than `resend_after_seconds`: its message may have been lost
+      (broker down when the run was created, or restarted without persistence).
+    A run is re-sent at most once per `resend_after_seconds`. A run whose cancellation was asked
+    and whose worker died is cancelled here, since no worker will claim it.
+    """
+    now = datetime.now(UTC)
+    due = now - timedelta(seconds=resend_after_seconds)
+    expired = and_(Run.c.status == "running", Run.c.lease_expires_at < now)
+    connection.execute(
+        update(Run)
+        .where(expired, Run.c.cancel_requested.is_(True))
+        .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None)
+    )
+    not_recently_sent = or_(Run.c.wakeup_sent_at.is_(None), Run.c.wakeup_sent_at < due)
+    ids = [
+        int(row[0])
+        for row in connection.execute(
+            select(Run.c.id)
+            .where(
+                not_recently_sent,
+                or_(expired, and_(Run.c.status == "queued", Run.c.not_before < due)),
+            )
+            .order_by(Run.c.id)
+        ).all()
+    ]
+    if ids:
+        connection.execute(update(Run).where(Run.c.id.in_(ids)).values(wakeup_sent_at=now))
+    return ids

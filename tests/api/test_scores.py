@@ -1,0 +1,111 @@
+"""Score endpoints on both databases, after runs trained by the real task in this process."""
+
+import math
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from app.core.db import get_engine
+from app.main import create_app
+from app.services.transfer import import_comparisons
+from tests.api.test_comparisons import assert_problem
+from tests.conftest import ApiClient, reset_caches
+from workers.tasks.training import train_run
+
+DEMO = Path(__file__).resolve().parents[2] / "app" / "demo" / "comparisons.csv"
+SCORES = "/api/v1/scores"
+
+
+@pytest.fixture
+def trained(committed_database: str, monkeypatch: pytest.MonkeyPatch) -> ApiClient:
+    monkeypatch.setenv("AUTO_TRAIN_ENABLED", "false")
+    reset_caches()
+    import_comparisons(get_engine(), DEMO)
+    from sqlmodel import Session
+
+    client = ApiClient(create_app(), lambda: Session(get_engine()))
+    return client
+
+
+def run_now(client: TestClient, headers: dict[str, str], **body: object) -> int:
+    run_id = int(client.post("/api/v1/training-runs", json=body, headers=headers).json()["id"])
+    assert train_run(run_id) == "succeeded"
+    return run_id
+
+
+def test_scores_of_the_published_run_and_of_any_succeeded_run(trained: ApiClient) -> None:
+    client = trained
+    assert client.get(SCORES).json()["run_id"] is None
+    headers = client.key("runs:write")
+    first = run_now(client, headers)
+    page = client.get(SCORES, params={"limit": 10}).json()
+    assert (page["run_id"], page["criterion"], page["total"], len(page["items"])) == (
+        first,
+        "largely_recommended",
+        100,
+        10,
+    )
+    for item in page["items"]:
+        x = item["score"]
+        assert item["display_score"] == pytest.approx(100 * x / math.sqrt(1 + x * x))
+        assert item["run_id"] == first and item["n_contributors"] >= 1
+    descending = client.get(SCORES, params={"limit": 100}).json()["items"]
+    ascending = client.get(SCORES, params={"limit": 100, "order": "asc"}).json()["items"]
+    assert [i["score"] for i in descending] == sorted(i["score"] for i in descending)[::-1]
+    assert [i["video_id"] for i in ascending] == [i["video_id"] for i in descending][::-1]
+    second_page = client.get(SCORES, params={"limit": 10, "offset": 10}).json()["items"]
+    assert second_page == descending[10:20]
+    popular = client.get(SCORES, params={"min_contributors": 10, "limit": 100}).json()
+    assert 0 < popular["total"] < 100 and len(popular["items"]) == popular["total"]
+    assert all(item["n_contributors"] >= 10 for item in popular["items"])
+    assert_problem(client.get(SCORES, params={"criterion": "nope"}), 404)
+    assert client.get(SCORES, params={"criterion": "pedagogy"}).json()["total"] == 0
+    assert_problem(client.get(SCORES, params={"limit": 5000}), 422)
+
+    # A second run (converged solver) is published; the first stays readable by id.
+    second = run_now(client, headers, solver="converged")
+    assert client.get(SCORES).json()["run_id"] == second
+    old = client.get(SCORES, params={"run_id": first, "limit": 100}).json()
+    assert old["run_id"] == first and old["items"] == descending
+    queued = client.post("/api/v1/training-runs", json={}, headers=headers).json()["id"]
+    assert_problem(client.get(SCORES, params={"run_id": queued}), 409)
+    assert_problem(client.get(SCORES, params={"run_id": 10**9}), 404)
+
+    top = descending[0]["video_id"]
+    video = client.get(f"/api/v1/videos/{top}/scores").json()
+    assert [(s["criterion"], s["run_id"]) for s in video["scores"]] == [
+        ("largely_recommended", second)
+    ]
+    assert_problem(client.get("/api/v1/videos/yt:unknown/scores"), 404)
+
+    with get_engine().connect() as connection:
+        compared = connection.execute(
+            text(
+                "SELECT count(DISTINCT v) FROM (SELECT video_a_id AS v, user_id FROM comparisons"
+                " UNION ALL SELECT video_b_id, user_id FROM comparisons) s"
+                " JOIN users u ON u.id = s.user_id WHERE u.external_id = 'user00000'"
+            )
+        ).scalar_one()
+    assert_problem(client.get("/api/v1/users/user00000/scores"), 401)
+    assert_problem(
+        client.get("/api/v1/users/user00000/scores", headers=client.key("runs:write")), 403
+    )
+    local = client.get(
+        "/api/v1/users/user00000/scores",
+        params={"limit": 1000},
+        headers=client.key("scores:read_local"),
+    ).json()
+    assert local["total"] == compared == len(local["items"])
+    assert {item["run_id"] for item in local["items"]} == {second}
+    assert_problem(
+        client.get("/api/v1/users/nobody/scores", headers=client.key("scores:read_local")), 404
+    )
+
+    history = client.get(f"/api/v1/training-runs/{first}/metrics").json()["items"]
+    assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    for plot in ("loss", "scores"):
+        png = client.get(f"/api/v1/training-runs/{first}/plots/{plot}.png")
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert png.content.startswith(b"\x89PNG")

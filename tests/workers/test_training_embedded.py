@@ -1,0 +1,61 @@
+"""The embedded default: `licchavi serve` on SQLite with its embedded broker and supervised
+worker trains runs, serves their scores, and refreshes them when a comparison arrives."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+
+from tests.helpers import free_port, stop, wait_for
+from tests.workers.training_support import admin_headers, comparison, wait_for_run
+
+
+def test_serve_trains_and_refreshes_scores_on_sqlite() -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--demo"],
+        env={**os.environ, "AUTO_TRAIN_DELAY_SECONDS": "0.5"},
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            wait_for("the API to be ready", lambda: client.get("/readyz").status_code == 200, 90)
+            headers = admin_headers()  # same SQLite file: DATA_DIR is shared with the server
+            # Loading the demo data changed the comparisons, which queued an auto run.
+            wait_for(
+                "the demo's auto run to publish",
+                lambda: client.get("/api/v1/scores").json()["run_id"],
+                150,
+            )
+            created = client.post(
+                "/api/v1/training-runs", json={"solver": "converged"}, headers=headers
+            )
+            assert created.status_code == 202, created.text
+            run = wait_for_run(client, created.json()["id"], 120)
+            assert run["status"] == "succeeded", run["error"]
+            page = client.get("/api/v1/scores", params={"limit": 5}).json()
+            assert page["run_id"] == run["id"] and page["total"] == 100
+
+            posted = client.post(
+                "/api/v1/comparisons", json=comparison("late", "yt:x1", "yt:y2", 3), headers=headers
+            )
+            assert posted.status_code == 201
+            refreshed = wait_for(
+                "an auto run with the new comparison",
+                lambda: client.get("/api/v1/videos/yt:y2/scores").json()["scores"],
+                120,
+            )
+            auto = client.get(f"/api/v1/training-runs/{refreshed[0]['run_id']}").json()
+            # The auto run keeps the published run's settings and warm-starts from its state.
+            assert (auto["trigger"], auto["solver"], auto["n_comparisons"]) == (
+                "auto",
+                "converged",
+                1001,
+            )
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            stop(server)

@@ -1,0 +1,63 @@
+"""Training task: claim a run by id, execute it, record how it ended. Torch loads in the child."""
+
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from typing import Any
+
+from celery.signals import worker_process_init
+
+from app.core.config import get_settings
+from app.core.db import get_engine
+from app.services import leases
+from workers.celery_app import celery_app
+
+logger = logging.getLogger(__name__)
+
+
+@celery_app.task(name="training.train_run", bind=True)
+def train_run(self: Any, run_id: int) -> str:
+    """Wake-up for run `run_id`: a duplicate or late delivery claims nothing and returns."""
+    from ml.licchavi import TrainingCancelled
+    from workers.training_run import TrainingExecution
+
+    settings = get_settings()
+    engine = get_engine()
+    host = self.request.hostname or socket.gethostname()
+    owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    claim = leases.claim(
+        engine, run_id=run_id, owner=owner, lease_seconds=settings.run_lease_seconds
+    )
+    if claim is None:
+        return "not claimed"
+    logger.info("run %s: claimed by %s (attempt %s)", run_id, owner, claim.attempt)
+    try:
+        published = TrainingExecution(engine, claim, settings).run()
+    except leases.LeaseLost:
+        logger.warning("run %s: taken over by another worker; results dropped", run_id)
+        return "lease lost"
+    except TrainingCancelled:
+        with engine.begin() as connection:
+            leases.finish(connection, claim, status="cancelled")
+        return "cancelled"
+    except Exception as exc:
+        logger.exception("run %s failed", run_id)
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        with engine.begin() as connection:
+            leases.finish(connection, claim, status="failed", error=detail)
+        return "failed"
+    logger.info("run %s: succeeded; published %s", run_id, ", ".join(published) or "nothing")
+    return "succeeded"
+
+
+@worker_process_init.connect
+def _preload_engine(**_: Any) -> None:
+    # Importing torch takes seconds; doing it in the background of a fresh pool process keeps it
+    # off the first run's clock without slowing the process's start (Celery allows it 4 s).
+    def load() -> None:
+        import ml.licchavi  # noqa: F401
+
+    threading.Thread(target=load, name="preload-engine", daemon=True).start()

@@ -1,0 +1,233 @@
+"""One claimed training run end to end: snapshot → engine (progress, checkpoints) → publication."""
+
+import hashlib
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import insert, select, text
+from sqlalchemy.engine import Engine
+
+from app.core.config import Settings
+from app.models import TrainingMetric, TrainingRun
+from app.services import leases, publication
+from app.services.snapshot import ComparisonSnapshot, load_snapshot
+
+if TYPE_CHECKING:
+    from ml.data import CriterionComparisons
+    from ml.licchavi import CriterionResult, EpochReport, LicchaviState
+
+logger = logging.getLogger(__name__)
+
+Run = TrainingRun.__table__  # type: ignore[attr-defined]
+Metric = TrainingMetric.__table__  # type: ignore[attr-defined]
+
+
+class NothingToTrain(ValueError):
+    """The run names a criterion that has no comparisons."""
+
+
+class ProgressReporter:
+    """The engine's callback: buffers metrics, and every few seconds writes them with the
+    progress, renews the lease and reads the cancel flag; checkpoints every few epochs."""
+
+    def __init__(self, engine: Engine, claim: leases.Claim, settings: Settings, n_criteria: int):
+        self.engine = engine
+        self.claim = claim
+        self.settings = settings
+        self.n_criteria = n_criteria
+        self.index = 0
+        self.criterion = ""
+        self.last_checkpoint_epoch = 0
+        self.last_flush = time.monotonic()
+        self.pending: list[dict[str, Any]] = []
+        self.progress = 0.0
+        self.epoch = 0
+
+    def start_criterion(self, index: int, criterion: str, resumed_epoch: int) -> None:
+        self.index = index
+        self.criterion = criterion
+        self.last_checkpoint_epoch = resumed_epoch
+
+    def __call__(self, report: "EpochReport") -> bool:
+        self.epoch = report.epoch
+        fraction = min(1.0, report.epoch / max(report.max_epochs, 1))
+        self.progress = (self.index + fraction) / self.n_criteria
+        for name, value in report.history_row.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.pending.append(
+                    {
+                        "run_id": self.claim.run_id,
+                        "criterion": self.criterion,
+                        "epoch": report.epoch,
+                        "name": name,
+                        "value": float(value),
+                        "attempt": self.claim.attempt,
+                    }
+                )
+        checkpoint = None
+        if report.epoch - self.last_checkpoint_epoch >= self.settings.run_checkpoint_every_epochs:
+            checkpoint = report.snapshot()
+            self.last_checkpoint_epoch = report.epoch
+        due = time.monotonic() - self.last_flush >= self.settings.run_progress_interval_seconds
+        if checkpoint is None and not due:
+            return True
+        return not self.flush(checkpoint)
+
+    def flush(self, checkpoint: "LicchaviState | None" = None) -> bool:
+        """Write buffered metrics (and a checkpoint) with the progress; True if cancel was asked.
+
+        A checkpoint and the metrics up to its epoch commit together, so a resumed run never
+        repeats or misses an epoch's metrics.
+        """
+        with self.engine.begin() as connection:
+            if self.pending:
+                connection.execute(insert(Metric), self.pending)
+            if checkpoint is not None:
+                publication.save_state(
+                    connection,
+                    run_id=self.claim.run_id,
+                    criterion=self.criterion,
+                    epoch=checkpoint.epoch,
+                    state=checkpoint.to_bytes(),
+                    is_checkpoint=True,
+                )
+            cancel = leases.renew(
+                connection,
+                self.claim,
+                lease_seconds=self.settings.run_lease_seconds,
+                progress=self.progress,
+                epoch=self.epoch,
+                criterion=self.criterion,
+            )
+        self.pending = []
+        self.last_flush = time.monotonic()
+        return cancel
+
+
+class TrainingExecution:
+    """Runs a claimed run; raises TrainingCancelled, LeaseLost or any error to the task."""
+
+    def __init__(self, engine: Engine, claim: leases.Claim, settings: Settings) -> None:
+        self.engine = engine
+        self.claim = claim
+        self.settings = settings
+
+    def run(self) -> list[str]:
+        from ml.config import LicchaviConfig
+        from ml.data import ComparisonDataset
+        from ml.licchavi import train_criterion
+        from ml.licchavi.problem import data_fingerprint
+
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(Run.c.criteria, Run.c.config, Run.c.warm_start).where(
+                    Run.c.id == self.claim.run_id
+                )
+            ).one()
+        criteria, config_values, warm_start = row
+        with self.engine.begin() as connection:
+            snapshot = load_snapshot(connection, criteria=criteria)
+        dataset = ComparisonDataset.from_frame(snapshot.frame)
+        names = list(criteria) if criteria else sorted(dataset.criteria)
+        missing = [name for name in names if name not in dataset.criteria]
+        if missing or not names:
+            raise NothingToTrain(f"no comparisons for criterion {', '.join(missing) or '(any)'}")
+        fingerprints = {name: data_fingerprint(dataset.criteria[name]) for name in names}
+        with self.engine.begin() as connection:
+            leases.record_snapshot(
+                connection,
+                self.claim,
+                fingerprint=_combined(fingerprints),
+                n_comparisons=sum(dataset.criteria[name].n_comparisons for name in names),
+                at=snapshot.taken_at,
+            )
+        config = LicchaviConfig.model_validate(config_values)
+        reporter = ProgressReporter(self.engine, self.claim, self.settings, len(names))
+        outputs = []
+        for index, name in enumerate(names):
+            initial, resumed_epoch = self._initial_state(name, fingerprints[name], warm_start)
+            reporter.start_criterion(index, name, resumed_epoch)
+            result = train_criterion(
+                dataset.criteria[name], config, initial_state=initial, callback=reporter
+            )
+            if reporter.flush():
+                from ml.licchavi import TrainingCancelled
+
+                raise TrainingCancelled(name, result.epochs)
+            outputs.append(_output(result, dataset.criteria[name], snapshot))
+        with self.engine.begin() as connection:
+            return publication.publish(connection, self.claim, outputs, snapshot.taken_at)
+
+    def _initial_state(
+        self, criterion: str, fingerprint: str, warm_start: bool
+    ) -> tuple["LicchaviState | None", int]:
+        """This run's checkpoint (resume after a crash), else the published state (warm start).
+
+        Metrics a crashed attempt wrote after its last checkpoint are removed, so every epoch's
+        metrics are written exactly once.
+        """
+        from ml.licchavi import LicchaviState
+
+        with self.engine.begin() as connection:
+            payload = publication.latest_state(
+                connection, run_id=self.claim.run_id, criterion=criterion, checkpoint=True
+            )
+            checkpoint = LicchaviState.from_bytes(payload) if payload else None
+            resumable = checkpoint is not None and checkpoint.data_fingerprint == fingerprint
+            kept_epochs = checkpoint.epoch if checkpoint is not None and resumable else 0
+            connection.execute(
+                text(
+                    "DELETE FROM training_metrics WHERE run_id = :run AND criterion = :criterion"
+                    " AND epoch > :epoch"
+                ),
+                {"run": self.claim.run_id, "criterion": criterion, "epoch": kept_epochs},
+            )
+            if checkpoint is not None:
+                logger.info(
+                    "run %s: %s %s from epoch %s",
+                    self.claim.run_id,
+                    criterion,
+                    "resumes" if resumable else "warm-starts from the checkpoint",
+                    checkpoint.epoch,
+                )
+                return checkpoint, kept_epochs
+            if not warm_start:
+                return None, 0
+            published = publication.published_state(connection, criterion=criterion)
+        return (LicchaviState.from_bytes(published) if published else None), 0
+
+
+def _combined(fingerprints: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(fingerprints):
+        digest.update(f"{name}:{fingerprints[name]}\n".encode())
+    return digest.hexdigest()
+
+
+def _database_ids(external: np.ndarray, ids: dict[str, int]) -> np.ndarray:
+    return np.fromiter((ids[str(value)] for value in external), dtype=np.int64, count=len(external))
+
+
+def _output(
+    result: "CriterionResult", data: "CriterionComparisons", snapshot: ComparisonSnapshot
+) -> publication.CriterionOutput:
+    video_ids = _database_ids(result.video_ids, snapshot.video_ids)
+    user_ids = _database_ids(result.user_ids, snapshot.user_ids)
+    return publication.CriterionOutput(
+        criterion_id=snapshot.criterion_ids[data.criterion],
+        criterion=data.criterion,
+        epoch=result.epochs,
+        state=result.state.to_bytes(),
+        video_ids=video_ids,
+        global_scores=np.asarray(result.global_scores, dtype=np.float64),
+        global_uncertainty=np.asarray(result.global_uncertainty, dtype=np.float64),
+        n_comparisons=np.asarray(result.n_comparisons, dtype=np.int64),
+        n_contributors=np.asarray(result.n_contributors, dtype=np.int64),
+        local_user_ids=user_ids[result.local_user_index],
+        local_video_ids=video_ids[result.local_video_index],
+        local_scores=np.asarray(result.local_scores, dtype=np.float64),
+        local_uncertainty=np.asarray(result.local_uncertainty, dtype=np.float64),
+    )
