@@ -169,7 +169,8 @@ class ComparisonDataset:
         video_codes, video_names = _sorted_codes(both_videos)
         n_rows = score.shape[0]
         video_a, video_b = video_codes[:n_rows], video_codes[n_rows:]
-        criteria_codes, criteria_names = pd.factorize(frame["criteria"].astype(str))
+        criteria_codes, criteria_names = pd.factorize(frame["criteria"])
+        criteria_names = pd.Index([str(name) for name in criteria_names])
         valid &= video_a != video_b
 
         # Later rows replace earlier ones for the same (criterion, user, unordered pair).

@@ -118,8 +118,8 @@ def inverse_curvature(layout: PackedLayout, z: torch.Tensor, w0: float) -> torch
     difference = theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
     curvature = losses.bt_second_derivative(scale * difference)
     per_pair = torch.zeros(layout.n_pairs, dtype=z.dtype, device=z.device)
-    per_pair.index_add_(0, problem.pair_a, curvature * scale * scale)
-    per_pair.index_add_(0, problem.pair_b, curvature * scale * scale)
+    per_pair.scatter_add_(0, problem.pair_a, curvature * scale * scale)
+    per_pair.scatter_add_(0, problem.pair_b, curvature * scale * scale)
     per_video = problem.sum_per_video(per_pair) + 2 * w0
     per_user = problem.sum_per_user(curvature * difference * difference) + 1 + 1 / (s * s)
     return torch.cat([per_pair, per_video, per_user]).clamp_min_(CURVATURE_FLOOR).reciprocal_()
@@ -293,7 +293,7 @@ class ConvergedSolver:
                 if total_new <= total + ARMIJO * float(pg @ (candidate - z)):
                     accepted = True
                     break
-                step_size *= 0.5
+                step_size *= 0.5  # backtrack
             if not accepted:
                 break  # no progress possible at float64 precision
             step, change = candidate - z, smooth_new.grad - smooth.grad

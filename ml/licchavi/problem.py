@@ -37,7 +37,8 @@ class Problem:
     """Comparisons and (user, video) pairs as flat index tensors.
 
     Local scores θ live on the pairs (one value per video a user compared), sorted by user then
-    video. Every term of the objective is a gather or an index_add over these indices.
+    video. Every term of the objective is a gather or a scatter-add over these indices
+    (scatter_add_ rather than index_add_: same sequential order on the CPU, twice as fast).
     """
 
     n_users: int
@@ -95,12 +96,12 @@ class Problem:
     def sum_per_user(self, values: torch.Tensor) -> torch.Tensor:
         """Sum of a per-comparison quantity over each user's comparisons."""
         out = torch.zeros(self.n_users, dtype=values.dtype, device=values.device)
-        return out.index_add_(0, self.comparison_user, values)
+        return out.scatter_add_(0, self.comparison_user, values)
 
     def sum_per_video(self, pair_values: torch.Tensor) -> torch.Tensor:
         """Sum of a per-pair quantity over each video's raters."""
         out = torch.zeros(self.n_videos, dtype=pair_values.dtype, device=pair_values.device)
-        return out.index_add_(0, self.pair_video, pair_values)
+        return out.scatter_add_(0, self.pair_video, pair_values)
 
     def sum_per_pair(self, comparison_values: torch.Tensor) -> torch.Tensor:
         """Scatter ∂/∂(θ_a − θ_b) of each comparison onto its two pairs (+ on a, − on b).
@@ -110,7 +111,7 @@ class Problem:
         sign of the first coupling step, so the order is kept.
         """
         a_side = torch.zeros(self.n_pairs, dtype=comparison_values.dtype, device=self.pair_a.device)
-        a_side.index_add_(0, self.pair_a, comparison_values)
+        a_side.scatter_add_(0, self.pair_a, comparison_values)
         b_side = torch.zeros_like(a_side)
-        b_side.index_add_(0, self.pair_b, comparison_values)
+        b_side.scatter_add_(0, self.pair_b, comparison_values)
         return a_side.sub_(b_side)

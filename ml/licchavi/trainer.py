@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -27,16 +26,19 @@ from ml.licchavi.state import (
 )
 from ml.licchavi.uncertainty import global_uncertainty, local_uncertainty
 
-# Below this many comparisons an epoch is a series of small kernels whose cost is dominated by
-# thread start-up and, on a shared machine, by waiting for the second core: one thread is faster.
-SINGLE_THREAD_BELOW = 300_000
+# Every epoch is a chain of short memory-bound kernels. On a 2-core machine shared with other
+# processes, OpenMP threads spend their time waiting for the busy core: measured on 500k
+# comparisons, 3.6 s with one thread against 3.3 s with two on a quiet machine, but 17 s with
+# two under load. One intra-op thread is the predictable choice; callers wanting more can
+# raise CPU_THREADS.
+CPU_THREADS = 1
 
 # Settings that do not change the numbers a run produces; a checkpoint stays resumable across them.
 _NON_NUMERICAL_SETTINGS = ("device", "compute_uncertainty")
 
 
 class TrainingCancelled(Exception):
-    """Raised when a callback returns False; `state` holds the last snapshot taken (if any)."""
+    """Raised when a callback returns False; `state` is a resumable snapshot at that epoch."""
 
     def __init__(self, criterion: str, epoch: int, state: LicchaviState | None = None) -> None:
         super().__init__(f"training of {criterion!r} cancelled after epoch {epoch}")
@@ -114,13 +116,13 @@ def _can_resume(
 
 
 @contextlib.contextmanager
-def _cpu_threads(n_comparisons: int, device: torch.device) -> Iterator[None]:
-    """Use one intra-op thread for small CPU problems, restoring the setting afterwards."""
-    if device.type != "cpu" or n_comparisons >= SINGLE_THREAD_BELOW:
+def _cpu_threads(device: torch.device) -> Iterator[None]:
+    """Train with CPU_THREADS intra-op threads on the CPU, restoring the setting afterwards."""
+    if device.type != "cpu":
         yield
         return
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(CPU_THREADS)
     try:
         yield
     finally:
@@ -141,7 +143,7 @@ def train_criterion(
     callback: called after every epoch/iteration; returning False raises TrainingCancelled.
     """
     device = resolve_device(config.device)
-    with _cpu_threads(data.n_comparisons, device):
+    with _cpu_threads(device):
         return _train_criterion(data, config, device, initial_state, callback)
 
 
@@ -198,16 +200,9 @@ def _train_criterion(
             config_fingerprint,
         )
 
-    last_snapshot: list[LicchaviState] = []
-
     def on_epoch(row: dict[str, float]) -> bool:
         if callback is None:
             return True
-
-        def remembered_snapshot() -> LicchaviState:
-            state = snapshot()
-            last_snapshot[:] = [state]
-            return state
 
         report = EpochReport(
             criterion=data.criterion,
@@ -215,22 +210,19 @@ def _train_criterion(
             max_epochs=max_epochs,
             history_row=dict(row),
             elapsed=row["elapsed"],
-            _snapshot=remembered_snapshot,
+            _snapshot=snapshot,
         )
         return callback(report) is not False
 
-    started = time.perf_counter()
     progress = solver.run(on_epoch)
     if not progress.finished:
-        raise TrainingCancelled(
-            data.criterion, progress.epoch, last_snapshot[0] if last_snapshot else None
-        )
+        raise TrainingCancelled(data.criterion, progress.epoch, snapshot())
     final = current_parameters()
     if isinstance(solver, ConvergedSolver):
         final_stationarity = solver.stationarity
     else:
         final_stationarity = stationarity(problem, final, resolved.w, resolved.w0, True)
-    return _result(data, resolved, problem, final, progress, final_stationarity, snapshot, started)
+    return _result(data, resolved, problem, final, progress, final_stationarity, snapshot)
 
 
 def _result(
@@ -241,7 +233,6 @@ def _result(
     progress: Progress,
     final_stationarity: float,
     snapshot: Callable[[], LicchaviState],
-    started: float,
 ) -> CriterionResult:
     n_videos = problem.n_videos
     if config.compute_uncertainty:

@@ -25,8 +25,8 @@ def local_uncertainty(problem: Problem, theta: torch.Tensor, s: torch.Tensor) ->
     t = scale * (theta64.index_select(0, problem.pair_a) - theta64.index_select(0, problem.pair_b))
     curvature = bt_second_derivative(t) * scale * scale
     per_pair = torch.zeros(problem.n_pairs, dtype=torch.float64, device=theta.device)
-    per_pair.index_add_(0, problem.pair_a, curvature)
-    per_pair.index_add_(0, problem.pair_b, curvature)
+    per_pair.scatter_add_(0, problem.pair_a, curvature)
+    per_pair.scatter_add_(0, problem.pair_b, curvature)
     with np.errstate(divide="ignore"):
         return np.asarray(per_pair.cpu().numpy() ** -0.5)
 

@@ -106,6 +106,9 @@ def test_resuming_a_mid_run_snapshot_reproduces_the_uninterrupted_run() -> None:
     with pytest.raises(TrainingCancelled) as cancelled:
         train_criterion(data, config, callback=crash_after_13)
     assert cancelled.value.epoch == 13 and cancelled.value.state is not None
+    np.testing.assert_array_equal(
+        cancelled.value.state.theta, LicchaviState.from_bytes(saved[0]).theta
+    )
     checkpoint = LicchaviState.from_bytes(saved[0])
     assert checkpoint.is_checkpoint and checkpoint.epoch == 13
 
