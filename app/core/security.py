@@ -95,13 +95,17 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     if (
         row is None
         or row.revoked_at is not None
-        or not hmac.compare_digest(row.key_hash, hash_key(key.strip()))
+        or not hmac.compare_digest(row.key_hash, hash_key(key))
     ):
         raise NotAuthenticated(
             "Unknown or revoked API key.", headers={"WWW-Authenticate": "Bearer"}
         )
     assert row.id is not None
-    return Principal(key_id=row.id, scopes=frozenset(row.scopes.split()))
+    principal = Principal(key_id=row.id, scopes=frozenset(row.scopes.split()))
+    if len(_verified) > 10_000:  # bound the memory a flood of distinct keys could take
+        _verified.clear()
+    _verified[key] = (time.monotonic(), principal)
+    return principal
 
 
 def require_scope(scope: str) -> Callable[..., Principal]:

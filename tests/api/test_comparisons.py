@@ -219,3 +219,25 @@ def test_score_max_per_criterion(client: ApiClient) -> None:
     assert (row["score"], row["score_max"]) == (40, 50)
     body["criteria_scores"][0]["score"] = 51
     assert_problem(client.post("/api/v1/comparisons", json=body, headers=auth), 422)
+
+
+def test_a_revoked_key_stops_working_once_the_cache_expires(client: ApiClient, monkeypatch: Any) -> None:
+    from datetime import UTC, datetime
+
+    from sqlmodel import select
+
+    from app.core import security
+    from app.models import ApiKey
+
+    auth = client.key(WRITE)
+    assert client.post("/api/v1/comparisons", json=payload(), headers=auth).status_code == 201
+    with client._session_factory() as session:  # type: ignore[operator]
+        for row in session.exec(select(ApiKey)).all():
+            row.revoked_at = datetime.now(UTC)
+            session.add(row)
+        session.commit()
+    # Within the cache window the verified key is still honoured without a lookup ...
+    assert client.post("/api/v1/comparisons", json=payload(largely_recommended=1), headers=auth).status_code == 200
+    # ... and refused as soon as the window has passed.
+    monkeypatch.setattr(security, "KEY_CACHE_SECONDS", 0.0)
+    assert_problem(client.post("/api/v1/comparisons", json=payload(largely_recommended=2), headers=auth), 401)
