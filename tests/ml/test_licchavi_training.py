@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -211,3 +213,16 @@ def test_train_rejects_unknown_criteria() -> None:
     dataset = ComparisonDataset.from_records([("u", "a", "b", "c1", 3.0)])
     with pytest.raises(KeyError, match="nope"):
         train(dataset, LicchaviConfig(device="cpu"), criteria=["nope"])
+
+
+def test_auto_device_resolves_to_what_is_available_without_cuda_at_import() -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    probe = "import ml.licchavi, torch; assert not torch.cuda.is_initialized()"
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=Path(__file__).parents[2])
+    result = train_criterion(reference_comparisons("xs"), LicchaviConfig(epochs=2))
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert result.config.device == expected
