@@ -78,13 +78,17 @@ class CriterionComparisons:
 
 
 def _sorted_codes(values: np.ndarray | pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes whose order follows the sorted unique values (sorting only the uniques)."""
+    """Integer codes whose order follows the sorted unique values (sorting only the uniques).
+
+    Missing values get code -1.
+    """
     codes, uniques = pd.factorize(values)
-    uniques_array = np.asarray(uniques, dtype=object)
+    codes = np.asarray(codes)
+    uniques_array = np.array([str(value) for value in uniques], dtype=object)
     order = np.argsort(uniques_array.astype(str), kind="stable")
     rank = np.empty(order.shape[0], dtype=np.int64)
     rank[order] = np.arange(order.shape[0], dtype=np.int64)
-    return rank[np.asarray(codes)], uniques_array[order]
+    return np.where(codes >= 0, rank[codes], -1), uniques_array[order]
 
 
 def _dense(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +148,9 @@ class ComparisonDataset:
     def from_frame(cls, frame: pd.DataFrame) -> ComparisonDataset:
         """Build from columns public_username, video_a, video_b, criteria, score[, score_max].
 
-        Rows with a missing score or comparing a video with itself are dropped. When a user
-        compares the same pair several times on a criterion (in either order), the last row wins.
+        Rows with a missing id or score, or comparing a video with itself, are dropped. When a
+        user compares the same pair several times on a criterion (in either order), the last
+        row wins.
         """
         missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
         if missing:
@@ -170,7 +175,9 @@ class ComparisonDataset:
         n_rows = score.shape[0]
         video_a, video_b = video_codes[:n_rows], video_codes[n_rows:]
         criteria_codes, criteria_names = pd.factorize(frame["criteria"])
+        criteria_codes = np.asarray(criteria_codes)
         criteria_names = pd.Index([str(name) for name in criteria_names])
+        valid &= (users >= 0) & (video_a >= 0) & (video_b >= 0) & (criteria_codes >= 0)
         valid &= video_a != video_b
 
         # Later rows replace earlier ones for the same (criterion, user, unordered pair).
@@ -230,13 +237,17 @@ def _read_csv(source: str | Path | io.BytesIO) -> pd.DataFrame:
     if isinstance(source, io.BytesIO):
         source.seek(0)
     wanted = [column for column in header if column in RECORD_COLUMNS]
-    text_columns = {column: str for column in ("public_username", "video_a", "video_b", "criteria")}
-    return pd.read_csv(
-        source,
-        usecols=wanted,
-        dtype={**text_columns, "score": np.float64, "score_max": np.float64},
-        **_csv_engine(),
-    )
+    # Users and criteria repeat a lot: the parser's categoricals save hashing every string again.
+    column_types: dict[str, Any] = {
+        "public_username": "category",
+        "criteria": "category",
+        "video_a": str,
+        "video_b": str,
+        "score": np.float64,
+        "score_max": np.float64,
+    }
+    frame: pd.DataFrame = pd.read_csv(source, usecols=wanted, dtype=column_types, **_csv_engine())
+    return frame
 
 
 def read_comparisons(path: str | Path) -> ComparisonDataset:

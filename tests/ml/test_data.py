@@ -132,3 +132,18 @@ def test_reads_an_archive_with_a_nested_comparisons_file(tmp_path: Path) -> None
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("dataset/comparisons.csv", buffer.getvalue())
     assert rows(read_comparisons(path).criteria["c"]) == [("u", "a", "b", 0.3)]
+
+
+def test_rows_with_a_missing_id_are_dropped() -> None:
+    frame = pd.DataFrame(
+        {
+            "public_username": ["u", None, "u", "u"],
+            "video_a": ["a", "a", None, "c"],
+            "video_b": ["b", "b", "b", "d"],
+            "criteria": ["c", "c", "c", None],
+            "score": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    dataset = ComparisonDataset.from_frame(frame)
+    assert list(dataset.criteria) == ["c"]
+    assert rows(dataset.criteria["c"]) == [("u", "a", "b", 0.1)]
