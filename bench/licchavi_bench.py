@@ -42,7 +42,6 @@ SEED = 42
 class Measurement:
     size: Size
     solver: str
-    threads: str
     wall_seconds: float
     cpu_seconds: float
     peak_rss_gb: float
@@ -113,9 +112,9 @@ def run_training(command: list[str]) -> tuple[float, float, float, str]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1e6, text
 
 
-def measure(size: Size, solver: str, cache: Path, extra: list[str], threads: str) -> Measurement:
+def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measurement:
     data_dir = prepare(size, cache)
-    scores_dir = cache / "scores" / f"{size.name}-{solver}-threads-{threads}"
+    scores_dir = cache / "scores" / f"{size.name}-{solver}"
     wall, cpu, peak_gb, log = run_training(train_command(data_dir, scores_dir, solver, extra))
     timings = re.search(r"read ([\d.]+) s, trained ([\d.]+) s, total ([\d.]+) s", log)
     epochs = re.findall(r"(\d+) epochs", log)
@@ -124,7 +123,6 @@ def measure(size: Size, solver: str, cache: Path, extra: list[str], threads: str
     return Measurement(
         size=size,
         solver=solver,
-        threads=threads,
         wall_seconds=wall,
         cpu_seconds=cpu,
         peak_rss_gb=peak_gb,
@@ -140,10 +138,10 @@ def measure(size: Size, solver: str, cache: Path, extra: list[str], threads: str
 def markdown_table(measurements: list[Measurement]) -> str:
     """Wall time split into start-up (interpreter, torch import), read, train and write."""
     lines = [
-        "| set (users/videos/comparisons) | solver | threads | wall s | start-up s | read s "
+        "| set (users/videos/comparisons) | solver | wall s | start-up s | read s "
         "| train s | write s | CPU s | peak RSS GB | epochs | Spearman vs truth "
         "| held-out accuracy | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
         target = f"≤ {m.size.target_seconds:g} s" + (
@@ -159,7 +157,6 @@ def markdown_table(measurements: list[Measurement]) -> str:
         cells = [
             f"{m.size.name} {m.size.users:,}/{m.size.videos:,}/{m.size.comparisons:,}",
             m.solver,
-            m.threads,
             f"{m.wall_seconds:.2f}",
             _optional(startup),
             _optional(m.read_seconds),
@@ -193,9 +190,6 @@ def main() -> None:
     parser.add_argument("--solvers", default="faithful", help="faithful, converged or both")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "out" / "licchavi")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument(
-        "--threads", default="default", help="torch threads per run: default, or e.g. 1 or 1,2"
-    )
     args = parser.parse_args()
 
     names = [name.strip() for name in args.sizes.split(",") if name.strip()]
@@ -209,13 +203,9 @@ def main() -> None:
     load_before = _load_average()
     for name in names:
         for solver in [s.strip() for s in args.solvers.split(",") if s.strip()]:
-            for threads in [t.strip() for t in args.threads.split(",") if t.strip()]:
-                thread_options = [] if threads == "default" else ["--threads", threads]
-                measurement = measure(
-                    SIZES[name], solver, args.cache, [*extra, *thread_options], threads
-                )
-                print(markdown_table([measurement]).splitlines()[-1], file=sys.stderr)
-                measurements.append(measurement)
+            measurement = measure(SIZES[name], solver, args.cache, extra)
+            print(markdown_table([measurement]).splitlines()[-1], file=sys.stderr)
+            measurements.append(measurement)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"python {platform.python_version()}, load average before/after: {load_before} / "

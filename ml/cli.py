@@ -62,19 +62,9 @@ def train(
     warm_start: Annotated[
         Path | None, typer.Option("--warm-start", help="state.pt of an earlier run.")
     ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="CPU threads for torch (default: torch's choice; 1 is best on busy hosts)."
-        ),
-    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train Licchavi on comparisons and write global/individual scores, history, config, state."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     try:
         _train(input, output, config, overrides, criteria, solver, device, warm_start, progress)
     except CliError as error:
