@@ -226,7 +226,7 @@ class ConvergedSolver:
         preconditioned = preconditioner * residual
         search = preconditioned.clone()
         residual_dot = float(residual @ preconditioned)
-        target = min(0.1, float(pg.norm()) ** 0.5) * float(residual.norm())
+        target = min(0.1, float(pg.norm())) * float(residual.norm())
         self.inner_steps = 0
         for _ in range(MAX_CG_STEPS):
             self.inner_steps += 1
