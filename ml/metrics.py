@@ -170,17 +170,21 @@ def local_metrics(scores: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]
     return {"user_spearman": mean, "n_users": float(n_users)}
 
 
-def heldout_metrics(scores: pd.DataFrame, comparisons: pd.DataFrame) -> dict[str, float]:
+def heldout_metrics(
+    scores: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    individual_scores: pd.DataFrame | None = None,
+) -> dict[str, float]:
     """Sign accuracy, log loss and Brier of global scores on comparisons not trained on.
 
     d = ρ_b − ρ_a with the user scale s = 1; comparisons involving a video without a global
-    score are left out (``heldout_n`` counts those kept).
+    score are left out (``heldout_n`` counts those kept). With ``individual_scores``
+    (public_username, video, score), ``heldout_local_accuracy`` predicts from the user's own
+    θ_b − θ_a where the user has scored both videos, and from ρ_b − ρ_a otherwise
+    (``heldout_local_n`` counts the comparisons where θ was used).
     """
-    by_video = pd.Series(
-        scores["score"].to_numpy(np.float64), index=scores["video"].astype(str).to_numpy()
-    )
-    rho_a = by_video.reindex(comparisons["video_a"].astype(str).to_numpy()).to_numpy()
-    rho_b = by_video.reindex(comparisons["video_b"].astype(str).to_numpy()).to_numpy()
+    rho_a = _lookup(scores["video"], scores["score"], comparisons["video_a"])
+    rho_b = _lookup(scores["video"], scores["score"], comparisons["video_b"])
     known = ~(np.isnan(rho_a) | np.isnan(rho_b))
     score_max = (
         comparisons["score_max"].to_numpy(np.float64)
@@ -188,13 +192,34 @@ def heldout_metrics(scores: pd.DataFrame, comparisons: pd.DataFrame) -> dict[str
         else np.full(len(comparisons), 10.0)
     )
     r = comparisons["score"].to_numpy(np.float64) / score_max
-    d, r = (rho_b - rho_a)[known], r[known]
-    return {
+    d = rho_b - rho_a
+    report = {
         "heldout_n": float(known.sum()),
-        "heldout_accuracy": sign_accuracy(d, r),
-        "heldout_log_loss": bt_log_loss(d, r),
-        "heldout_brier": bt_brier(d, r),
+        "heldout_accuracy": sign_accuracy(d[known], r[known]),
+        "heldout_log_loss": bt_log_loss(d[known], r[known]),
+        "heldout_brier": bt_brier(d[known], r[known]),
     }
+    if individual_scores is not None:
+        user_of = individual_scores["public_username"].astype(str)
+        pair_keys = user_of + "\0" + individual_scores["video"].astype(str)
+        heldout_user = comparisons["public_username"].astype(str)
+        theta_a = _lookup(
+            pair_keys, individual_scores["score"], heldout_user + "\0" + comparisons["video_a"]
+        )
+        theta_b = _lookup(
+            pair_keys, individual_scores["score"], heldout_user + "\0" + comparisons["video_b"]
+        )
+        personal = ~(np.isnan(theta_a) | np.isnan(theta_b)) & known
+        local_d = np.where(personal, theta_b - theta_a, d)
+        report["heldout_local_n"] = float(personal.sum())
+        report["heldout_local_accuracy"] = sign_accuracy(local_d[known], r[known])
+    return report
+
+
+def _lookup(keys: pd.Series, values: pd.Series, wanted: pd.Series) -> np.ndarray:
+    """values[keys == wanted] for each wanted key, NaN where absent."""
+    table = pd.Series(values.to_numpy(np.float64), index=keys.astype(str).to_numpy())
+    return table.reindex(wanted.astype(str).to_numpy()).to_numpy(np.float64)
 
 
 def evaluate(
@@ -222,7 +247,10 @@ def evaluate(
         else None
     )
     heldout_frame = (
-        pd.read_csv(heldout, dtype={"video_a": str, "video_b": str, "criteria": str})
+        pd.read_csv(
+            heldout,
+            dtype={"public_username": str, "video_a": str, "video_b": str, "criteria": str},
+        )
         if heldout is not None
         else None
     )
@@ -239,7 +267,13 @@ def evaluate(
                 truth_individual[truth_individual["criteria"] == name],
             )
         if heldout_frame is not None:
-            row |= heldout_metrics(scores, heldout_frame[heldout_frame["criteria"] == name])
+            row |= heldout_metrics(
+                scores,
+                heldout_frame[heldout_frame["criteria"] == name],
+                None
+                if individual_scores is None
+                else individual_scores[individual_scores["criteria"] == name],
+            )
         report[name] = row
     return report
 

@@ -130,6 +130,28 @@ def test_heldout_metrics_skip_unknown_videos() -> None:
     assert metrics["heldout_accuracy"] == pytest.approx(1 / 3)
 
 
+def test_heldout_local_accuracy_uses_the_users_own_scores() -> None:
+    scores = pd.DataFrame({"video": ["a", "b", "c"], "score": [0.0, 1.0, 2.0]})
+    heldout = pd.DataFrame(
+        {
+            "public_username": ["u", "u", "w"],
+            "video_a": ["a", "c", "a"],
+            "video_b": ["b", "b", "c"],
+            "score": [-5, 4, -2],
+            "score_max": [10, 10, 10],
+        }
+    )
+    # u ranks a above b above c; w has no personal scores.
+    individual = pd.DataFrame(
+        {"public_username": "u", "video": ["a", "b", "c"], "score": [2.0, 1.0, 0.0]}
+    )
+    metrics = heldout_metrics(scores, heldout, individual)
+    # Global d: 1 (wrong), −1 (wrong), 2 (wrong); u's θ: −1 (right), 1 (right); w falls back.
+    assert metrics["heldout_accuracy"] == 0.0
+    assert metrics["heldout_local_n"] == 2
+    assert metrics["heldout_local_accuracy"] == pytest.approx(2 / 3)
+
+
 def test_evaluate_reads_the_written_files(tmp_path: Path) -> None:
     truth_dir, scores_dir = tmp_path / "truth", tmp_path / "scores"
     truth_dir.mkdir()
