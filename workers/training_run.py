@@ -31,7 +31,8 @@ class NothingToTrain(ValueError):
 
 class ProgressReporter:
     """The engine's callback: buffers metrics, and every few seconds writes them with the
-    progress, renews the lease and reads the cancel flag; checkpoints every few epochs."""
+    progress, renews the lease and reads the cancel flag; checkpoints every few epochs, and
+    no more often than every few seconds, so saving a large state stays a small overhead."""
 
     def __init__(self, engine: Engine, claim: leases.Claim, settings: Settings, n_criteria: int):
         self.engine = engine
@@ -41,6 +42,7 @@ class ProgressReporter:
         self.index = 0
         self.criterion = ""
         self.last_checkpoint_epoch = 0
+        self.last_checkpoint_at = time.monotonic()
         self.last_flush = time.monotonic()
         self.pending: list[dict[str, Any]] = []
         self.progress = 0.0
@@ -50,6 +52,7 @@ class ProgressReporter:
         self.index = index
         self.criterion = criterion
         self.last_checkpoint_epoch = resumed_epoch
+        self.last_checkpoint_at = time.monotonic()
 
     def __call__(self, report: "EpochReport") -> bool:
         self.epoch = report.epoch
@@ -68,9 +71,14 @@ class ProgressReporter:
                     }
                 )
         checkpoint = None
-        if report.epoch - self.last_checkpoint_epoch >= self.settings.run_checkpoint_every_epochs:
+        settings = self.settings
+        if (
+            report.epoch - self.last_checkpoint_epoch >= settings.run_checkpoint_every_epochs
+            and time.monotonic() - self.last_checkpoint_at >= settings.run_checkpoint_every_seconds
+        ):
             checkpoint = report.snapshot()
             self.last_checkpoint_epoch = report.epoch
+            self.last_checkpoint_at = time.monotonic()
         due = time.monotonic() - self.last_flush >= self.settings.run_progress_interval_seconds
         if checkpoint is None and not due:
             return True
@@ -128,6 +136,7 @@ class TrainingExecution:
                 )
             ).one()
         criteria, config_values, warm_start = row
+        started = time.perf_counter()
         with self.engine.begin() as connection:
             snapshot = load_snapshot(connection, criteria=criteria)
         dataset = ComparisonDataset.from_frame(snapshot.frame)
@@ -144,6 +153,7 @@ class TrainingExecution:
                 n_comparisons=sum(dataset.criteria[name].n_comparisons for name in names),
                 at=snapshot.taken_at,
             )
+        loaded = time.perf_counter()
         config = LicchaviConfig.model_validate(config_values)
         reporter = ProgressReporter(self.engine, self.claim, self.settings, len(names))
         outputs = []
@@ -158,8 +168,18 @@ class TrainingExecution:
 
                 raise TrainingCancelled(name, result.epochs)
             outputs.append(_output(result, dataset.criteria[name], snapshot))
+        trained = time.perf_counter()
         with self.engine.begin() as connection:
-            return publication.publish(connection, self.claim, outputs, snapshot.taken_at)
+            published = publication.publish(connection, self.claim, outputs, snapshot.taken_at)
+        logger.info(
+            "run %s: %d comparisons; snapshot %.2f s, training %.2f s, publication %.2f s",
+            self.claim.run_id,
+            snapshot.n_comparisons,
+            loaded - started,
+            trained - loaded,
+            time.perf_counter() - trained,
+        )
+        return published
 
     def _initial_state(
         self, criterion: str, fingerprint: str, warm_start: bool

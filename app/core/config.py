@@ -57,11 +57,19 @@ class Settings(BaseSettings):
     run_checkpoint_every_epochs: int = Field(
         default=10, ge=1, description="Epochs between two checkpoints of a training run."
     )
+    run_checkpoint_every_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="And at least this long between two checkpoints (a big state costs seconds).",
+    )
     run_sweep_interval_seconds: float = Field(
         default=10.0, gt=0, description="How often a worker looks for stalled or unsent runs."
     )
     run_resend_after_seconds: float = Field(
         default=30.0, gt=0, description="A queued run not started this long is sent again."
+    )
+    score_runs_kept: int = Field(
+        default=20, ge=1, description="Succeeded runs whose scores are kept besides published ones."
     )
     code_version: str | None = Field(
         default=None, description="Recorded on every run; defaults to the package version."

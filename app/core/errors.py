@@ -55,6 +55,10 @@ class Conflict(ServiceError):
     status, slug = 409, "conflict"
 
 
+class Gone(ServiceError):
+    status, slug = 410, "gone"
+
+
 class PayloadTooLarge(ServiceError):
     status, slug = 413, "payload-too-large"
 

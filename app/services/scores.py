@@ -2,12 +2,12 @@
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import text
 from sqlmodel import Session
 
-from app.core.errors import Conflict, NotFound
+from app.core.errors import Conflict, Gone, NotFound
 from app.schemas.scores import (
     GlobalScorePublic,
     LocalScorePublic,
@@ -17,6 +17,8 @@ from app.schemas.scores import (
 )
 
 MAIN_CRITERION_FALLBACK = "largely_recommended"
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def display_score(score: float) -> float:
@@ -24,49 +26,79 @@ def display_score(score: float) -> float:
     return 100.0 * score / math.sqrt(1.0 + score * score)
 
 
-def main_criterion(session: Session) -> str:
-    name = session.execute(
-        text("SELECT name FROM criteria WHERE is_main ORDER BY id LIMIT 1")
+class BoundedCache(Generic[K, V]):
+    """A dict that forgets everything when full; for values that never go stale."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.values: dict[K, V] = {}
+
+    def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
+        value = self.values.get(key)
+        if value is None:
+            value = compute()
+            if len(self.values) >= self.capacity:
+                self.values.clear()
+            self.values[key] = value
+        return value
+
+
+# Criteria are only ever added, and a run's scores never change once written: both can be
+# remembered per process. Which run is published is read on every request.
+_CRITERIA: BoundedCache[tuple[str, str], tuple[int, bool]] = BoundedCache(1024)
+_TOTALS: BoundedCache[tuple[str, int, int, int], int] = BoundedCache(4096)
+_PAGES: BoundedCache[tuple[Any, ...], bytes] = BoundedCache(4096)
+_MAIN: BoundedCache[str, str] = BoundedCache(64)
+
+
+def _database_key(session: Session) -> str:
+    return str(session.get_bind().engine.url)
+
+
+def _main_criterion(session: Session) -> str:
+    def lookup() -> str:
+        name = session.execute(
+            text("SELECT name FROM criteria WHERE is_main ORDER BY id LIMIT 1")
+        ).scalar()
+        return str(name) if name is not None else MAIN_CRITERION_FALLBACK
+
+    return _MAIN.get_or_compute(_database_key(session), lookup)
+
+
+def _criterion_id(session: Session, criterion: str) -> int:
+    def lookup() -> tuple[int, bool]:
+        found = session.execute(
+            text("SELECT id FROM criteria WHERE name = :name"), {"name": criterion}
+        ).scalar()
+        if found is None:
+            raise NotFound(f"Unknown criterion {criterion!r}.")
+        return int(found), True
+
+    return _CRITERIA.get_or_compute((_database_key(session), criterion), lookup)[0]
+
+
+def _published_run(session: Session, criterion_id: int) -> int | None:
+    run_id = session.execute(
+        text("SELECT run_id FROM published_runs WHERE criterion_id = :criterion"),
+        {"criterion": criterion_id},
     ).scalar()
-    return str(name) if name is not None else MAIN_CRITERION_FALLBACK
-
-
-def _criterion_and_published(session: Session, criterion: str) -> tuple[int, int | None]:
-    row = session.execute(
-        text(
-            "SELECT c.id, p.run_id FROM criteria c"
-            " LEFT JOIN published_runs p ON p.criterion_id = c.id WHERE c.name = :name"
-        ),
-        {"name": criterion},
-    ).first()
-    if row is None:
-        raise NotFound(f"Unknown criterion {criterion!r}.")
-    return int(row[0]), (int(row[1]) if row[1] is not None else None)
+    return None if run_id is None else int(run_id)
 
 
 def _check_readable_run(session: Session, run_id: int) -> None:
-    status = session.execute(
-        text("SELECT status FROM training_runs WHERE id = :id"), {"id": run_id}
-    ).scalar()
-    if status is None:
+    row = session.execute(
+        text(
+            "SELECT status, EXISTS (SELECT 1 FROM global_scores g WHERE g.run_id = r.id)"
+            " FROM training_runs r WHERE r.id = :id"
+        ),
+        {"id": run_id},
+    ).first()
+    if row is None:
         raise NotFound(f"No training run {run_id}.")
-    if status != "succeeded":
-        raise Conflict(f"Run {run_id} is {status}; only succeeded runs have scores.")
-
-
-# A run's scores never change once written, so its totals can be remembered for good.
-_TOTALS: dict[tuple[str, int, int, int], int] = {}
-_TOTALS_KEPT = 4096
-
-
-def _cached_total(key: tuple[str, int, int, int], count: Callable[[], int]) -> int:
-    total = _TOTALS.get(key)
-    if total is None:
-        total = count()
-        if len(_TOTALS) >= _TOTALS_KEPT:
-            _TOTALS.clear()
-        _TOTALS[key] = total
-    return total
+    if row[0] != "succeeded":
+        raise Conflict(f"Run {run_id} is {row[0]}; only succeeded runs have scores.")
+    if not row[1]:
+        raise Gone(f"The scores of run {run_id} were deleted (superseded runs are pruned).")
 
 
 def global_scores(
@@ -78,53 +110,83 @@ def global_scores(
     offset: int,
     min_contributors: int,
     run_id: int | None,
-) -> ScorePage:
-    """A page of global scores, every item from the same run (the published one by default)."""
-    name = criterion or main_criterion(session)
-    criterion_id, published = _criterion_and_published(session, name)
+) -> bytes:
+    """A page of global scores as ScorePage JSON, every item from the same run (the published
+    one by default). Pages of a run are rendered once per process: its scores never change."""
+    name = criterion or _main_criterion(session)
+    criterion_id = _criterion_id(session, name)
     if run_id is not None:
         _check_readable_run(session, run_id)
-    chosen = run_id if run_id is not None else published
+        chosen: int | None = run_id
+    else:
+        chosen = _published_run(session, criterion_id)
     if chosen is None:
-        return ScorePage(items=[], total=0, limit=limit, offset=offset, criterion=name, run_id=None)
-    params = {"run": chosen, "criterion": criterion_id, "min": min_contributors}
-    where = "g.run_id = :run AND g.criterion_id = :criterion AND g.n_contributors >= :min"
+        nothing = ScorePage(
+            items=[], total=0, limit=limit, offset=offset, criterion=name, run_id=None
+        )
+        return nothing.model_dump_json().encode()
+    key = (_database_key(session), chosen, criterion_id, order, limit, offset, min_contributors)
+    page = _ScorePageQuery(session, name, criterion_id, chosen, min_contributors)
+    return _PAGES.get_or_compute(key, lambda: page.render(order, limit, offset))
 
-    def count() -> int:
+
+class _ScorePageQuery:
+    """One run's ranking on one criterion, filtered by contributors."""
+
+    WHERE = "g.run_id = :run AND g.criterion_id = :criterion AND g.n_contributors >= :min"
+
+    def __init__(
+        self, session: Session, name: str, criterion_id: int, run_id: int, min_contributors: int
+    ) -> None:
+        self.session = session
+        self.name = name
+        self.run_id = run_id
+        self.criterion_id = criterion_id
+        self.min_contributors = min_contributors
+        self.params = {"run": run_id, "criterion": criterion_id, "min": min_contributors}
+
+    def total(self) -> int:
         return int(
-            session.execute(
-                text(f"SELECT count(*) FROM global_scores g WHERE {where}"), params
+            self.session.execute(
+                text(f"SELECT count(*) FROM global_scores g WHERE {self.WHERE}"), self.params
             ).scalar_one()
         )
 
-    bind = session.get_bind()
-    total = _cached_total((str(bind.engine.url), chosen, criterion_id, min_contributors), count)
-    direction = "DESC" if order == "desc" else "ASC"
-    rows = session.execute(
-        text(
-            "SELECT v.external_id, g.score, g.uncertainty, g.n_comparisons, g.n_contributors"
-            " FROM global_scores g JOIN videos v ON v.id = g.video_id"
-            f" WHERE {where} ORDER BY g.score {direction}, g.video_id {direction}"
-            " LIMIT :limit OFFSET :offset"
-        ),
-        {**params, "limit": limit, "offset": offset},
-    ).all()
-    items = [
-        GlobalScorePublic(
-            video_id=video,
-            criterion=name,
-            score=score,
-            display_score=display_score(score),
-            uncertainty=uncertainty,
-            n_comparisons=n_comparisons,
-            n_contributors=n_contributors,
-            run_id=chosen,
+    def render(self, order: str, limit: int, offset: int) -> bytes:
+        key = (_database_key(self.session), self.run_id, self.criterion_id, self.min_contributors)
+        total = _TOTALS.get_or_compute(key, self.total)
+        direction = "DESC" if order == "desc" else "ASC"
+        rows = self.session.execute(
+            text(
+                "SELECT v.external_id, g.score, g.uncertainty, g.n_comparisons, g.n_contributors"
+                " FROM global_scores g JOIN videos v ON v.id = g.video_id"
+                f" WHERE {self.WHERE} ORDER BY g.score {direction}, g.video_id {direction}"
+                " LIMIT :limit OFFSET :offset"
+            ),
+            {**self.params, "limit": limit, "offset": offset},
+        ).all()
+        items = [
+            GlobalScorePublic(
+                video_id=video,
+                criterion=self.name,
+                score=score,
+                display_score=display_score(score),
+                uncertainty=uncertainty,
+                n_comparisons=n_comparisons,
+                n_contributors=n_contributors,
+                run_id=self.run_id,
+            )
+            for video, score, uncertainty, n_comparisons, n_contributors in rows
+        ]
+        page = ScorePage(
+            items=items,
+            total=total,
+            limit=limit,
+            offset=offset,
+            criterion=self.name,
+            run_id=self.run_id,
         )
-        for video, score, uncertainty, n_comparisons, n_contributors in rows
-    ]
-    return ScorePage(
-        items=items, total=total, limit=limit, offset=offset, criterion=name, run_id=chosen
-    )
+        return page.model_dump_json().encode()
 
 
 def video_scores(session: Session, *, video_id: str) -> VideoScores:
@@ -173,7 +235,7 @@ def user_scores(
     params: dict[str, Any] = {"user": user_pk, "limit": limit, "offset": offset}
     where = ""
     if criterion is not None:
-        criterion_id, _published = _criterion_and_published(session, criterion)
+        criterion_id = _criterion_id(session, criterion)
         where = " AND p.criterion_id = :criterion"
         params["criterion"] = criterion_id
     source = (

@@ -36,21 +36,18 @@ def load_snapshot(connection: Connection, *, criteria: list[str] | None) -> Comp
     wanted = (
         list(criterion_ids.values()) if criteria is None else [criterion_ids[c] for c in criteria]
     )
-    result = connection.execute(
-        text(
+    where = "" if criteria is None else f"WHERE criterion_id IN ({','.join(map(str, wanted))})"
+    # Plain DBAPI tuples: numpy reads them directly, where SQLAlchemy rows cost a key lookup
+    # per value.
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(
             "SELECT user_id, video_a_id, video_b_id, criterion_id, score, score_max"
-            " FROM comparisons ORDER BY id"
+            f" FROM comparisons {where} ORDER BY id"
         )
-        if criteria is None
-        else text(
-            "SELECT user_id, video_a_id, video_b_id, criterion_id, score, score_max"
-            " FROM comparisons WHERE criterion_id IN ("
-            + ",".join(str(int(pk)) for pk in wanted)
-            + ") ORDER BY id"
-        )
-    )
-    rows = result.all()
-    columns = np.array(rows, dtype=np.float64).reshape(len(rows), 6) if rows else np.zeros((0, 6))
+        columns = np.array(cursor.fetchall(), dtype=np.float64).reshape(-1, 6)
+    finally:
+        cursor.close()
     users = pd.Series(dict(connection.execute(text("SELECT id, external_id FROM users")).all()))
     videos = pd.Series(dict(connection.execute(text("SELECT id, external_id FROM videos")).all()))
     names = pd.Series({pk: name for name, pk in criterion_ids.items()})

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from app.models import TrainingRun
@@ -42,3 +42,37 @@ def runs_to_wake(connection: Connection, *, resend_after_seconds: float) -> list
     if ids:
         connection.execute(update(Run).where(Run.c.id.in_(ids)).values(wakeup_sent_at=now))
     return ids
+
+
+def prune_superseded_scores(connection: Connection, *, runs_kept: int) -> list[int]:
+    """Delete the score rows of succeeded runs that are neither published nor among the
+    `runs_kept` newest succeeded runs; returns the runs pruned.
+
+    Every run writes a score per (user, video) pair it trained on, so without this the score
+    tables would grow by the size of the dataset at every auto run.
+    """
+    newest = [
+        int(row[0])
+        for row in connection.execute(
+            select(Run.c.id)
+            .where(Run.c.status == "succeeded")
+            .order_by(Run.c.id.desc())
+            .limit(runs_kept)
+        ).all()
+    ]
+    published = [
+        int(row[0]) for row in connection.execute(text("SELECT run_id FROM published_runs")).all()
+    ]
+    has_scores = text("EXISTS (SELECT 1 FROM global_scores g WHERE g.run_id = training_runs.id)")
+    run_ids = [
+        int(row[0])
+        for row in connection.execute(
+            select(Run.c.id).where(
+                Run.c.status == "succeeded", Run.c.id.not_in(newest + published), has_scores
+            )
+        ).all()
+    ]
+    for run_id in run_ids:
+        for table in ("local_scores", "global_scores"):
+            connection.execute(text(f"DELETE FROM {table} WHERE run_id = :run"), {"run": run_id})
+    return run_ids

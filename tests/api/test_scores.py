@@ -9,6 +9,7 @@ from sqlalchemy import text
 
 from app.core.db import get_engine
 from app.main import create_app
+from app.services.sweeper import prune_superseded_scores
 from app.services.transfer import import_comparisons
 from tests.api.test_comparisons import assert_problem
 from tests.conftest import ApiClient, reset_caches
@@ -109,3 +110,10 @@ def test_scores_of_the_published_run_and_of_any_succeeded_run(trained: ApiClient
         png = client.get(f"/api/v1/training-runs/{first}/plots/{plot}.png")
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert png.content.startswith(b"\x89PNG")
+
+    # Superseded runs' scores are pruned; the published run's never are.
+    with get_engine().begin() as connection:
+        assert prune_superseded_scores(connection, runs_kept=1) == [first]
+        assert prune_superseded_scores(connection, runs_kept=1) == []
+    assert_problem(client.get(SCORES, params={"run_id": first}), 410)
+    assert client.get(SCORES).json()["total"] == 100

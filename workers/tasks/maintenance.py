@@ -14,7 +14,7 @@ from app.core.config import get_settings
 from app.core.db import get_engine, make_engine
 from app.models import WorkerHeartbeat
 from app.models.base import utcnow
-from app.services.sweeper import runs_to_wake
+from app.services.sweeper import prune_superseded_scores, runs_to_wake
 from app.services.wakeups import Wakeup, send_wakeup
 from workers.celery_app import celery_app
 
@@ -36,12 +36,17 @@ def heartbeat() -> None:
 
 
 def wake_stalled_runs(engine: Engine) -> int:
-    """Re-send wake-ups for runs whose worker died or whose message was lost; returns how many."""
+    """Re-send wake-ups for runs whose worker died or whose message was lost (returns how many),
+    and delete the scores of superseded runs."""
     settings = get_settings()
     with engine.begin() as connection:
         run_ids = runs_to_wake(connection, resend_after_seconds=settings.run_resend_after_seconds)
     for run_id in run_ids:
         send_wakeup(Wakeup(run_id))
+    with engine.begin() as connection:
+        pruned = prune_superseded_scores(connection, runs_kept=settings.score_runs_kept)
+    if pruned:
+        logger.info("sweeper: scores of superseded run(s) %s deleted", pruned)
     return len(run_ids)
 
 

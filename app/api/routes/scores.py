@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from app.api.deps import PagingDep
 from app.core.db import SessionDep
@@ -14,7 +14,7 @@ from app.services import scores as service
 router = APIRouter(tags=["scores"])
 
 
-@router.get("/scores", response_model=ScorePage)
+@router.get("/scores", response_model=ScorePage, response_class=Response)
 def list_scores(
     session: SessionDep,
     paging: PagingDep,
@@ -26,9 +26,9 @@ def list_scores(
     run_id: Annotated[
         int | None, Query(description="Read this succeeded run instead of the published one.")
     ] = None,
-) -> ScorePage:
+) -> Response:
     """Global scores ranked by score (video id breaks ties); every item is from one run."""
-    return service.global_scores(
+    page = service.global_scores(
         session,
         criterion=criterion,
         order=order,
@@ -37,6 +37,7 @@ def list_scores(
         min_contributors=min_contributors,
         run_id=run_id,
     )
+    return Response(content=page, media_type="application/json")
 
 
 @router.get("/videos/{video_id}/scores", response_model=VideoScores)
