@@ -276,11 +276,9 @@ class ConvergedSolver:
             if not config.optimise_s:
                 disagree &= at_zero
             direction[:n] = torch.where(disagree, 0.0, direction[:n])
-            slope = float(direction @ pg)
-            if slope >= 0:
+            if float(direction @ pg) >= 0:  # not a descent direction: restart from −pg
                 memory.clear()
                 direction = -pg
-                slope = float(direction @ pg)
             orthant = torch.where(z[:n] != 0, torch.sign(z[:n]), torch.sign(-pg[:n]))
             step_size = 1.0
             accepted = False
