@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     score_runs_kept: int = Field(
         default=20, ge=1, description="Succeeded runs whose scores are kept besides published ones."
     )
+    scores_pointer_ttl_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="How long an API process may serve a published run without re-reading it.",
+    )
     code_version: str | None = Field(
         default=None, description="Recorded on every run; defaults to the package version."
     )

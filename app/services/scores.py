@@ -1,12 +1,14 @@
 """Reading scores: the published run's global scores, a video's, a user's; any succeeded run's."""
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import text
 from sqlmodel import Session
 
+from app.core.config import get_settings
 from app.core.errors import Conflict, Gone, NotFound
 from app.schemas.scores import (
     GlobalScorePublic,
@@ -44,11 +46,12 @@ class BoundedCache(Generic[K, V]):
 
 
 # Criteria are only ever added, and a run's scores never change once written: both can be
-# remembered per process. Which run is published is read on every request.
+# remembered per process. Which run is published is re-read after a short time to live.
 _CRITERIA: BoundedCache[tuple[str, str], tuple[int, bool]] = BoundedCache(1024)
 _TOTALS: BoundedCache[tuple[str, int, int, int], int] = BoundedCache(4096)
 _PAGES: BoundedCache[tuple[Any, ...], bytes] = BoundedCache(4096)
 _MAIN: BoundedCache[str, str] = BoundedCache(64)
+_POINTERS: dict[tuple[str, int], tuple[float, int | None]] = {}
 
 
 def _database_key(session: Session) -> str:
@@ -78,11 +81,19 @@ def _criterion_id(session: Session, criterion: str) -> int:
 
 
 def _published_run(session: Session, criterion_id: int) -> int | None:
-    run_id = session.execute(
+    """The criterion's published run, re-read at most every SCORES_POINTER_TTL_SECONDS."""
+    key = (_database_key(session), criterion_id)
+    now = time.monotonic()
+    remembered = _POINTERS.get(key)
+    if remembered is not None and remembered[0] > now:
+        return remembered[1]
+    found = session.execute(
         text("SELECT run_id FROM published_runs WHERE criterion_id = :criterion"),
         {"criterion": criterion_id},
     ).scalar()
-    return None if run_id is None else int(run_id)
+    run_id = None if found is None else int(found)
+    _POINTERS[key] = (now + get_settings().scores_pointer_ttl_seconds, run_id)
+    return run_id
 
 
 def _check_readable_run(session: Session, run_id: int) -> None:

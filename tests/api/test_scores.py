@@ -22,6 +22,7 @@ SCORES = "/api/v1/scores"
 @pytest.fixture
 def trained(committed_database: str, monkeypatch: pytest.MonkeyPatch) -> ApiClient:
     monkeypatch.setenv("AUTO_TRAIN_ENABLED", "false")
+    monkeypatch.setenv("SCORES_POINTER_TTL_SECONDS", "0")  # see each publication at once
     reset_caches()
     import_comparisons(get_engine(), DEMO)
     from sqlmodel import Session

@@ -34,8 +34,17 @@ def test_serve_trains_and_refreshes_scores_on_sqlite() -> None:
             assert created.status_code == 202, created.text
             run = wait_for_run(client, created.json()["id"], 120)
             assert run["status"] == "succeeded", run["error"]
-            page = client.get("/api/v1/scores", params={"limit": 5}).json()
-            assert page["run_id"] == run["id"] and page["total"] == 100
+            # The API may serve the previous run for up to SCORES_POINTER_TTL_SECONDS.
+            page = wait_for(
+                "the run's scores to be served",
+                lambda: (
+                    (p := client.get("/api/v1/scores", params={"limit": 5}).json())["run_id"]
+                    == run["id"]
+                    and p
+                ),
+                10,
+            )
+            assert page["total"] == 100
 
             posted = client.post(
                 "/api/v1/comparisons", json=comparison("late", "yt:x1", "yt:y2", 3), headers=headers

@@ -19,7 +19,8 @@ from app.services.transfer import import_comparisons
 from ml.synthetic import SyntheticParams, generate
 from tests.helpers import children, stop, wait_for
 
-# Fast leases and sweeps so crash recovery is observable within seconds.
+# Fast leases and sweeps so crash recovery is observable within seconds; every read of the
+# scores sees the latest publication.
 FAST_RECOVERY = {
     "RUN_LEASE_SECONDS": "3",
     "RUN_SWEEP_INTERVAL_SECONDS": "0.5",
@@ -28,6 +29,7 @@ FAST_RECOVERY = {
     "RUN_CHECKPOINT_EVERY_EPOCHS": "5",
     "RUN_CHECKPOINT_EVERY_SECONDS": "0",
     "AUTO_TRAIN_DELAY_SECONDS": "0.5",
+    "SCORES_POINTER_TTL_SECONDS": "0",
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
