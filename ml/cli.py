@@ -97,8 +97,13 @@ def _train(
     except ConfigError as error:
         raise CliError(f"config: {error}") from error
 
+    # Cheap checks first, so a bad path does not surface after minutes of reading and training.
     if not input_path.is_file():
         raise CliError(f"input file not found: {input_path}")
+    if warm_start is not None and not warm_start.is_file():
+        raise CliError(f"warm-start file not found: {warm_start}")
+    if output.exists() and not output.is_dir():
+        raise CliError(f"output is not a directory: {output}")
     started = time.perf_counter()
     try:
         dataset = read_comparisons(input_path)
@@ -114,8 +119,6 @@ def _train(
 
     initial_states = None
     if warm_start is not None:
-        if not warm_start.is_file():
-            raise CliError(f"warm-start file not found: {warm_start}")
         try:
             initial_states = read_states(warm_start)
         except ValueError as error:
@@ -133,7 +136,10 @@ def _train(
         except (RuntimeError, ValueError) as error:  # e.g. cuda asked for without a GPU
             raise CliError(f"training failed: {error}") from error
     train_seconds = time.perf_counter() - started - read_seconds
-    write_result(output, results, config)
+    try:
+        write_result(output, results, config)
+    except OSError as error:
+        raise CliError(f"cannot write {output}: {error}") from error
     total_seconds = time.perf_counter() - started
     for name, result in results.items():
         status = "converged" if result.converged else "stopped"

@@ -192,6 +192,23 @@ def test_missing_input_file(tmp_path: Path) -> None:
     ]
 
 
+def test_output_that_is_a_file(workspace: Path) -> None:
+    result = runner.invoke(
+        ml_app,
+        [
+            "train",
+            "--input",
+            str(workspace / "data" / "comparisons.csv"),
+            "--output",
+            str(workspace / "data" / "meta.json"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: output is not a directory: {workspace / 'data' / 'meta.json'}"
+    ]
+
+
 def test_unreadable_input_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("who,what\n1,2\n")
