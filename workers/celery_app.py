@@ -63,4 +63,4 @@ def _fresh_engine_after_fork(**_: Any) -> None:
     # A pooled connection inherited through fork must never be shared with the parent.
     from app.core.db import dispose_engine
 
-    dispose_engine()
+    dispose_engine(close=False)

@@ -59,10 +59,14 @@ def get_engine() -> Engine:
     return _engine_for(settings.resolved_database_url)
 
 
-def dispose_engine() -> None:
-    """Forget the pooled engine (after a fork, or when settings change in tests)."""
+def dispose_engine(*, close: bool = True) -> None:
+    """Forget the pooled engine (after a fork, or when settings change in tests).
+
+    In a forked child pass `close=False`: closing an inherited connection would end the parent's
+    session on the server too; the child just drops its references and opens its own.
+    """
     if _engine_for.cache_info().currsize:
-        get_engine().dispose()
+        get_engine().dispose(close=close)
     _engine_for.cache_clear()
 
 
