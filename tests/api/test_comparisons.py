@@ -221,7 +221,9 @@ def test_score_max_per_criterion(client: ApiClient) -> None:
     assert_problem(client.post("/api/v1/comparisons", json=body, headers=auth), 422)
 
 
-def test_a_revoked_key_stops_working_once_the_cache_expires(client: ApiClient, monkeypatch: Any) -> None:
+def test_a_revoked_key_stops_working_once_the_cache_expires(
+    client: ApiClient, monkeypatch: Any
+) -> None:
     from datetime import UTC, datetime
 
     from sqlmodel import select
@@ -237,7 +239,14 @@ def test_a_revoked_key_stops_working_once_the_cache_expires(client: ApiClient, m
             session.add(row)
         session.commit()
     # Within the cache window the verified key is still honoured without a lookup ...
-    assert client.post("/api/v1/comparisons", json=payload(largely_recommended=1), headers=auth).status_code == 200
+    assert (
+        client.post(
+            "/api/v1/comparisons", json=payload(largely_recommended=1), headers=auth
+        ).status_code
+        == 200
+    )
     # ... and refused as soon as the window has passed.
     monkeypatch.setattr(security, "KEY_CACHE_SECONDS", 0.0)
-    assert_problem(client.post("/api/v1/comparisons", json=payload(largely_recommended=2), headers=auth), 401)
+    assert_problem(
+        client.post("/api/v1/comparisons", json=payload(largely_recommended=2), headers=auth), 401
+    )
