@@ -11,11 +11,13 @@ from app.core.errors import InvalidInput
 
 @dataclass(frozen=True)
 class Paging:
+    """`limit` and `offset` of a list request (an async dependency: no I/O, so no thread hop)."""
+
     limit: int
     offset: int
 
 
-def paging(
+async def paging(
     limit: Annotated[int, Query(ge=1, description="Page size (capped by PAGE_MAX_LIMIT).")] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Paging:

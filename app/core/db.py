@@ -1,6 +1,6 @@
 """Database engine, and the request session that commits on success and rolls back on error."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -8,6 +8,7 @@ from fastapi import Depends
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
+from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
 
@@ -70,15 +71,25 @@ def dispose_engine(*, close: bool = True) -> None:
     _engine_for.cache_clear()
 
 
-def get_session() -> Iterator[Session]:
-    """Request session: commit when the handler returns, roll back when it raises."""
-    with Session(get_engine(), expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+async def get_session() -> AsyncIterator[Session]:
+    """Request session: commit when the handler returns, roll back when it raises.
+
+    Async so that opening it costs no thread hop (a Session connects only when first used), and
+    a request that never touches the database pays nothing; commit and rollback, which do I/O,
+    run in the threadpool.
+    """
+    session = Session(get_engine(), expire_on_commit=False)
+    try:
+        yield session
+        if session.in_transaction():
+            await run_in_threadpool(session.commit)
+    except BaseException:
+        if session.in_transaction():
+            await run_in_threadpool(session.rollback)
+        raise
+    finally:
+        # The transaction is over, so handing the connection back to the pool needs no I/O.
+        session.close()
 
 
 # scope="function": commit before the response is sent, so a 2xx always means the data is stored.

@@ -48,7 +48,8 @@ class BoundedCache(Generic[K, V]):
 # Criteria are only ever added, and a run's scores never change once written: both can be
 # remembered per process. Which run is published is re-read after a short time to live.
 _CRITERIA: BoundedCache[tuple[str, str], tuple[int, bool]] = BoundedCache(1024)
-_TOTALS: BoundedCache[tuple[str, int, int, int], int] = BoundedCache(4096)
+# A few whole rankings (a run's scores sorted once), from which every page is sliced.
+_RANKINGS: BoundedCache[tuple[str, int, int, int], "Ranking"] = BoundedCache(8)
 _PAGES: BoundedCache[tuple[Any, ...], bytes] = BoundedCache(4096)
 _MAIN: BoundedCache[str, str] = BoundedCache(64)
 _POINTERS: dict[tuple[str, int], tuple[float, int | None]] = {}
@@ -141,10 +142,39 @@ def global_scores(
     return _PAGES.get_or_compute(key, lambda: page.render(order, limit, offset))
 
 
+def cached_global_scores(
+    *,
+    database: str,
+    criterion: str | None,
+    order: Literal["asc", "desc"],
+    limit: int,
+    offset: int,
+    min_contributors: int,
+) -> bytes | None:
+    """The published run's page if this process has it and the pointer is fresh, else None.
+
+    Touches neither the database nor a thread: the event loop answers cached pages itself, and
+    only a miss goes to `global_scores` in the threadpool.
+    """
+    name = criterion or _MAIN.values.get(database)
+    if name is None:
+        return None
+    known = _CRITERIA.values.get((database, name))
+    if known is None:
+        return None
+    criterion_id = known[0]
+    remembered = _POINTERS.get((database, criterion_id))
+    if remembered is None or remembered[0] <= time.monotonic() or remembered[1] is None:
+        return None
+    key = (database, remembered[1], criterion_id, order, limit, offset, min_contributors)
+    return _PAGES.values.get(key)
+
+
+Ranking = list[tuple[str, float, float, int, int]]
+
+
 class _ScorePageQuery:
     """One run's ranking on one criterion, filtered by contributors."""
-
-    WHERE = "g.run_id = :run AND g.criterion_id = :criterion AND g.n_contributors >= :min"
 
     def __init__(
         self, session: Session, name: str, criterion_id: int, run_id: int, min_contributors: int
@@ -154,28 +184,25 @@ class _ScorePageQuery:
         self.run_id = run_id
         self.criterion_id = criterion_id
         self.min_contributors = min_contributors
-        self.params = {"run": run_id, "criterion": criterion_id, "min": min_contributors}
 
-    def total(self) -> int:
-        return int(
-            self.session.execute(
-                text(f"SELECT count(*) FROM global_scores g WHERE {self.WHERE}"), self.params
-            ).scalar_one()
-        )
-
-    def render(self, order: str, limit: int, offset: int) -> bytes:
-        key = (_database_key(self.session), self.run_id, self.criterion_id, self.min_contributors)
-        total = _TOTALS.get_or_compute(key, self.total)
-        direction = "DESC" if order == "desc" else "ASC"
+    def ranking(self) -> Ranking:
+        """Every video of the run, best first (video id breaks ties, in the same direction)."""
         rows = self.session.execute(
             text(
                 "SELECT v.external_id, g.score, g.uncertainty, g.n_comparisons, g.n_contributors"
                 " FROM global_scores g JOIN videos v ON v.id = g.video_id"
-                f" WHERE {self.WHERE} ORDER BY g.score {direction}, g.video_id {direction}"
-                " LIMIT :limit OFFSET :offset"
+                " WHERE g.run_id = :run AND g.criterion_id = :criterion"
+                " AND g.n_contributors >= :min ORDER BY g.score DESC, g.video_id DESC"
             ),
-            {**self.params, "limit": limit, "offset": offset},
+            {"run": self.run_id, "criterion": self.criterion_id, "min": self.min_contributors},
         ).all()
+        return [tuple(row) for row in rows]
+
+    def render(self, order: str, limit: int, offset: int) -> bytes:
+        # One query per run and filter, then every page is a slice: a cold page costs no query.
+        key = (_database_key(self.session), self.run_id, self.criterion_id, self.min_contributors)
+        ranking = _RANKINGS.get_or_compute(key, self.ranking)
+        ordered = ranking if order == "desc" else ranking[::-1]
         items = [
             GlobalScorePublic(
                 video_id=video,
@@ -187,11 +214,13 @@ class _ScorePageQuery:
                 n_contributors=n_contributors,
                 run_id=self.run_id,
             )
-            for video, score, uncertainty, n_comparisons, n_contributors in rows
+            for video, score, uncertainty, n_comparisons, n_contributors in ordered[
+                offset : offset + limit
+            ]
         ]
         page = ScorePage(
             items=items,
-            total=total,
+            total=len(ranking),
             limit=limit,
             offset=offset,
             criterion=self.name,
