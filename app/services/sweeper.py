@@ -51,25 +51,19 @@ def prune_superseded_scores(connection: Connection, *, runs_kept: int) -> list[i
     Every run writes a score per (user, video) pair it trained on, so without this the score
     tables would grow by the size of the dataset at every auto run.
     """
-    newest = [
-        int(row[0])
-        for row in connection.execute(
-            select(Run.c.id)
-            .where(Run.c.status == "succeeded")
-            .order_by(Run.c.id.desc())
-            .limit(runs_kept)
-        ).all()
-    ]
-    published = [
-        int(row[0]) for row in connection.execute(text("SELECT run_id FROM published_runs")).all()
-    ]
-    has_scores = text("EXISTS (SELECT 1 FROM global_scores g WHERE g.run_id = training_runs.id)")
+    # One statement, so one snapshot: read in separate statements, a run published between them
+    # looked neither newest nor published and lost its scores.
     run_ids = [
         int(row[0])
         for row in connection.execute(
-            select(Run.c.id).where(
-                Run.c.status == "succeeded", Run.c.id.not_in(newest + published), has_scores
-            )
+            text(
+                "SELECT r.id FROM training_runs r WHERE r.status = 'succeeded'"
+                " AND r.id NOT IN (SELECT run_id FROM published_runs)"
+                " AND r.id NOT IN (SELECT n.id FROM training_runs n WHERE n.status = 'succeeded'"
+                " ORDER BY n.id DESC LIMIT :kept)"
+                " AND EXISTS (SELECT 1 FROM global_scores g WHERE g.run_id = r.id)"
+            ),
+            {"kept": runs_kept},
         ).all()
     ]
     for run_id in run_ids:
