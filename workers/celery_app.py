@@ -8,7 +8,10 @@ from kombu import Queue
 
 from app.core.config import get_settings
 
-celery_app = Celery("licchavi", include=["workers.tasks.maintenance", "workers.tasks.training"])
+celery_app = Celery(
+    "licchavi",
+    include=["workers.tasks.maintenance", "workers.tasks.sweeps", "workers.tasks.training"],
+)
 
 
 @celery_app.on_configure.connect

@@ -76,6 +76,29 @@ class Settings(BaseSettings):
         ge=0,
         description="How long an API process may serve a published run without re-reading it.",
     )
+    sweep_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A sweep evaluation whose worker is silent this long is redone.",
+    )
+    sweep_heartbeat_seconds: float = Field(
+        default=2.0, gt=0, description="How often a sweep evaluation renews its lease."
+    )
+    sweep_max_attempts: int = Field(
+        default=3, ge=1, description="Lost workers tolerated per evaluation before it fails."
+    )
+    sweep_scheduler_interval_seconds: float = Field(
+        default=0.5, gt=0, description="Pause between two passes of the sweep scheduler."
+    )
+    sweep_scheduler_lease_seconds: float = Field(
+        default=20.0, gt=0, description="Another worker takes over scheduling after this long."
+    )
+    sweep_resend_after_seconds: float = Field(
+        default=30.0, gt=0, description="A queued evaluation not claimed this long is sent again."
+    )
+    sweep_log_max_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Captured log kept per sweep evaluation."
+    )
     code_version: str | None = Field(
         default=None, description="Recorded on every run; defaults to the package version."
     )

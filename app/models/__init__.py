@@ -3,6 +3,15 @@
 from app.models.api_key import ApiKey
 from app.models.catalog import Criterion, User, Video
 from app.models.comparison import Comparison
+from app.models.sweeps import (
+    SchedulerLease,
+    Sweep,
+    SweepDataset,
+    SweepEvaluation,
+    SweepEvent,
+    SweepTrial,
+    TrainingDefaults,
+)
 from app.models.training import (
     GlobalScore,
     LocalScore,
@@ -21,6 +30,13 @@ __all__ = [
     "LocalScore",
     "ModelState",
     "PublishedRun",
+    "SchedulerLease",
+    "Sweep",
+    "SweepDataset",
+    "SweepEvaluation",
+    "SweepEvent",
+    "SweepTrial",
+    "TrainingDefaults",
     "TrainingMetric",
     "TrainingRun",
     "User",

@@ -1,0 +1,1 @@
+"""Sweeps from the service side: submission and control, scheduling, execution, results."""

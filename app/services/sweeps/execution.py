@@ -1,0 +1,204 @@
+"""Evaluations from a worker's side: claim, heartbeat, complete — each one conditional UPDATE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from app.models import SweepEvaluation, SweepEvent, SweepTrial
+
+Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
+Trial = SweepTrial.__table__  # type: ignore[attr-defined]
+Event = SweepEvent.__table__  # type: ignore[attr-defined]
+
+
+class EvaluationLost(Exception):
+    """The evaluation is no longer ours (lease expired and reclaimed, or cancelled)."""
+
+
+@dataclass(frozen=True)
+class EvaluationClaim:
+    evaluation_id: int
+    owner: str
+    attempt: int
+    sweep_id: int
+    trial_id: int
+    unit_index: int
+    seed: int
+    fold: int
+    dataset_id: int
+    config: dict[str, Any]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def record_event(
+    connection: Connection,
+    *,
+    sweep_id: int,
+    status: str,
+    trial_id: int | None = None,
+    evaluation_id: int | None = None,
+    attempt: int | None = None,
+    detail: str | None = None,
+) -> None:
+    connection.execute(
+        insert(Event).values(
+            sweep_id=sweep_id,
+            trial_id=trial_id,
+            evaluation_id=evaluation_id,
+            status=status,
+            attempt=attempt,
+            detail=None if detail is None else detail[:2000],
+            at=now_utc(),
+        )
+    )
+
+
+def claim_next(engine: Engine, *, owner: str, lease_seconds: float) -> EvaluationClaim | None:
+    """Take the oldest queued evaluation; None when there is none.
+
+    On PostgreSQL the candidate row is locked with SKIP LOCKED, so concurrent workers each take
+    a different row without waiting; on SQLite the write transaction serialises them. The
+    status test in the UPDATE itself makes a claim of an already-taken row claim nothing.
+    """
+    now = now_utc()
+    candidate = (
+        select(Evaluation.c.id)
+        .where(Evaluation.c.status == "queued")
+        .order_by(Evaluation.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    statement = (
+        update(Evaluation)
+        .where(Evaluation.c.id == candidate, Evaluation.c.status == "queued")
+        .values(
+            status="running",
+            attempt=Evaluation.c.attempt + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            started_at=now,
+            worker=owner,
+            progress=0.0,
+        )
+        .returning(
+            Evaluation.c.id,
+            Evaluation.c.attempt,
+            Evaluation.c.sweep_id,
+            Evaluation.c.trial_id,
+            Evaluation.c.unit_index,
+            Evaluation.c.seed,
+            Evaluation.c.fold,
+            Evaluation.c.dataset_id,
+        )
+    )
+    with engine.begin() as connection:
+        row = connection.execute(statement).one_or_none()
+        if row is None:
+            return None
+        config = connection.execute(
+            select(Trial.c.config).where(Trial.c.id == row.trial_id)
+        ).scalar_one()
+        record_event(
+            connection,
+            sweep_id=row.sweep_id,
+            trial_id=row.trial_id,
+            evaluation_id=row.id,
+            status="running",
+            attempt=row.attempt,
+            detail=owner,
+        )
+    return EvaluationClaim(
+        evaluation_id=int(row.id),
+        owner=owner,
+        attempt=int(row.attempt),
+        sweep_id=int(row.sweep_id),
+        trial_id=int(row.trial_id),
+        unit_index=int(row.unit_index),
+        seed=int(row.seed),
+        fold=int(row.fold),
+        dataset_id=int(row.dataset_id),
+        config=dict(config),
+    )
+
+
+def _owned(claim: EvaluationClaim) -> ColumnElement[bool]:
+    return and_(
+        Evaluation.c.id == claim.evaluation_id,
+        Evaluation.c.status == "running",
+        Evaluation.c.lease_owner == claim.owner,
+        Evaluation.c.attempt == claim.attempt,
+    )
+
+
+def heartbeat(
+    engine: Engine, claim: EvaluationClaim, *, lease_seconds: float, progress: float
+) -> bool:
+    """Extend the lease and write progress; returns whether a cancel was asked.
+
+    Raises EvaluationLost when the evaluation is no longer ours.
+    """
+    now = now_utc()
+    with engine.begin() as connection:
+        cancel = connection.execute(
+            update(Evaluation)
+            .where(_owned(claim))
+            .values(
+                heartbeat_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                progress=progress,
+            )
+            .returning(Evaluation.c.cancel_requested)
+        ).scalar()
+    if cancel is None:
+        raise EvaluationLost(f"evaluation {claim.evaluation_id}: lease lost")
+    return bool(cancel)
+
+
+def finish(
+    engine: Engine,
+    claim: EvaluationClaim,
+    *,
+    status: str,
+    values: dict[str, Any],
+    detail: str | None = None,
+) -> bool:
+    """Record how the evaluation ended, in one transaction checked against our attempt.
+
+    False (nothing written) when another attempt owns it now: its result is the one kept, so
+    every evaluation has exactly one result however often it was started.
+    """
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(Evaluation)
+            .where(_owned(claim))
+            .values(
+                status=status,
+                finished_at=now_utc(),
+                lease_owner=None,
+                lease_expires_at=None,
+                progress=1.0 if status == "succeeded" else Evaluation.c.progress,
+                **values,
+            )
+        )
+        if not result.rowcount:
+            return False
+        record_event(
+            connection,
+            sweep_id=claim.sweep_id,
+            trial_id=claim.trial_id,
+            evaluation_id=claim.evaluation_id,
+            status=status,
+            attempt=claim.attempt,
+            detail=detail,
+        )
+    return True

@@ -1,0 +1,824 @@
+"""The sweep scheduler: freezes data, asks Optuna for trials, hands evaluations to workers,
+aggregates finished trials and tells Optuna each result exactly once.
+
+One scheduler runs at a time, whoever holds the `scheduler_leases` row; it lives in a worker's
+main process, so a crashed worker's scheduling is taken over by another. Every step is a short
+transaction on our tables, which are the truth; Optuna's storage only mirrors trial outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from app.core.config import Settings
+from app.models import (
+    SchedulerLease,
+    Sweep,
+    SweepDataset,
+    SweepEvaluation,
+    SweepTrial,
+)
+from app.services.snapshot import load_snapshot
+from app.services.sweeps.execution import record_event
+from app.services.sweeps.study import distributions, load_study, open_storage, study_name
+from ml.config import LicchaviConfig, config_hash
+from ml.sweep.datasets import FrozenDataset, freeze_holdout, freeze_synthetic
+from ml.sweep.spec import HoldoutEvaluation, SweepSpec
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+SweepTable = Sweep.__table__  # type: ignore[attr-defined]
+Trial = SweepTrial.__table__  # type: ignore[attr-defined]
+Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
+Dataset = SweepDataset.__table__  # type: ignore[attr-defined]
+Lease = SchedulerLease.__table__  # type: ignore[attr-defined]
+
+LEASE_NAME = "sweeps"
+ACTIVE_TRIAL = ("pending", "running")
+LIVE_EVALUATION = ("pending", "queued", "running")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes for timezone-aware columns; they are UTC.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def acquire_lease(engine: Engine, *, owner: str, seconds: float) -> bool:
+    """Take or renew the scheduler lease; False while another process holds a fresh one."""
+    now = now_utc()
+    expires = now + timedelta(seconds=seconds)
+    with engine.begin() as connection:
+        taken = connection.execute(
+            update(Lease)
+            .where(
+                Lease.c.name == LEASE_NAME, or_(Lease.c.owner == owner, Lease.c.expires_at < now)
+            )
+            .values(owner=owner, expires_at=expires)
+        ).rowcount
+    if taken:
+        return True
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                insert(Lease).values(name=LEASE_NAME, owner=owner, expires_at=expires)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def release_lease(engine: Engine, *, owner: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            update(Lease)
+            .where(Lease.c.name == LEASE_NAME, Lease.c.owner == owner)
+            .values(expires_at=now_utc() - timedelta(seconds=1))
+        )
+
+
+def trial_config(spec: SweepSpec, params: dict[str, Any]) -> LicchaviConfig:
+    """A trial's settings (with the base seed; each evaluation sets its own)."""
+    return LicchaviConfig.model_validate({**spec.base, **params})
+
+
+def _base_params(spec: SweepSpec) -> dict[str, Any]:
+    return {name: spec.base[name] for name in sorted(spec.parameters)}
+
+
+class SweepScheduler:
+    """One scheduling pass over every live sweep per `tick()`; caches studies between passes."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        owner: str,
+        wake: Callable[[int], object],
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.owner = owner
+        self.wake = wake
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._studies: dict[int, optuna.Study] = {}
+        self._specs: dict[int, SweepSpec] = {}
+
+    # -- the pass ---------------------------------------------------------------------------
+    def tick(self) -> bool:
+        """One pass if we hold the scheduler lease; returns whether we did."""
+        if not acquire_lease(
+            self.engine, owner=self.owner, seconds=self.settings.sweep_scheduler_lease_seconds
+        ):
+            self._studies.clear()  # another scheduler may change them meanwhile
+            return False
+        to_wake = self.reap_expired()
+        with self.engine.connect() as connection:
+            sweeps = connection.execute(
+                select(SweepTable.c.id, SweepTable.c.status)
+                .where(
+                    or_(
+                        SweepTable.c.status.in_(("preparing", "running", "paused")),
+                        and_(
+                            SweepTable.c.status == "cancelled", SweepTable.c.finished_at.is_(None)
+                        ),
+                    )
+                )
+                .order_by(SweepTable.c.id)
+            ).all()
+        for sweep_id, status in sweeps:
+            try:
+                if status == "preparing":
+                    self.prepare(sweep_id)
+                elif status == "cancelled":
+                    self.wind_down(sweep_id)
+                else:
+                    to_wake += self.step(sweep_id, paused=status == "paused")
+            except Exception as exc:
+                logger.exception("sweep %s: scheduling failed", sweep_id)
+                if status == "preparing":
+                    self._fail(sweep_id, f"{type(exc).__name__}: {exc}")
+        to_wake += self.resend_unclaimed()
+        for evaluation_id in to_wake:
+            self.wake(evaluation_id)
+        return True
+
+    def spec(self, sweep_id: int, connection: Connection) -> SweepSpec:
+        if sweep_id not in self._specs:
+            stored = connection.execute(
+                select(SweepTable.c.spec).where(SweepTable.c.id == sweep_id)
+            ).scalar_one()
+            self._specs[sweep_id] = SweepSpec.model_validate(stored)
+        return self._specs[sweep_id]
+
+    # -- preparation ------------------------------------------------------------------------
+    def prepare(self, sweep_id: int) -> None:
+        """Freeze the evaluation data (and its split), create the study and the baseline."""
+        with self.engine.begin() as connection:
+            spec = self.spec(sweep_id, connection)
+            datasets = self._freeze(connection, spec)
+            fingerprints, split_fingerprints = [], []
+            for seed, frozen in datasets:
+                connection.execute(
+                    insert(Dataset).values(
+                        sweep_id=sweep_id,
+                        seed=seed,
+                        payload=frozen.to_bytes(),
+                        fingerprint=frozen.fingerprint,
+                        split_fingerprint=frozen.split_fingerprint,
+                        n_comparisons=frozen.comparisons.n_comparisons,
+                        created_at=now_utc(),
+                    )
+                )
+                fingerprints.append(frozen.fingerprint)
+                split_fingerprints.append(frozen.split_fingerprint)
+            spec_hash = connection.execute(
+                select(SweepTable.c.spec_hash).where(SweepTable.c.id == sweep_id)
+            ).scalar_one()
+            name = study_name(sweep_id, spec_hash)
+            load_study(self.storage, name, spec)
+            connection.execute(
+                update(SweepTable)
+                .where(SweepTable.c.id == sweep_id, SweepTable.c.status == "preparing")
+                .values(
+                    status="running",
+                    started_at=now_utc(),
+                    study_name=name,
+                    data_fingerprint=_combined(fingerprints),
+                    split_fingerprint=_combined(split_fingerprints),
+                )
+            )
+            if spec.include_baseline and not self._baseline_in_search(spec):
+                self._create_trial(
+                    connection, sweep_id, spec, _base_params(spec), source="baseline"
+                )
+            record_event(connection, sweep_id=sweep_id, status="running", detail="data frozen")
+        logger.info("sweep %s: prepared (%d dataset(s))", sweep_id, len(datasets))
+
+    def _baseline_in_search(self, spec: SweepSpec) -> bool:
+        return spec.method == "grid" and _base_params(spec) in spec.grid()
+
+    def _freeze(
+        self, connection: Connection, spec: SweepSpec
+    ) -> list[tuple[int | None, FrozenDataset]]:
+        evaluation = spec.evaluation
+        if isinstance(evaluation, HoldoutEvaluation):
+            snapshot = load_snapshot(connection, criteria=None)
+            frame = snapshot.frame[snapshot.frame["criteria"] == spec.criterion]
+            frozen = freeze_holdout(
+                frame,
+                criterion=spec.criterion,
+                folds=evaluation.folds,
+                split_by=evaluation.split_by,
+                seed=evaluation.split_seed,
+            )
+            return [(None, frozen)]
+        return [
+            (
+                seed,
+                freeze_synthetic(
+                    evaluation.generator,
+                    seed=seed,
+                    criterion=spec.criterion,
+                    heldout_fraction=evaluation.heldout_fraction,
+                ),
+            )
+            for seed in spec.repeats.seeds
+        ]
+
+    def _fail(self, sweep_id: int, error: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(SweepTable)
+                .where(SweepTable.c.id == sweep_id)
+                .values(status="failed", error=error[:10_000], finished_at=now_utc())
+            )
+            record_event(connection, sweep_id=sweep_id, status="failed", detail=error)
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        if self._storage is None:
+            self._storage = open_storage(self.settings)
+        return self._storage
+
+    def study(self, sweep_id: int, connection: Connection) -> optuna.Study:
+        if sweep_id not in self._studies:
+            name = connection.execute(
+                select(SweepTable.c.study_name).where(SweepTable.c.id == sweep_id)
+            ).scalar_one()
+            study = load_study(self.storage, name, self.spec(sweep_id, connection))
+            self._fail_orphans(connection, sweep_id, study)
+            self._studies[sweep_id] = study
+        return self._studies[sweep_id]
+
+    def _fail_orphans(self, connection: Connection, sweep_id: int, study: optuna.Study) -> None:
+        """Optuna trials asked by a scheduler that died before recording them: told FAIL."""
+        from optuna.trial import TrialState
+
+        known = set(
+            connection.execute(
+                select(Trial.c.optuna_trial_id).where(
+                    Trial.c.sweep_id == sweep_id, Trial.c.optuna_trial_id.is_not(None)
+                )
+            ).scalars()
+        )
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen._trial_id not in known:
+                study.tell(frozen.number, state=TrialState.FAIL)
+
+    # -- trials -----------------------------------------------------------------------------
+    def _create_trial(
+        self,
+        connection: Connection,
+        sweep_id: int,
+        spec: SweepSpec,
+        params: dict[str, Any],
+        *,
+        source: str,
+        optuna_trial_id: int | None = None,
+    ) -> int | None:
+        """Insert a trial and its evaluations (pending); None if its settings are invalid."""
+        number = connection.execute(
+            select(func.coalesce(func.max(Trial.c.number) + 1, 0)).where(
+                Trial.c.sweep_id == sweep_id
+            )
+        ).scalar_one()
+        tags = spec.tags + ([source] if source in ("baseline",) else [])
+        try:
+            config = trial_config(spec, params)
+        except ValueError as exc:
+            trial_id = connection.execute(
+                insert(Trial)
+                .values(
+                    sweep_id=sweep_id,
+                    number=number,
+                    status="failed",
+                    source=source,
+                    params=params,
+                    config={**spec.base, **params},
+                    config_hash="",
+                    optuna_trial_id=optuna_trial_id,
+                    metrics={},
+                    tags_text=_tags_text(tags),
+                    created_at=now_utc(),
+                    finished_at=now_utc(),
+                )
+                .returning(Trial.c.id)
+            ).scalar_one()
+            record_event(
+                connection, sweep_id=sweep_id, trial_id=trial_id, status="failed", detail=str(exc)
+            )
+            return None
+        trial_id = connection.execute(
+            insert(Trial)
+            .values(
+                sweep_id=sweep_id,
+                number=number,
+                status="pending",
+                source=source,
+                params=params,
+                config=config.model_dump(mode="json"),
+                config_hash=config_hash(config),
+                optuna_trial_id=optuna_trial_id,
+                metrics={},
+                tags_text=_tags_text(tags),
+                created_at=now_utc(),
+            )
+            .returning(Trial.c.id)
+        ).scalar_one()
+        add_evaluations(connection, sweep_id, int(trial_id), spec)
+        return int(trial_id)
+
+    def _ask(self, connection: Connection, sweep_id: int, spec: SweepSpec) -> bool:
+        """Create the next trial of the search; False when the search space is exhausted."""
+        from optuna.trial import TrialState
+
+        study = self.study(sweep_id, connection)
+        if spec.method == "grid":
+            asked = connection.execute(
+                select(func.count())
+                .select_from(Trial)
+                .where(Trial.c.sweep_id == sweep_id, Trial.c.source == "grid")
+            ).scalar_one()
+            points = spec.grid()
+            if asked >= len(points):
+                return False
+            study.enqueue_trial(points[asked])
+            source = "grid"
+        else:
+            source = "sampler"
+        trial = study.ask(distributions(spec))
+        trial_id = self._create_trial(
+            connection,
+            sweep_id,
+            spec,
+            dict(trial.params),
+            source=source,
+            optuna_trial_id=trial._trial_id,
+        )
+        if trial_id is None:
+            study.tell(trial, state=TrialState.FAIL)
+            connection.execute(
+                update(Trial)
+                .where(Trial.c.optuna_trial_id == trial._trial_id, Trial.c.sweep_id == sweep_id)
+                .values(told_at=now_utc())
+            )
+        return True
+
+    # -- one live sweep ---------------------------------------------------------------------
+    def step(self, sweep_id: int, *, paused: bool) -> list[int]:
+        """Aggregate, tell, prune, ask, release; returns evaluations to wake a worker for."""
+        with self.engine.begin() as connection:
+            spec = self.spec(sweep_id, connection)
+            if paused:
+                self._unrelease(connection, sweep_id)
+            self._settle_trials(connection, sweep_id, spec)
+            sweep = connection.execute(select(SweepTable).where(SweepTable.c.id == sweep_id)).one()
+            if paused:
+                return []
+            past_deadline = self._past_deadline(sweep)
+            if past_deadline:
+                self._cancel_unstarted(connection, sweep_id, "wall-clock limit reached")
+                self._settle_trials(connection, sweep_id, spec)
+            exhausted = past_deadline
+            while not exhausted:
+                counts = self._trial_counts(connection, sweep_id)
+                if counts["active"] >= sweep.max_parallel:
+                    break
+                if counts["search"] >= sweep.max_trials:
+                    exhausted = True
+                    break
+                exhausted = not self._ask(connection, sweep_id, spec)
+            released = self._release(connection, sweep_id, sweep.max_parallel)
+            if exhausted and self._finished(connection, sweep_id):
+                connection.execute(
+                    update(SweepTable)
+                    .where(SweepTable.c.id == sweep_id, SweepTable.c.status == "running")
+                    .values(status="completed", finished_at=now_utc())
+                )
+                record_event(connection, sweep_id=sweep_id, status="completed")
+                self._studies.pop(sweep_id, None)
+                logger.info("sweep %s: completed", sweep_id)
+        return released
+
+    def _past_deadline(self, sweep: Any) -> bool:
+        if sweep.wall_clock_seconds is None or sweep.started_at is None:
+            return False
+        started = as_aware(sweep.started_at)
+        assert started is not None
+        return now_utc() >= started + timedelta(seconds=sweep.wall_clock_seconds)
+
+    def _trial_counts(self, connection: Connection, sweep_id: int) -> dict[str, int]:
+        active = func.count().filter(Trial.c.status.in_(ACTIVE_TRIAL))
+        search = func.count().filter(Trial.c.source.in_(("grid", "sampler")))
+        row = connection.execute(select(active, search).where(Trial.c.sweep_id == sweep_id)).one()
+        return {"active": int(row[0]), "search": int(row[1])}
+
+    def _finished(self, connection: Connection, sweep_id: int) -> bool:
+        live = connection.execute(
+            select(func.count())
+            .select_from(Trial)
+            .where(Trial.c.sweep_id == sweep_id, Trial.c.status.in_(ACTIVE_TRIAL))
+        ).scalar_one()
+        return live == 0
+
+    def _unrelease(self, connection: Connection, sweep_id: int) -> None:
+        """Pause: evaluations handed out but not started go back to pending."""
+        connection.execute(
+            update(Evaluation)
+            .where(Evaluation.c.sweep_id == sweep_id, Evaluation.c.status == "queued")
+            .values(status="pending", wakeup_sent_at=None)
+        )
+
+    def _cancel_unstarted(self, connection: Connection, sweep_id: int, reason: str) -> None:
+        ids = list(
+            connection.execute(
+                update(Evaluation)
+                .where(
+                    Evaluation.c.sweep_id == sweep_id,
+                    Evaluation.c.status.in_(("pending", "queued")),
+                )
+                .values(status="cancelled", finished_at=now_utc(), error=reason)
+                .returning(Evaluation.c.id)
+            ).scalars()
+        )
+        if ids:
+            record_event(
+                connection, sweep_id=sweep_id, status="cancelled", detail=f"{reason}: {len(ids)}"
+            )
+
+    def _release(self, connection: Connection, sweep_id: int, max_parallel: int) -> list[int]:
+        """Queue the pending evaluations of at most `max_parallel` trials at a time."""
+        rows = connection.execute(
+            select(Evaluation.c.trial_id, Evaluation.c.status)
+            .where(Evaluation.c.sweep_id == sweep_id, Evaluation.c.status.in_(LIVE_EVALUATION))
+            .order_by(Evaluation.c.trial_id)
+        ).all()
+        started = {trial for trial, status in rows if status != "pending"}
+        waiting = sorted({trial for trial, status in rows if status == "pending"})
+        chosen = [trial for trial in waiting if trial in started]
+        room = max_parallel - len(started)
+        chosen += [trial for trial in waiting if trial not in started][: max(room, 0)]
+        if not chosen:
+            return []
+        now = now_utc()
+        released = list(
+            connection.execute(
+                update(Evaluation)
+                .where(
+                    Evaluation.c.sweep_id == sweep_id,
+                    Evaluation.c.trial_id.in_(chosen),
+                    Evaluation.c.status == "pending",
+                )
+                .values(status="queued", wakeup_sent_at=now)
+                .returning(Evaluation.c.id)
+            ).scalars()
+        )
+        connection.execute(
+            update(Trial)
+            .where(Trial.c.id.in_(chosen), Trial.c.status == "pending")
+            .values(status="running")
+        )
+        return sorted(int(evaluation_id) for evaluation_id in released)
+
+    # -- finishing trials -------------------------------------------------------------------
+    def _settle_trials(self, connection: Connection, sweep_id: int, spec: SweepSpec) -> None:
+        """Report new unit results to the pruner; finish trials with nothing left to run."""
+        counts = connection.execute(
+            select(Evaluation.c.trial_id, Evaluation.c.status, func.count())
+            .join(Trial, Trial.c.id == Evaluation.c.trial_id)
+            .where(Evaluation.c.sweep_id == sweep_id, Trial.c.status.in_(ACTIVE_TRIAL))
+            .group_by(Evaluation.c.trial_id, Evaluation.c.status)
+        ).all()
+        by_trial: dict[int, dict[str, int]] = {}
+        for trial_id, status, count in counts:
+            by_trial.setdefault(int(trial_id), {})[status] = int(count)
+        prune = spec.early_stopping.pruner != "none" and len(spec.objectives) == 1
+        for trial_id, statuses in by_trial.items():
+            live = sum(statuses.get(status, 0) for status in LIVE_EVALUATION)
+            if live == 0:
+                self._finish_trial(connection, sweep_id, trial_id, spec)
+            elif prune and statuses.get("succeeded"):
+                self._maybe_prune(connection, sweep_id, trial_id, spec)
+
+    def _unit_values(
+        self, connection: Connection, trial_id: int
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        rows = connection.execute(
+            select(Evaluation.c.unit_index, Evaluation.c.status, Evaluation.c.metrics)
+            .where(Evaluation.c.trial_id == trial_id)
+            .order_by(Evaluation.c.unit_index)
+        ).all()
+        statuses: dict[str, int] = {}
+        succeeded = []
+        for unit_index, status, metrics in rows:
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == "succeeded" and metrics is not None:
+                succeeded.append({"unit_index": int(unit_index), **metrics})
+        return succeeded, statuses
+
+    def _maybe_prune(
+        self, connection: Connection, sweep_id: int, trial_id: int, spec: SweepSpec
+    ) -> None:
+        from optuna.trial import Trial as OptunaTrial
+        from optuna.trial import TrialState
+
+        optuna_id = connection.execute(
+            select(Trial.c.optuna_trial_id).where(Trial.c.id == trial_id)
+        ).scalar_one()
+        if optuna_id is None:
+            return
+        study = self.study(sweep_id, connection)
+        units, _ = self._unit_values(connection, trial_id)
+        metric = spec.objectives[0].metric
+        frozen = study._storage.get_trial(optuna_id)
+        if frozen.state != TrialState.RUNNING:
+            return
+        trial = OptunaTrial(study, optuna_id)
+        for unit in units:
+            value = unit.get(metric)
+            if unit["unit_index"] not in frozen.intermediate_values and _finite(value):
+                trial.report(float(value or 0.0), unit["unit_index"])
+        if not trial.should_prune():
+            return
+        now = now_utc()
+        connection.execute(
+            update(Evaluation)
+            .where(
+                Evaluation.c.trial_id == trial_id, Evaluation.c.status.in_(("pending", "queued"))
+            )
+            .values(status="cancelled", finished_at=now, error="pruned")
+        )
+        connection.execute(
+            update(Evaluation)
+            .where(Evaluation.c.trial_id == trial_id, Evaluation.c.status == "running")
+            .values(cancel_requested=True)
+        )
+        metrics, objective = _aggregate(units, spec)
+        study.tell(trial, state=TrialState.PRUNED)
+        connection.execute(
+            update(Trial)
+            .where(Trial.c.id == trial_id)
+            .values(
+                status="pruned",
+                metrics=metrics,
+                objective=objective,
+                n_succeeded=len(units),
+                finished_at=now,
+                told_at=now,
+            )
+        )
+        record_event(
+            connection,
+            sweep_id=sweep_id,
+            trial_id=trial_id,
+            status="pruned",
+            detail=f"after {len(units)} unit(s)",
+        )
+
+    def _finish_trial(
+        self, connection: Connection, sweep_id: int, trial_id: int, spec: SweepSpec
+    ) -> None:
+        units, statuses = self._unit_values(connection, trial_id)
+        metrics, objective = _aggregate(units, spec)
+        if statuses.get("failed"):
+            status = "failed"
+        elif statuses.get("cancelled") and not units:
+            status = "cancelled"
+        elif statuses.get("cancelled"):
+            # Some units were cut (wall-clock limit, cancel): the mean covers fewer units.
+            status = "succeeded" if units else "cancelled"
+        else:
+            status = "succeeded"
+        row = connection.execute(
+            select(Trial.c.optuna_trial_id, Trial.c.told_at, Trial.c.params).where(
+                Trial.c.id == trial_id
+            )
+        ).one()
+        told_at = row.told_at
+        if row.optuna_trial_id is not None:
+            told_at = self._tell(
+                connection, sweep_id, spec, row.optuna_trial_id, row.params, status, units
+            )
+        connection.execute(
+            update(Trial)
+            .where(Trial.c.id == trial_id, Trial.c.status.in_(ACTIVE_TRIAL))
+            .values(
+                status=status,
+                metrics=metrics,
+                objective=objective,
+                n_succeeded=len(units),
+                finished_at=now_utc(),
+                told_at=told_at,
+            )
+        )
+        record_event(connection, sweep_id=sweep_id, trial_id=trial_id, status=status)
+
+    def _tell(
+        self,
+        connection: Connection,
+        sweep_id: int,
+        spec: SweepSpec,
+        optuna_id: int,
+        params: dict[str, Any],
+        status: str,
+        units: list[dict[str, Any]],
+    ) -> datetime:
+        """Tell Optuna once: a trial it already holds as finished (told before a crash, or a
+        retried trial) is not told again; a retried result is added as a new finished trial."""
+        from optuna.trial import Trial as OptunaTrial
+        from optuna.trial import TrialState, create_trial
+
+        study = self.study(sweep_id, connection)
+        values = [_mean(units, objective.metric) for objective in spec.objectives]
+        complete = status == "succeeded" and all(_finite(value) for value in values)
+        frozen = study._storage.get_trial(optuna_id)
+        if frozen.state == TrialState.RUNNING:
+            if complete and len(spec.objectives) == 1:
+                trial = OptunaTrial(study, optuna_id)
+                for unit in units:
+                    value = unit.get(spec.objectives[0].metric)
+                    if unit["unit_index"] not in frozen.intermediate_values and _finite(value):
+                        trial.report(float(value or 0.0), unit["unit_index"])
+            # (tell() reads an int as a trial number; ours are storage ids, hence the Trial.)
+            if complete:
+                study.tell(OptunaTrial(study, optuna_id), values)
+            else:
+                study.tell(OptunaTrial(study, optuna_id), state=TrialState.FAIL)
+        elif frozen.state == TrialState.FAIL and complete:
+            study.add_trial(
+                create_trial(
+                    params={name: params[name] for name in frozen.distributions},
+                    distributions=frozen.distributions,
+                    values=values,
+                )
+            )
+        return now_utc()
+
+    # -- cancelled sweeps -------------------------------------------------------------------
+    def wind_down(self, sweep_id: int) -> None:
+        """A cancelled sweep: close its trials (Optuna told FAIL) once nothing runs any more."""
+        with self.engine.begin() as connection:
+            self._cancel_unstarted(connection, sweep_id, "sweep cancelled")
+            running = connection.execute(
+                select(func.count())
+                .select_from(Evaluation)
+                .where(Evaluation.c.sweep_id == sweep_id, Evaluation.c.status == "running")
+            ).scalar_one()
+            if running:
+                return
+            spec = self.spec(sweep_id, connection)
+            self._settle_trials(connection, sweep_id, spec)
+            connection.execute(
+                update(SweepTable).where(SweepTable.c.id == sweep_id).values(finished_at=now_utc())
+            )
+            self._studies.pop(sweep_id, None)
+
+    # -- liveness ---------------------------------------------------------------------------
+    def reap_expired(self) -> list[int]:
+        """Evaluations whose worker stopped heart-beating: queued again (a new attempt), or
+        failed after too many attempts; cancelled ones that lost their worker end cancelled."""
+        now = now_utc()
+        expired = and_(Evaluation.c.status == "running", Evaluation.c.lease_expires_at < now)
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                select(
+                    Evaluation.c.id,
+                    Evaluation.c.sweep_id,
+                    Evaluation.c.trial_id,
+                    Evaluation.c.attempt,
+                    Evaluation.c.cancel_requested,
+                ).where(expired)
+            ).all()
+            requeued = []
+            for row in rows:
+                if row.cancel_requested:
+                    status = "cancelled"
+                    values: dict[str, object] = {"finished_at": now}
+                elif row.attempt >= self.settings.sweep_max_attempts:
+                    status = "failed"
+                    values = {
+                        "finished_at": now,
+                        "error": f"worker lost {row.attempt} times (lease expired)",
+                    }
+                else:
+                    status = "queued"
+                    values = {"wakeup_sent_at": now}
+                done = connection.execute(
+                    update(Evaluation)
+                    .where(Evaluation.c.id == row.id, expired, Evaluation.c.attempt == row.attempt)
+                    .values(status=status, lease_owner=None, lease_expires_at=None, **values)
+                ).rowcount
+                if not done:
+                    continue
+                record_event(
+                    connection,
+                    sweep_id=row.sweep_id,
+                    trial_id=row.trial_id,
+                    evaluation_id=row.id,
+                    status=status,
+                    attempt=row.attempt,
+                    detail="lease expired",
+                )
+                if status == "queued":
+                    requeued.append(int(row.id))
+        if requeued:
+            logger.info("sweeps: %d evaluation(s) re-queued after lost workers", len(requeued))
+        return requeued
+
+    def resend_unclaimed(self) -> list[int]:
+        """Queued evaluations nobody claimed for a while: their wake-up may have been lost."""
+        now = now_utc()
+        due = now - timedelta(seconds=self.settings.sweep_resend_after_seconds)
+        with self.engine.begin() as connection:
+            return sorted(
+                int(evaluation_id)
+                for evaluation_id in connection.execute(
+                    update(Evaluation)
+                    .where(
+                        Evaluation.c.status == "queued",
+                        or_(
+                            Evaluation.c.wakeup_sent_at.is_(None), Evaluation.c.wakeup_sent_at < due
+                        ),
+                    )
+                    .values(wakeup_sent_at=now)
+                    .returning(Evaluation.c.id)
+                ).scalars()
+            )
+
+
+def add_evaluations(connection: Connection, sweep_id: int, trial_id: int, spec: SweepSpec) -> None:
+    """The trial's (seed, fold) units, pending, each pointing at its frozen dataset."""
+    datasets: dict[int | None, int] = dict(
+        connection.execute(
+            select(Dataset.c.seed, Dataset.c.id).where(Dataset.c.sweep_id == sweep_id)
+        ).all()
+    )
+    rows = []
+    for unit_index, (seed, fold) in enumerate(spec.units()):
+        dataset_id = (
+            datasets[None] if isinstance(spec.evaluation, HoldoutEvaluation) else datasets[seed]
+        )
+        rows.append(
+            {
+                "sweep_id": sweep_id,
+                "trial_id": trial_id,
+                "unit_index": unit_index,
+                "seed": seed,
+                "fold": fold,
+                "dataset_id": dataset_id,
+                "status": "pending",
+                "created_at": now_utc(),
+            }
+        )
+    connection.execute(insert(Evaluation), rows)
+
+
+def _tags_text(tags: list[str]) -> str:
+    return "," + "".join(f"{tag}," for tag in tags)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _mean(units: list[dict[str, Any]], metric: str) -> float:
+    values = [float(unit[metric]) for unit in units if _finite(unit.get(metric))]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _aggregate(
+    units: list[dict[str, Any]], spec: SweepSpec
+) -> tuple[dict[str, float], float | None]:
+    names = sorted({name for unit in units for name in unit if name != "unit_index"})
+    metrics = {}
+    for name in names:
+        mean = _mean(units, name)
+        if math.isfinite(mean):
+            metrics[name] = mean
+    objective = metrics.get(spec.objectives[0].metric)
+    return metrics, objective
+
+
+def _combined(fingerprints: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(fingerprints).encode()).hexdigest()

@@ -1,0 +1,118 @@
+"""Optuna for a sweep: its storage apart from ours, samplers, pruners and distributions."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from app.core.config import Settings
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ml.sweep.spec import Parameter, SweepSpec
+
+
+def storage_url(settings: Settings) -> str:
+    """Optuna's tables in their own place: the `optuna` schema on PostgreSQL (Optuna stamps its
+    own alembic_version table, which would clash with ours), or their own SQLite file."""
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        return f"sqlite:///{(settings.data_dir / 'optuna.sqlite3').resolve()}"
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote('-csearch_path=optuna')}"
+
+
+def quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def open_storage(settings: Settings) -> optuna.storages.BaseStorage:
+    import optuna
+
+    quiet_optuna()
+    url = storage_url(settings)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        settings.ensure_data_dir()
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    else:
+        engine_kwargs["pool_size"] = 2
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def distribution(parameter: Parameter) -> optuna.distributions.BaseDistribution:
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    if parameter.kind != "range":
+        return CategoricalDistribution(parameter.grid_values())
+    assert parameter.low is not None and parameter.high is not None
+    if parameter.type == "int":
+        return IntDistribution(
+            int(parameter.low),
+            int(parameter.high),
+            log=parameter.log,
+            step=int(parameter.step or 1),
+        )
+    return FloatDistribution(parameter.low, parameter.high, log=parameter.log, step=parameter.step)
+
+
+def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    return {name: distribution(spec.parameters[name]) for name in sorted(spec.parameters)}
+
+
+def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    seed = spec.sampler_seed
+    if spec.method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    if spec.method == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if spec.method == "sobol":
+        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+    # grid points are enqueued one by one; random samples the rest.
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    import optuna
+
+    stopping = spec.early_stopping
+    if stopping.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=stopping.n_startup_trials)
+    if stopping.pruner == "percentile":
+        return optuna.pruners.PercentilePruner(
+            stopping.percentile, n_startup_trials=stopping.n_startup_trials
+        )
+    if stopping.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if stopping.pruner == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=stopping.p_threshold)
+    return optuna.pruners.NopPruner()
+
+
+def study_name(sweep_id: int, spec_hash: str) -> str:
+    return f"sweep-{sweep_id}-{spec_hash[:12]}"
+
+
+def load_study(storage: optuna.storages.BaseStorage, name: str, spec: SweepSpec) -> optuna.Study:
+    """Create the sweep's study, or load it (after a scheduler restart) with the same sampler."""
+    import optuna
+
+    return optuna.create_study(
+        storage=storage,
+        study_name=name,
+        sampler=sampler(spec),
+        pruner=pruner(spec),
+        directions=[objective.direction for objective in spec.objectives],
+        load_if_exists=True,
+    )

@@ -1,0 +1,1 @@
+"""Sweeps over training settings: specs, frozen evaluation data, and one evaluation."""

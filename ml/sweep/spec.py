@@ -1,0 +1,328 @@
+"""Sweep specifications: the search space, method, objectives, budget, repeats and evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ml.config import LicchaviConfig
+from ml.synthetic import SyntheticParams
+
+Method = Literal["grid", "random", "sobol", "tpe", "cmaes"]
+Direction = Literal["maximize", "minimize"]
+SplitBy = Literal["comparison", "user", "video"]
+
+# Metrics an evaluation records, by the kind of evaluation that can compute them.
+HELDOUT_METRICS = (
+    "heldout_accuracy",
+    "heldout_local_accuracy",
+    "heldout_log_loss",
+    "heldout_brier",
+    "heldout_coverage",
+)
+TRUTH_METRICS = ("spearman", "kendall", "top_k_precision", "user_spearman")
+COST_METRICS = ("training_seconds", "epochs", "peak_memory_bytes", "n_parameters")
+# Parameters a sweep may not vary: they decide where a trial runs, not what it computes.
+FIXED_SETTINGS = ("device",)
+MAX_GRID_TRIALS = 100_000
+
+
+class SpecError(ValueError):
+    """A sweep spec that cannot be read or validated; the message names the field."""
+
+
+class Parameter(BaseModel):
+    """One swept setting: a list of values, categorical choices, or an int/float range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: list[Any] | None = Field(None, min_length=1, description="explicit values (grid)")
+    choices: list[Any] | None = Field(None, min_length=1, description="categorical choices")
+    low: float | None = Field(None, description="range: smallest value")
+    high: float | None = Field(None, description="range: largest value")
+    log: bool = Field(False, description="range: sample on a log scale")
+    step: float | None = Field(None, gt=0, description="range: step (needed to grid a range)")
+    type: Literal["float", "int"] = Field("float", description="range: number type")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Parameter:
+        kinds = [self.values is not None, self.choices is not None, self.low is not None]
+        if sum(kinds) != 1:
+            raise ValueError("give exactly one of: values, choices, or low and high")
+        if self.low is not None:
+            if self.high is None:
+                raise ValueError("a range needs both low and high")
+            if self.high < self.low:
+                raise ValueError("high must not be below low")
+            if self.log and self.low <= 0:
+                raise ValueError("a log range needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("a log range cannot have a step")
+        elif self.high is not None:
+            raise ValueError("high without low")
+        return self
+
+    @property
+    def kind(self) -> Literal["values", "choices", "range"]:
+        if self.values is not None:
+            return "values"
+        if self.choices is not None:
+            return "choices"
+        return "range"
+
+    def grid_values(self) -> list[Any]:
+        """The values a grid takes; a range needs a step."""
+        if self.values is not None:
+            return list(self.values)
+        if self.choices is not None:
+            return list(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.step is None:
+            raise ValueError("a grid over a range needs a step (or give values)")
+        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        points = [self.low + index * self.step for index in range(count)]
+        if self.type == "int":
+            return [round(point) for point in points]
+        # Round away the float noise of low + k·step (0.30000000000000004 → 0.3).
+        return [float(f"{point:.12g}") for point in points]
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(description="a metric name recorded per evaluation")
+    direction: Direction
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_trials: int | None = Field(
+        None, ge=1, description="configurations to try; a grid's size (+ baseline) when unset"
+    )
+    max_parallel: int = Field(2, ge=1, description="trials evaluated at the same time")
+    wall_clock_seconds: float | None = Field(
+        None, gt=0, description="no new evaluation starts after this long; running ones finish"
+    )
+
+
+class Repeats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: list[int] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        description="the same seeds for every configuration (training seed; synthetic data seed)",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        if any(seed < 0 for seed in seeds):
+            raise ValueError("seeds must be non-negative")
+        return seeds
+
+
+class HoldoutEvaluation(BaseModel):
+    """Train on k−1 folds of the live comparisons (frozen at the sweep's start), test on one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["holdout"] = "holdout"
+    folds: int = Field(5, ge=2, le=50)
+    split_by: SplitBy = "comparison"
+    split_seed: int = Field(0, ge=0)
+
+
+class SyntheticEvaluation(BaseModel):
+    """Generate data per seed from the continuous Bradley–Terry model; score against the truth."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["synthetic"] = "synthetic"
+    generator: dict[str, Any] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="ml.synthetic parameters (the seed comes from repeats)",
+    )
+    heldout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="comparisons held out for the held-out metrics"
+    )
+
+    @field_validator("generator")
+    @classmethod
+    def _valid_generator(cls, generator: dict[str, Any]) -> dict[str, Any]:
+        if "seed" in generator:
+            raise ValueError("the generator's seed comes from repeats.seeds")
+        return SyntheticParams.model_validate(generator).model_dump(mode="json", exclude={"seed"})
+
+
+class EarlyStopping(BaseModel):
+    """An Optuna pruner applied after each evaluation (seed or fold) of a trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pruner: Literal["none", "median", "percentile", "successive_halving", "wilcoxon"] = "none"
+    n_startup_trials: int = Field(5, ge=0, description="trials never pruned while this few")
+    percentile: float = Field(25.0, gt=0, lt=100, description="percentile pruner")
+    p_threshold: float = Field(0.1, gt=0, lt=1, description="wilcoxon pruner")
+
+
+class SweepSpec(BaseModel):
+    """A sweep, fully resolved: every default is written out when it is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    criterion: str = Field("largely_recommended", min_length=1, max_length=64)
+    base: dict[str, Any] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="training settings every trial starts from",
+    )
+    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    method: Method = "grid"
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="heldout_accuracy", direction="maximize")],
+        min_length=1,
+    )
+    budget: Budget = Field(default_factory=Budget)
+    repeats: Repeats = Field(default_factory=Repeats)
+    evaluation: HoldoutEvaluation | SyntheticEvaluation = Field(
+        default_factory=HoldoutEvaluation, discriminator="kind"
+    )
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    include_baseline: bool = Field(
+        True, description="also evaluate the base settings, the incumbent trials are tested against"
+    )
+    sampler_seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("base")
+    @classmethod
+    def _resolved_base(cls, base: dict[str, Any]) -> dict[str, Any]:
+        return LicchaviConfig.model_validate(base).model_dump(mode="json")
+
+    @field_validator("tags")
+    @classmethod
+    def _plain_tags(cls, tags: list[str]) -> list[str]:
+        for tag in tags:
+            if not tag or "," in tag or len(tag) > 64:
+                raise ValueError(f"tag {tag!r}: 1 to 64 characters, no comma")
+        return tags
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        known = set(LicchaviConfig.model_fields) - set(FIXED_SETTINGS)
+        for name, parameter in self.parameters.items():
+            if name not in known:
+                raise ValueError(f"parameters.{name}: not a training setting")
+            if self.method == "grid" and parameter.kind == "range" and parameter.step is None:
+                raise ValueError(f"parameters.{name}: a grid over a range needs a step")
+        if self.method != "grid" and not self.parameters:
+            raise ValueError("method: a sampler needs at least one parameter")
+        if self.method == "cmaes":
+            for name, parameter in self.parameters.items():
+                if parameter.kind != "range":
+                    raise ValueError(f"parameters.{name}: cmaes samples ranges only")
+        allowed = set(self.metric_names())
+        for objective in self.objectives:
+            if objective.metric not in allowed:
+                raise ValueError(
+                    f"objectives: {objective.metric!r} is not recorded by a "
+                    f"{self.evaluation.kind} evaluation (one of {', '.join(sorted(allowed))})"
+                )
+        if self.method == "grid":
+            size = self.grid_size()
+            if size > MAX_GRID_TRIALS:
+                raise ValueError(
+                    f"parameters: the grid has {size} points (at most {MAX_GRID_TRIALS})"
+                )
+            if self.budget.max_trials is None:
+                self.budget.max_trials = size + int(self.include_baseline)
+        elif self.budget.max_trials is None:
+            self.budget.max_trials = 20
+        return self
+
+    def metric_names(self) -> list[str]:
+        names = list(HELDOUT_METRICS) + list(COST_METRICS)
+        if self.evaluation.kind == "synthetic":
+            names += list(TRUTH_METRICS)
+        return names
+
+    def grid_size(self) -> int:
+        return math.prod(len(parameter.grid_values()) for parameter in self.parameters.values())
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every grid point, in a stable order (parameters by name, values as given)."""
+        names = sorted(self.parameters)
+        axes = [self.parameters[name].grid_values() for name in names]
+        return [dict(zip(names, point, strict=True)) for point in itertools.product(*axes)]
+
+    @property
+    def units_per_trial(self) -> int:
+        """Evaluations of one configuration: seeds × folds (holdout) or seeds (synthetic)."""
+        folds = self.evaluation.folds if isinstance(self.evaluation, HoldoutEvaluation) else 1
+        return len(self.repeats.seeds) * folds
+
+    def units(self) -> list[tuple[int, int]]:
+        """(seed, fold) of each evaluation of a trial, in unit_index order."""
+        if isinstance(self.evaluation, HoldoutEvaluation):
+            return [
+                (seed, fold) for seed in self.repeats.seeds for fold in range(self.evaluation.folds)
+            ]
+        return [(seed, 1) for seed in self.repeats.seeds]
+
+    def trial_config(self, params: dict[str, Any], seed: int) -> LicchaviConfig:
+        """The training settings of one evaluation: base, then the trial's values, then the seed."""
+        return LicchaviConfig.model_validate({**self.base, **params, "seed": seed})
+
+    def resolved(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    canonical = json.dumps(spec.resolved(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def first_error(error: ValidationError) -> str:
+    details = error.errors()[0]
+    field = ".".join(str(part) for part in details["loc"]) or "spec"
+    message = details["msg"].removeprefix("Value error, ")
+    if details["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{field}: {message}"
+
+
+def parse_spec(content: dict[str, Any]) -> SweepSpec:
+    """Validate a spec mapping; SpecError names the first bad field."""
+    try:
+        return SweepSpec.model_validate(content)
+    except ValidationError as error:
+        raise SpecError(first_error(error)) from error
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read a YAML or JSON spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"{path}: {error.strerror or error}") from error
+    try:
+        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SpecError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from error
+    if not isinstance(content, dict):
+        raise SpecError(f"{path}: expected a mapping")
+    return parse_spec(content)
