@@ -4,7 +4,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from app.api.routes import catalog, comparisons, health, runs, scores
+from app.api.routes import catalog, comparisons, health, runs, scores, sweeps
 from app.core.config import get_settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodySizeLimit
@@ -27,6 +27,8 @@ def create_app() -> FastAPI:
     application.include_router(catalog.router, prefix=API_PREFIX)
     application.include_router(runs.router, prefix=API_PREFIX)
     application.include_router(scores.router, prefix=API_PREFIX)
+    application.include_router(sweeps.router, prefix=API_PREFIX)
+    application.include_router(sweeps.defaults_router, prefix=API_PREFIX)
     # A registry per application: several apps in one process (tests) must not share counters.
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from app.cli.sweeps import sweep_cli
 from app.core.config import get_settings
 
 cli = typer.Typer(
@@ -20,6 +21,7 @@ db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 api_key_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(api_key_cli, name="api-key")
+cli.add_typer(sweep_cli, name="sweep")
 
 err = Console(stderr=True)
 out = Console()

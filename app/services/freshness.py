@@ -12,6 +12,7 @@ from sqlmodel import Session
 from app.core.config import get_settings
 from app.models import TrainingRun
 from app.services.runs import new_run
+from app.services.training_defaults import production_config
 from app.services.wakeups import wake_after_commit
 from ml.config import LicchaviConfig
 
@@ -83,7 +84,11 @@ def _schedule(session: Session, *, criterion: str, delay: float) -> int | None:
 
 
 def _published_config(session: Session, criterion: str) -> LicchaviConfig:
-    """The settings of the criterion's published run, so auto runs keep its hyperparameters."""
+    """The promoted training defaults when a sweep promoted some; otherwise the settings of the
+    criterion's published run, so auto runs keep its hyperparameters."""
+    promoted = production_config(session)
+    if promoted is not None:
+        return promoted
     row = session.execute(
         text(
             "SELECT r.config FROM published_runs p JOIN criteria c ON c.id = p.criterion_id"

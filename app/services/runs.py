@@ -16,6 +16,7 @@ from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.errors import validation_errors as format_validation_errors
 from app.models import Criterion, TrainingMetric, TrainingRun
 from app.schemas.runs import EpochMetrics, RunCreate, RunMetrics, RunPublic
+from app.services.training_defaults import production_config
 from app.services.wakeups import wake_after_commit
 from ml.config import LicchaviConfig, config_hash
 
@@ -30,9 +31,12 @@ def code_version() -> str:
         return "unknown"
 
 
-def resolved_config(overrides: dict[str, Any], solver: str | None) -> LicchaviConfig:
-    """Validate overrides against the engine's settings (ml.config imports pydantic, not torch)."""
-    values = dict(overrides)
+def resolved_config(
+    overrides: dict[str, Any], solver: str | None, defaults: LicchaviConfig | None = None
+) -> LicchaviConfig:
+    """Validate overrides (over the promoted defaults, if any) against the engine's settings
+    (ml.config imports pydantic, not torch)."""
+    values = {**(defaults.model_dump(mode="json") if defaults else {}), **overrides}
     if solver is not None:
         values["solver"] = solver
     try:
@@ -110,7 +114,7 @@ def create_run(
         if existing is not None:
             return existing, False
     _check_criteria(session, payload.criteria)
-    config = resolved_config(payload.config, payload.solver)
+    config = resolved_config(payload.config, payload.solver, production_config(session))
     run = new_run(
         criteria=payload.criteria, config=config, trigger="manual", warm_start=payload.warm_start
     )

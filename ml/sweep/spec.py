@@ -105,7 +105,9 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_trials: int | None = Field(
-        None, ge=1, description="configurations to try; a grid's size (+ baseline) when unset"
+        None,
+        ge=1,
+        description="configurations to search (the baseline is extra); a grid's size when unset",
     )
     max_parallel: int = Field(2, ge=1, description="trials evaluated at the same time")
     wall_clock_seconds: float | None = Field(
@@ -248,7 +250,7 @@ class SweepSpec(BaseModel):
                     f"parameters: the grid has {size} points (at most {MAX_GRID_TRIALS})"
                 )
             if self.budget.max_trials is None:
-                self.budget.max_trials = size + int(self.include_baseline)
+                self.budget.max_trials = size
         elif self.budget.max_trials is None:
             self.budget.max_trials = 20
         return self
