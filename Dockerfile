@@ -28,9 +28,10 @@ RUN groupadd --system --gid 10001 licchavi \
 WORKDIR /app
 
 # Dependencies only, read from pyproject.toml without the source, so this layer is rebuilt when
-# the dependency list changes and not on every code change.
+# the dependency list changes and not on every code change. Every role serves or schedules
+# sweeps, so the `sweeps` extra (Optuna, SciPy, scikit-learn) is part of the base.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['sweeps']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
