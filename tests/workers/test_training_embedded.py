@@ -11,6 +11,16 @@ import httpx
 from tests.helpers import free_port, stop, wait_for
 from tests.workers.training_support import admin_headers, comparison, wait_for_run
 
+FINAL = {"completed", "cancelled", "failed"}
+SWEEP_YAML = """
+name: demo holdout
+parameters:
+  w: {values: [0.5, 2]}
+repeats: {seeds: [0, 1]}
+evaluation: {kind: holdout, folds: 3, split_by: user}
+include_baseline: false
+"""
+
 
 def test_serve_trains_and_refreshes_scores_on_sqlite() -> None:
     port = free_port()
@@ -62,6 +72,26 @@ def test_serve_trains_and_refreshes_scores_on_sqlite() -> None:
                 "converged",
                 1001,
             )
+
+            # A holdout sweep over the same comparisons runs through the supervised worker's
+            # scheduler, with Optuna's study in its own SQLite file beside ours.
+            submitted = client.post(
+                "/api/v1/sweeps",
+                content=SWEEP_YAML,
+                headers={**headers, "Content-Type": "application/yaml"},
+            )
+            assert submitted.status_code == 202, submitted.text
+            sweep_url = submitted.headers["Location"]
+            sweep = wait_for(
+                "the sweep to complete",
+                lambda: (b := client.get(sweep_url).json())["status"] in FINAL and b,
+                120,
+            )
+            assert sweep["status"] == "completed", sweep
+            assert sweep["progress"]["evaluations"] == {"succeeded": 2 * 2 * 3}
+            assert sweep["data_fingerprint"] and sweep["split_fingerprint"]
+            board = client.get(f"{sweep_url}/leaderboard").json()
+            assert board["metric"] == "heldout_accuracy" and board["total"] == 2
     finally:
         server.send_signal(signal.SIGINT)
         try:
