@@ -1,0 +1,249 @@
+"""The sweep scheduler and the evaluation protocol step by step, on PostgreSQL and SQLite:
+leases, take-over after a lost worker, pruning, orphaned Optuna trials, budgets and cancel."""
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from app.core.config import get_settings
+from app.core.db import get_engine
+from app.models import SweepEvaluation
+from app.services.sweeps import control, execution
+from app.services.sweeps.scheduler import SweepScheduler, acquire_lease
+from app.services.sweeps.study import load_study, open_storage
+from ml.sweep.spec import SweepSpec
+from tests.sweeps_support import grid_spec, run_sweep_inline
+from workers.sweep_evaluation import EvaluationRunner
+
+Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def engine(committed_database: str) -> Iterator[Engine]:
+    yield get_engine()
+
+
+def submit(engine: Engine, spec: dict[str, Any]) -> int:
+    with Session(engine) as session:
+        sweep = control.submit(session, control.validate_spec(spec))
+        session.commit()
+        assert sweep.id is not None
+        return sweep.id
+
+
+def scheduler(engine: Engine, owner: str = "inline-scheduler") -> SweepScheduler:
+    """Owned like run_sweep_inline's scheduler, so either can carry on a sweep."""
+    return SweepScheduler(engine, get_settings(), owner=owner, wake=lambda _id: None)
+
+
+def rows(engine: Engine, sweep_id: int) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        result = connection.execute(
+            text(
+                "SELECT e.id, e.trial_id, e.unit_index, e.status, e.attempt, e.error,"
+                " t.status AS trial_status FROM sweep_evaluations e"
+                " JOIN sweep_trials t ON t.id = e.trial_id WHERE e.sweep_id = :sweep ORDER BY e.id"
+            ),
+            {"sweep": sweep_id},
+        ).mappings()
+        return [dict(row) for row in result]
+
+
+def sweep_row(engine: Engine, sweep_id: int) -> dict[str, Any]:
+    with engine.connect() as connection:
+        return dict(
+            connection.execute(text("SELECT * FROM sweeps WHERE id = :id"), {"id": sweep_id})
+            .mappings()
+            .one()
+        )
+
+
+def optuna_states(engine: Engine, sweep_id: int) -> list[str]:
+    name = sweep_row(engine, sweep_id)["study_name"]
+    storage = open_storage(get_settings())
+    study_id = storage.get_study_id_from_name(name)
+    return sorted(t.state.name for t in storage.get_all_trials(study_id, deepcopy=False))
+
+
+def expire(engine: Engine, evaluation_id: int) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            update(Evaluation)
+            .where(Evaluation.c.id == evaluation_id)
+            .values(lease_expires_at=execution.now_utc() - timedelta(seconds=1))
+        )
+
+
+def test_one_scheduler_at_a_time_and_a_takeover_after_its_lease(engine: Engine) -> None:
+    assert acquire_lease(engine, owner="a", seconds=30)
+    assert not acquire_lease(engine, owner="b", seconds=30)
+    assert acquire_lease(engine, owner="a", seconds=30)  # renewal
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE scheduler_leases SET expires_at = :past"),
+            {"past": execution.now_utc() - timedelta(seconds=1)},
+        )
+    assert acquire_lease(engine, owner="b", seconds=30)
+    assert not acquire_lease(engine, owner="a", seconds=30)
+    assert not scheduler(engine, owner="a").tick()
+
+
+def test_a_lost_worker_is_taken_over_and_its_late_result_is_dropped(engine: Engine) -> None:
+    sweep_id = submit(
+        engine, grid_spec(parameters={"w": {"values": [2.0]}}, include_baseline=False)
+    )
+    sched = scheduler(engine)
+    sched.tick()  # prepare
+    sched.tick()  # ask the one trial, queue its three evaluations
+    first = execution.claim_next(engine, owner="dead-worker", lease_seconds=30)
+    assert first is not None and first.attempt == 1
+    expire(engine, first.evaluation_id)
+    sched.tick()  # reaps: back to queued
+    states = {row["id"]: row for row in rows(engine, sweep_id)}
+    assert states[first.evaluation_id]["status"] == "queued"
+    second = execution.claim_next(engine, owner="live-worker", lease_seconds=30)
+    assert second is not None
+    # Queued rows are taken oldest first: the reaped one comes back before the others.
+    assert (second.evaluation_id, second.attempt) == (first.evaluation_id, 2)
+    assert not execution.finish(engine, first, status="succeeded", values={"metrics": {"x": 1}})
+    with pytest.raises(execution.EvaluationLost):
+        execution.heartbeat(engine, first, lease_seconds=30, progress=0.5)
+    assert execution.finish(
+        engine, second, status="succeeded", values={"metrics": {"spearman": 0.5}}
+    )
+    assert states[first.evaluation_id]["attempt"] == 1
+    assert run_sweep_inline(engine, get_settings(), sweep_id) == "completed"
+    final = rows(engine, sweep_id)
+    assert [row["status"] for row in final] == ["succeeded"] * 3
+    assert next(r for r in final if r["id"] == first.evaluation_id)["attempt"] == 2
+
+
+def test_an_evaluation_that_loses_its_worker_too_often_fails(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWEEP_MAX_ATTEMPTS", "2")
+    get_settings.cache_clear()
+    sweep_id = submit(
+        engine, grid_spec(parameters={"w": {"values": [2.0]}}, include_baseline=False)
+    )
+    sched = scheduler(engine)
+    sched.tick()
+    sched.tick()
+    for attempt in (1, 2):
+        claim = execution.claim_next(engine, owner=f"crash-{attempt}", lease_seconds=30)
+        assert claim is not None and claim.attempt == attempt
+        expire(engine, claim.evaluation_id)
+        sched.tick()
+    lost = next(row for row in rows(engine, sweep_id) if row["id"] == claim.evaluation_id)
+    assert lost["status"] == "failed"
+    assert "lease expired" in lost["error"]
+    assert run_sweep_inline(engine, get_settings(), sweep_id) == "completed"
+    trial_status = {row["trial_status"] for row in rows(engine, sweep_id)}
+    assert trial_status == {"failed"}
+    assert optuna_states(engine, sweep_id) == ["FAIL"]
+    # Retrying runs the failed evaluation again and reports the trial to Optuna as finished.
+    with Session(engine) as session:
+        assert control.retry_failed(session, sweep_id) == 1
+        session.commit()
+    assert run_sweep_inline(engine, get_settings(), sweep_id) == "completed"
+    assert {row["status"] for row in rows(engine, sweep_id)} == {"succeeded"}
+    assert optuna_states(engine, sweep_id) == ["COMPLETE", "FAIL"]
+
+
+def test_the_median_pruner_stops_a_trial_that_falls_behind(engine: Engine) -> None:
+    # Two trials: 60 epochs, then a single epoch (far worse); one unit at a time.
+    spec = grid_spec(
+        parameters={"epochs": {"values": [60, 1]}},
+        base={"compute_uncertainty": False},
+        early_stopping={"pruner": "median", "n_startup_trials": 1},
+        budget={"max_parallel": 1},
+        include_baseline=False,
+    )
+    sweep_id = submit(engine, spec)
+    sched = scheduler(engine)
+    runner = EvaluationRunner(engine, get_settings())
+    for _ in range(60):
+        sched.tick()
+        claim = execution.claim_next(engine, owner="one-by-one", lease_seconds=30)
+        if claim is None and sweep_row(engine, sweep_id)["status"] == "completed":
+            break
+        if claim is not None:
+            runner.run(claim)
+    assert sweep_row(engine, sweep_id)["status"] == "completed"
+    by_trial: dict[int, list[str]] = {}
+    for row in rows(engine, sweep_id):
+        by_trial.setdefault(row["trial_id"], []).append(row["status"])
+    statuses = list(by_trial.values())
+    assert statuses[0] == ["succeeded"] * 3
+    # The second trial was pruned after its first unit; the rest never ran.
+    assert statuses[1][0] == "succeeded"
+    assert statuses[1][1:] == ["cancelled", "cancelled"]
+    assert optuna_states(engine, sweep_id) == ["COMPLETE", "PRUNED"]
+    trial_statuses = {row["trial_status"] for row in rows(engine, sweep_id)}
+    assert trial_statuses == {"succeeded", "pruned"}
+
+
+def test_an_optuna_trial_asked_before_a_crash_is_told_failed(engine: Engine) -> None:
+    sweep_id = submit(
+        engine,
+        grid_spec(
+            method="random",
+            parameters={"w": {"low": 0.5, "high": 2.0}},
+            budget={"max_trials": 2, "max_parallel": 1},
+            include_baseline=False,
+        ),
+    )
+    scheduler(engine).tick()  # prepare: creates the study
+    stored = sweep_row(engine, sweep_id)["spec"]
+    # (SQLite hands JSON back as text through raw SQL.)
+    spec = SweepSpec.model_validate(json.loads(stored) if isinstance(stored, str) else stored)
+    study = load_study(
+        open_storage(get_settings()), sweep_row(engine, sweep_id)["study_name"], spec
+    )
+    study.ask()  # a scheduler that asked, then died before recording the trial
+    assert run_sweep_inline(engine, get_settings(), sweep_id) == "completed"
+    assert optuna_states(engine, sweep_id) == ["COMPLETE", "COMPLETE", "FAIL"]
+
+
+def test_wall_clock_limit_and_cancel_end_a_sweep_without_running_the_rest(engine: Engine) -> None:
+    timed = submit(engine, grid_spec(budget={"max_parallel": 1}))
+    sched = scheduler(engine)
+    runner = EvaluationRunner(engine, get_settings())
+    sched.tick()  # prepare
+    sched.tick()  # the first trial, its three evaluations queued
+    claim = execution.claim_next(engine, owner="w", lease_seconds=30)
+    assert claim is not None
+    runner.run(claim)
+    with Session(engine) as session:  # the limit is now long past
+        control.update_budget(
+            session, timed, max_trials=None, max_parallel=None, wall_clock_seconds=0.001
+        )
+        session.commit()
+    assert run_sweep_inline(engine, get_settings(), timed) == "completed"
+    # Nothing started after the limit: the first trial's other units are cancelled and no
+    # further trial was asked.
+    assert [row["status"] for row in rows(engine, timed)] == ["succeeded", "cancelled", "cancelled"]
+    assert {row["trial_status"] for row in rows(engine, timed)} == {"succeeded"}
+
+    cancelled = submit(engine, grid_spec(budget={"max_parallel": 1}))
+    sched = scheduler(engine)
+    sched.tick()
+    sched.tick()
+    running = execution.claim_next(engine, owner="w", lease_seconds=30)
+    assert running is not None
+    with Session(engine) as session:
+        control.cancel(session, cancelled)
+        session.commit()
+    # The running evaluation is asked to stop at its next heartbeat.
+    assert execution.heartbeat(engine, running, lease_seconds=30, progress=0.1) is True
+    assert execution.finish(engine, running, status="cancelled", values={})
+    assert run_sweep_inline(engine, get_settings(), cancelled) == "cancelled"
+    assert {row["status"] for row in rows(engine, cancelled)} == {"cancelled"}
+    assert optuna_states(engine, cancelled) == ["FAIL"]
+    assert sweep_row(engine, cancelled)["finished_at"] is not None
