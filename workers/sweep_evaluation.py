@@ -101,6 +101,7 @@ class EvaluationRunner:
                 claim.attempt,
             )
             heartbeat = Heartbeat(self.engine, claim, self.settings)
+            heartbeat.beat(progress=0.0)  # decoding a large dataset may have taken a while
             outcome = evaluate_unit(dataset, config, test_fold=claim.fold, on_epoch=heartbeat)
         except EvaluationLost:
             return "lost"
@@ -153,11 +154,14 @@ class Heartbeat:
     def __call__(self, report: EpochReport) -> bool:
         if time.monotonic() - self.last < self.settings.sweep_heartbeat_seconds:
             return True
+        return not self.beat(progress=min(1.0, report.epoch / max(report.max_epochs, 1)))
+
+    def beat(self, *, progress: float) -> bool:
+        """Renew the lease now; returns whether a cancel was asked."""
         self.last = time.monotonic()
-        cancel = execution.heartbeat(
+        return execution.heartbeat(
             self.engine,
             self.claim,
             lease_seconds=self.settings.sweep_lease_seconds,
-            progress=min(1.0, report.epoch / max(report.max_epochs, 1)),
+            progress=progress,
         )
-        return not cancel

@@ -205,8 +205,10 @@ def test_a_worker_killed_mid_trial_still_ends_with_exactly_18_results(stack: Sta
     assert sweep["status"] == "completed", sweep
     rows = assert_exactly_once(sweep_id, 18)
     redone = next(row for row in rows if row["id"] == running["id"])
-    assert redone["attempt"] == 2  # taken over after the lease expired
-    assert event_counts(sweep_id, "running")[running["id"]] == 2
+    # Taken over after the lease expired (a second take-over is possible on a slow machine,
+    # and is just as safe): every start is recorded, and only the last attempt's result kept.
+    assert redone["attempt"] >= 2
+    assert event_counts(sweep_id, "running")[running["id"]] == redone["attempt"]
     assert optuna_states(sweep) == {"COMPLETE": 6}
 
 

@@ -41,6 +41,11 @@ def evaluate(self: Any, evaluation_id: int | None = None) -> int:
     many it ran. A duplicate or late wake-up finds nothing to claim and returns 0."""
     settings = get_settings()
     engine = get_engine()
+    # Load the engine (torch) before claiming: a claim starts the lease clock, and importing
+    # torch in a fresh process can take longer than a short lease.
+    runner = _evaluation_runner()
+    import ml.sweep.evaluate  # noqa: F401
+
     host = self.request.hostname or socket.gethostname()
     owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
@@ -51,7 +56,7 @@ def evaluate(self: Any, evaluation_id: int | None = None) -> int:
         )
         if claim is None:
             break
-        outcome = _evaluation_runner().run(claim)
+        outcome = runner.run(claim)
         logger.info("evaluation %s: %s", claim.evaluation_id, outcome)
         done += 1
     return done
