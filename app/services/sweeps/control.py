@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import String, func, select, update
 from sqlmodel import Session, col
 
 from app.core.errors import Conflict, InvalidInput, NotFound
@@ -16,7 +16,7 @@ from app.models import Criterion, Sweep, SweepEvaluation, SweepTrial
 from app.services.sweeps.execution import now_utc, record_event
 from app.services.sweeps.scheduler import add_evaluations
 from ml.config import LicchaviConfig, config_hash
-from ml.sweep.spec import SweepSpec, spec_hash
+from ml.sweep.spec import SweepSpec, error_location, spec_hash
 
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
 Trial = SweepTrial.__table__  # type: ignore[attr-defined]
@@ -28,12 +28,17 @@ def validate_spec(content: Any, *, pointer: str = "") -> SweepSpec:
     try:
         return SweepSpec.model_validate(content)
     except ValidationError as exc:
-        errors = format_validation_errors(exc.errors())
-        for error in errors:
-            error["pointer"] = pointer + error["pointer"]
-            error["message"] = str(error["message"]).removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                error["message"] = "unknown field"
+        errors: list[dict[str, Any]] = []
+        for details in exc.errors():
+            path, message = error_location(details)
+            errors.append(
+                {
+                    "loc": path,
+                    "pointer": pointer + "/" + "/".join(path),
+                    "message": message,
+                    "type": details["type"],
+                }
+            )
         first = errors[0]
         raise InvalidInput(f"{first['pointer']}: {first['message']}", errors=errors) from exc
 
@@ -43,7 +48,8 @@ def dry_run(spec: SweepSpec) -> dict[str, Any]:
     units = spec.units()
     max_trials = spec.budget.max_trials or 0
     baseline = spec.include_baseline and not (
-        spec.method == "grid" and {k: spec.base[k] for k in sorted(spec.parameters)} in spec.grid()
+        spec.method == "grid"
+        and {k: spec.base[k] for k in sorted(spec.parameters)} in spec.grid()[:max_trials]
     )
     if spec.method == "grid":
         points = spec.grid()[:max_trials]
@@ -125,13 +131,38 @@ def get_sweep(session: Session, sweep_id: int) -> Sweep:
 def list_sweeps(
     session: Session, *, status: str | None, tag: str | None, limit: int, offset: int
 ) -> tuple[list[Sweep], int]:
-    query = select(Sweep)
+    """Sweeps newest first, by status and tag; the filtering and paging run in the database."""
+    conditions = []
     if status is not None:
-        query = query.where(col(Sweep.status) == status)
-    rows = list(session.exec(query.order_by(col(Sweep.id).desc())).scalars())  # type: ignore[call-overload]
+        conditions.append(SweepTable.c.status == status)
     if tag is not None:
-        rows = [sweep for sweep in rows if tag in sweep.tags]
-    return rows[offset : offset + limit], len(rows)
+        # tags are a JSON list of plain words (no comma, validated): match the quoted element.
+        escaped = tag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(func.cast(SweepTable.c.tags, String).like(f'%"{escaped}"%', escape="\\"))
+    connection = session.connection()
+    total = connection.execute(
+        select(func.count()).select_from(SweepTable).where(*conditions)
+    ).scalar_one()
+    ids = list(
+        connection.execute(
+            select(SweepTable.c.id)
+            .where(*conditions)
+            .order_by(SweepTable.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).scalars()
+    )
+    sweeps = (
+        {
+            sweep.id: sweep
+            for sweep in session.exec(
+                select(Sweep).where(col(Sweep.id).in_(ids))  # type: ignore[call-overload]
+            ).scalars()
+        }
+        if ids
+        else {}
+    )
+    return [sweeps[sweep_id] for sweep_id in ids], int(total)
 
 
 def progress(session: Session, sweep_id: int) -> dict[str, Any]:
