@@ -6,6 +6,8 @@ import hashlib
 import itertools
 import json
 import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +67,11 @@ class Parameter(BaseModel):
                 raise ValueError("a log range needs low > 0")
             if self.log and self.step is not None:
                 raise ValueError("a log range cannot have a step")
+            # A fractional step would repeat grid points once rounded, and the samplers' integer
+            # distribution would truncate it (a step of 0.5 becomes 0, which Optuna refuses).
+            whole = (self.low, self.high, self.step)
+            if self.type == "int" and any(v is not None and v != int(v) for v in whole):
+                raise ValueError("an int range needs whole numbers for low, high and step")
         elif self.high is not None:
             raise ValueError("high without low")
         return self
@@ -297,13 +304,31 @@ def spec_hash(spec: SweepSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def first_error(error: ValidationError) -> str:
-    details = error.errors()[0]
-    field = ".".join(str(part) for part in details["loc"]) or "spec"
-    message = details["msg"].removeprefix("Value error, ")
+# A check across fields starts its message with the field it is about: "parameters.w: …".
+_NAMED_FIELD = re.compile(r"([A-Za-z_][\w.]*): (.+)", re.DOTALL)
+
+
+def error_location(details: Mapping[str, Any]) -> tuple[list[str], str]:
+    """Where a validation error is in the spec as written, and its message.
+
+    The evaluation union's tag is not a key of the document (evaluation.holdout.folds is
+    written evaluation.folds), and a check across fields names its field in the message.
+    """
+    path = [str(part) for part in details["loc"]]
+    if len(path) > 1 and path[0] == "evaluation" and path[1] in ("holdout", "synthetic"):
+        del path[1]
+    message = str(details["msg"]).removeprefix("Value error, ")
     if details["type"] == "extra_forbidden":
         message = "unknown field"
-    return f"{field}: {message}"
+    named = _NAMED_FIELD.fullmatch(message)
+    if not path and named:
+        path, message = named[1].split("."), named[2]
+    return path, message
+
+
+def first_error(error: ValidationError) -> str:
+    path, message = error_location(error.errors()[0])
+    return f"{'.'.join(path) or 'spec'}: {message}"
 
 
 def parse_spec(content: dict[str, Any]) -> SweepSpec:

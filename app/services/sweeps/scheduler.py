@@ -190,9 +190,11 @@ class SweepScheduler:
                 )
                 fingerprints.append(frozen.fingerprint)
                 split_fingerprints.append(frozen.split_fingerprint)
-            spec_hash = connection.execute(
-                select(SweepTable.c.spec_hash).where(SweepTable.c.id == sweep_id)
-            ).scalar_one()
+            spec_hash, max_trials = connection.execute(
+                select(SweepTable.c.spec_hash, SweepTable.c.max_trials).where(
+                    SweepTable.c.id == sweep_id
+                )
+            ).one()
             name = study_name(sweep_id, spec_hash)
             load_study(self.storage, name, spec)
             connection.execute(
@@ -206,15 +208,16 @@ class SweepScheduler:
                     split_fingerprint=_combined(split_fingerprints),
                 )
             )
-            if spec.include_baseline and not self._baseline_in_search(spec):
+            if spec.include_baseline and not self._baseline_in_search(spec, max_trials):
                 self._create_trial(
                     connection, sweep_id, spec, _base_params(spec), source="baseline"
                 )
             record_event(connection, sweep_id=sweep_id, status="running", detail="data frozen")
         logger.info("sweep %s: prepared (%d dataset(s))", sweep_id, len(datasets))
 
-    def _baseline_in_search(self, spec: SweepSpec) -> bool:
-        return spec.method == "grid" and _base_params(spec) in spec.grid()
+    def _baseline_in_search(self, spec: SweepSpec, max_trials: int) -> bool:
+        # Only the grid points the budget reaches are run; the base point may lie beyond them.
+        return spec.method == "grid" and _base_params(spec) in spec.grid()[:max_trials]
 
     def _freeze(
         self, connection: Connection, spec: SweepSpec
