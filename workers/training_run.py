@@ -158,15 +158,19 @@ class TrainingExecution:
         reporter = ProgressReporter(self.engine, self.claim, self.settings, len(names))
         outputs = []
         for index, name in enumerate(names):
-            initial, resumed_epoch = self._initial_state(name, fingerprints[name], warm_start)
-            reporter.start_criterion(index, name, resumed_epoch)
-            result = train_criterion(
-                dataset.criteria[name], config, initial_state=initial, callback=reporter
-            )
-            if reporter.flush():
-                from ml.licchavi import TrainingCancelled
+            result = self._trained_before(name, fingerprints[name], config, dataset)
+            if result is None:
+                initial, resumed_epoch = self._initial_state(name, fingerprints[name], warm_start)
+                reporter.start_criterion(index, name, resumed_epoch)
+                result = train_criterion(
+                    dataset.criteria[name], config, initial_state=initial, callback=reporter
+                )
+                if reporter.flush():
+                    from ml.licchavi import TrainingCancelled
 
-                raise TrainingCancelled(name, result.epochs)
+                    raise TrainingCancelled(name, result.epochs)
+                if index < len(names) - 1:
+                    self._keep_finished(name, result, reporter)
             outputs.append(_output(result, dataset.criteria[name], snapshot))
         trained = time.perf_counter()
         with self.engine.begin() as connection:
@@ -180,6 +184,53 @@ class TrainingExecution:
             time.perf_counter() - trained,
         )
         return published
+
+    def _keep_finished(
+        self, criterion: str, result: "CriterionResult", reporter: ProgressReporter
+    ) -> None:
+        """Store a finished criterion's final state (with the lease renewed), so a crash while
+        a later criterion trains does not train this one again."""
+        with self.engine.begin() as connection:
+            leases.renew(
+                connection,
+                self.claim,
+                lease_seconds=self.settings.run_lease_seconds,
+                progress=reporter.progress,
+                epoch=reporter.epoch,
+                criterion=criterion,
+            )
+            publication.save_state(
+                connection,
+                run_id=self.claim.run_id,
+                criterion=criterion,
+                epoch=result.epochs,
+                state=result.state.to_bytes(),
+                is_checkpoint=False,
+            )
+
+    def _trained_before(
+        self, criterion: str, fingerprint: str, config: Any, dataset: Any
+    ) -> "CriterionResult | None":
+        """The result of this criterion from an earlier attempt of this run, if it finished."""
+        from ml.licchavi import LicchaviState, finished_result
+
+        with self.engine.connect() as connection:
+            payload = publication.latest_state(
+                connection, run_id=self.claim.run_id, criterion=criterion, checkpoint=False
+            )
+        if payload is None:
+            return None
+        state = LicchaviState.from_bytes(payload)
+        if state.data_fingerprint != fingerprint:
+            return None
+        try:
+            result = finished_result(dataset.criteria[criterion], config, state)
+        except ValueError:
+            return None
+        logger.info(
+            "run %s: %s already trained by an earlier attempt", self.claim.run_id, criterion
+        )
+        return result
 
     def _initial_state(
         self, criterion: str, fingerprint: str, warm_start: bool

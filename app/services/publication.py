@@ -43,15 +43,15 @@ def save_state(
     state: bytes,
     is_checkpoint: bool,
 ) -> None:
-    """Store a state; a checkpoint replaces the run's previous checkpoint of the criterion."""
-    if is_checkpoint:
-        connection.execute(
-            text(
-                "DELETE FROM model_states WHERE run_id = :run AND criterion = :criterion"
-                " AND is_checkpoint"
-            ),
-            {"run": run_id, "criterion": criterion},
-        )
+    """Store a state; it replaces the run's previous state of the same kind (checkpoint, or
+    final) for the criterion."""
+    connection.execute(
+        text(
+            "DELETE FROM model_states WHERE run_id = :run AND criterion = :criterion"
+            " AND is_checkpoint = :checkpoint"
+        ),
+        {"run": run_id, "criterion": criterion, "checkpoint": is_checkpoint},
+    )
     connection.execute(
         text(
             "INSERT INTO model_states (run_id, criterion, epoch, is_checkpoint, state, sha256,"

@@ -5,6 +5,7 @@ from ml.licchavi.trainer import (
     CriterionResult,
     EpochReport,
     TrainingCancelled,
+    finished_result,
     train,
     train_criterion,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "EpochReport",
     "LicchaviState",
     "TrainingCancelled",
+    "finished_result",
     "train",
     "train_criterion",
 ]

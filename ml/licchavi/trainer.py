@@ -147,6 +147,34 @@ def train_criterion(
         return _train_criterion(data, config, device, initial_state, callback)
 
 
+def finished_result(
+    data: CriterionComparisons, config: LicchaviConfig, state: LicchaviState
+) -> CriterionResult:
+    """The result of a finished training on `data` with `config`, rebuilt from its final state
+    without training (scores, uncertainties, stationarity); ValueError if the state belongs to
+    other data or settings, or did not finish."""
+    device = resolve_device(config.device)
+    with _cpu_threads(device):
+        dtype_name = "float64" if config.solver == "converged" else config.dtype
+        resolved = config.model_copy(update={"device": device.type, "dtype": dtype_name})
+        dtype = torch.float64 if dtype_name == "float64" else torch.float32
+        problem = Problem.build(data, device, dtype)
+        if (
+            not state.finished
+            or state.solver != resolved.solver
+            or state.data_fingerprint != data_fingerprint(data)
+            or state.config_fingerprint != training_fingerprint(resolved)
+            or state.theta.shape[0] != problem.n_pairs
+        ):
+            raise ValueError(f"{data.criterion}: the state is not a finished run on this data")
+        parameters = restored_parameters(state, dtype, device)
+        progress = restored_progress(state, dtype, device)
+        final_stationarity = stationarity(problem, parameters, resolved.w, resolved.w0, True)
+        return _result(
+            data, resolved, problem, parameters, progress, final_stationarity, lambda: state
+        )
+
+
 def _train_criterion(
     data: CriterionComparisons,
     config: LicchaviConfig,

@@ -16,6 +16,7 @@ from ml.licchavi import (
     EpochReport,
     LicchaviState,
     TrainingCancelled,
+    finished_result,
     train,
     train_criterion,
 )
@@ -226,3 +227,19 @@ def test_auto_device_resolves_to_what_is_available_without_cuda_at_import() -> N
     result = train_criterion(reference_comparisons("xs"), LicchaviConfig(epochs=2))
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert result.config.device == expected
+
+
+def test_a_finished_state_rebuilds_its_result_without_training() -> None:
+    data = reference_comparisons("xs")
+    config = LicchaviConfig(device="cpu", epochs=7)
+    trained = train_criterion(data, config)
+    rebuilt = finished_result(data, config, LicchaviState.from_bytes(trained.state.to_bytes()))
+    assert rebuilt.epochs == trained.epochs == 7
+    np.testing.assert_array_equal(rebuilt.global_scores, trained.global_scores)
+    np.testing.assert_array_equal(rebuilt.local_scores, trained.local_scores)
+    np.testing.assert_allclose(rebuilt.global_uncertainty, trained.global_uncertainty)
+    assert rebuilt.stationarity == pytest.approx(trained.stationarity)
+    with pytest.raises(ValueError, match="not a finished run on this data"):
+        finished_result(data, LicchaviConfig(device="cpu", epochs=8), trained.state)
+    with pytest.raises(ValueError, match="not a finished run on this data"):
+        finished_result(grow(data, 0.1), config, trained.state)

@@ -7,6 +7,7 @@ from sqlalchemy import text
 
 from app.core.db import get_engine
 from app.main import create_app
+from ml.synthetic import SyntheticParams, generate
 from tests.conftest import reset_caches
 from tests.helpers import wait_for
 from tests.workers.training_support import (
@@ -24,6 +25,7 @@ from tests.workers.training_support import (
 
 EPOCHS = 1500
 CHECKPOINT_EVERY = 100
+UNEVEN_EPOCHS = 1550
 
 
 def checkpoint_epoch(run_id: int) -> int:
@@ -90,6 +92,81 @@ def test_killed_worker_run_resumes_from_its_checkpoint_and_finishes_once(
         assert all(attempts[e] == 2 for e in range(resumed_from + 1, EPOCHS + 1))
         assert [tuple(row) for row in states] == [(False, EPOCHS)]
         assert published_run() == run_id and len(stored_scores(run_id)) == 500
+    finally:
+        stop_worker(first)
+        if second is not None:
+            stop_worker(second)
+
+
+def test_a_crash_in_the_second_criterion_does_not_train_the_first_again(
+    postgres_and_redis: str, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setenv("AUTO_TRAIN_ENABLED", "false")
+    # The first criterion's last checkpoint falls short of its end (1500 of 1550 epochs).
+    monkeypatch.setenv("RUN_CHECKPOINT_EVERY_EPOCHS", str(CHECKPOINT_EVERY))
+    reset_caches()
+    data = generate(
+        SyntheticParams(
+            n_users=60,
+            n_videos=300,
+            n_comparisons=4_000,
+            criteria=["largely_recommended", "reliability"],
+            p_extra_criteria=1.0,
+            seed=3,
+        )
+    )
+    assert import_csv(data.write(tmp_path) / "comparisons.csv") == 8_000
+    first = start_worker()
+    second = None
+    try:
+        with TestClient(create_app()) as client:
+            created = client.post(
+                "/api/v1/training-runs",
+                json={"config": {"epochs": UNEVEN_EPOCHS, "precision": 1.0}},
+                headers=admin_headers(),
+            )
+            assert created.status_code == 202, created.text
+            run_id = created.json()["id"]
+            # Criteria train in name order: kill while the second one trains.
+            wait_for(
+                "the second criterion to train",
+                lambda: (
+                    (row := run_row(run_id))["current_criterion"] == "reliability"
+                    and row["epoch"] > 0
+                ),
+                180,
+                0.1,
+            )
+            kill_worker(first)
+            assert run_row(run_id)["status"] == "running"
+            second = start_worker()
+            run = wait_for_run(client, run_id, 180)
+            assert run["status"] == "succeeded", run["error"]
+            assert run["attempt"] == 2
+
+        with get_engine().connect() as connection:
+            first_criterion = connection.execute(
+                text(
+                    "SELECT count(*), min(attempt), max(attempt) FROM training_metrics"
+                    " WHERE run_id = :run AND name = 'fit' AND criterion = 'largely_recommended'"
+                ),
+                {"run": run_id},
+            ).one()
+            states = connection.execute(
+                text(
+                    "SELECT criterion, is_checkpoint, epoch FROM model_states WHERE run_id = :run"
+                    " ORDER BY criterion"
+                ),
+                {"run": run_id},
+            ).all()
+        # The first criterion's epochs were all trained (and recorded) by the first attempt only.
+        assert tuple(first_criterion) == (UNEVEN_EPOCHS, 1, 1)
+        assert [tuple(row) for row in states] == [
+            ("largely_recommended", False, UNEVEN_EPOCHS),
+            ("reliability", False, UNEVEN_EPOCHS),
+        ]
+        assert published_run("largely_recommended") == run_id
+        assert published_run("reliability") == run_id
     finally:
         stop_worker(first)
         if second is not None:
