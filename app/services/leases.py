@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
 
@@ -117,8 +117,24 @@ def record_snapshot(
         raise LeaseLost(f"run {claim.run_id}: lease lost")
 
 
-def finish(connection: Connection, claim: Claim, *, status: str, error: str | None = None) -> bool:
-    """Move our run to a final status; False when it is no longer ours (nothing written)."""
+class CancelledBeforePublication(Exception):
+    """A cancel arrived after the last epoch but before the scores were published."""
+
+
+def finish(
+    connection: Connection,
+    claim: Claim,
+    *,
+    status: str,
+    error: str | None = None,
+    unless_cancelled: bool = False,
+) -> bool:
+    """Move our run to a final status; False when it is no longer ours (nothing written).
+
+    With `unless_cancelled`, a run whose cancel was asked is not moved, and
+    CancelledBeforePublication is raised: a cancel either stops the run or is refused (409),
+    never acknowledged and then ignored.
+    """
     values: dict[str, object] = {
         "status": status,
         "finished_at": now_utc(),
@@ -129,5 +145,12 @@ def finish(connection: Connection, claim: Claim, *, status: str, error: str | No
         values["progress"] = 1.0
     if error is not None:
         values["error"] = error[:10_000]
-    result = connection.execute(update(Run).where(_owned(claim)).values(**values))
+    condition = _owned(claim)
+    if unless_cancelled:
+        condition = and_(condition, Run.c.cancel_requested.is_(False))
+    result = connection.execute(update(Run).where(condition).values(**values))
+    if not result.rowcount and unless_cancelled:
+        asked = connection.execute(select(Run.c.cancel_requested).where(_owned(claim))).scalar()
+        if asked:
+            raise CancelledBeforePublication(f"run {claim.run_id}: cancelled before publication")
     return bool(result.rowcount)

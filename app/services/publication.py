@@ -111,7 +111,7 @@ def publish(
     writes nothing. A criterion whose published run read newer comparisons keeps it (a slower,
     older run never replaces fresher scores); the names of the criteria published are returned.
     """
-    if not finish(connection, claim, status="succeeded"):
+    if not finish(connection, claim, status="succeeded", unless_cancelled=True):
         raise LeaseLost(f"run {claim.run_id}: lease lost before publication")
     published = []
     for output in outputs:

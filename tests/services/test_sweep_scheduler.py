@@ -247,3 +247,31 @@ def test_wall_clock_limit_and_cancel_end_a_sweep_without_running_the_rest(engine
     assert {row["status"] for row in rows(engine, cancelled)} == {"cancelled"}
     assert optuna_states(engine, cancelled) == ["FAIL"]
     assert sweep_row(engine, cancelled)["finished_at"] is not None
+
+
+def test_a_reloaded_random_study_does_not_repeat_its_samples(engine: Engine) -> None:
+    sweep_id = submit(
+        engine,
+        grid_spec(
+            method="random",
+            parameters={"w": {"low": 0.5, "high": 2.0}},
+            budget={"max_trials": 2, "max_parallel": 1},
+            include_baseline=False,
+        ),
+    )
+    assert run_sweep_inline(engine, get_settings(), sweep_id) == "completed"
+    with Session(engine) as session:
+        control.update_budget(
+            session, sweep_id, max_trials=4, max_parallel=None, wall_clock_seconds=None
+        )
+        session.commit()
+    # run_sweep_inline starts a new scheduler: the study is loaded again from its storage.
+    assert run_sweep_inline(engine, get_settings(), sweep_id) == "completed"
+    with engine.connect() as connection:
+        params = connection.execute(
+            text("SELECT params FROM sweep_trials WHERE sweep_id = :s ORDER BY number"),
+            {"s": sweep_id},
+        ).scalars()
+        values = [(json.loads(p) if isinstance(p, str) else p)["w"] for p in params]
+    assert len(values) == 4
+    assert len(set(values)) == 4

@@ -39,7 +39,7 @@ def train_run(self: Any, run_id: int) -> str:
     except leases.LeaseLost:
         logger.warning("run %s: taken over by another worker; results dropped", run_id)
         return "lease lost"
-    except TrainingCancelled:
+    except (TrainingCancelled, leases.CancelledBeforePublication):
         with engine.begin() as connection:
             leases.finish(connection, claim, status="cancelled")
         return "cancelled"

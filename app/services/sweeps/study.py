@@ -69,10 +69,13 @@ def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistrib
     return {name: distribution(spec.parameters[name]) for name in sorted(spec.parameters)}
 
 
-def sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def sampler(spec: SweepSpec, n_existing: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. Reloaded onto a study that already has `n_existing` trials, a seeded
+    random stream would start over and repeat its first samples, so its seed moves on by that
+    count; Sobol points are indexed by trial number and keep their seed."""
     import optuna
 
-    seed = spec.sampler_seed
+    seed = spec.sampler_seed + (n_existing if spec.method != "sobol" else 0)
     if spec.method == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if spec.method == "cmaes":
@@ -108,7 +111,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, spec: SweepSpec)
     """Create the sweep's study, or load it (after a scheduler restart) with the same sampler."""
     import optuna
 
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=name,
         sampler=sampler(spec),
@@ -116,3 +119,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, spec: SweepSpec)
         directions=[objective.direction for objective in spec.objectives],
         load_if_exists=True,
     )
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        study.sampler = sampler(spec, existing)
+    return study
