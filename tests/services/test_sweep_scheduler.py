@@ -275,3 +275,53 @@ def test_a_reloaded_random_study_does_not_repeat_its_samples(engine: Engine) -> 
         values = [(json.loads(p) if isinstance(p, str) else p)["w"] for p in params]
     assert len(values) == 4
     assert len(set(values)) == 4
+
+
+def test_a_holdout_sweep_freezes_the_live_comparisons_and_their_split(engine: Engine) -> None:
+    from app.services.transfer import import_comparisons
+    from tests.conftest import SHARED_DATA
+
+    import_comparisons(engine, SHARED_DATA / "licchavi-v1-reference" / "xs" / "comparisons.csv")
+    spec = grid_spec(
+        parameters={"w": {"values": [0.5, 2.0]}},
+        repeats={"seeds": [0]},
+        evaluation={"kind": "holdout", "folds": 4, "split_by": "user", "split_seed": 5},
+        objectives=[{"metric": "heldout_accuracy", "direction": "maximize"}],
+    )
+    first = submit(engine, spec)
+    assert run_sweep_inline(engine, get_settings(), first) == "completed"
+    second = submit(engine, spec)
+    assert run_sweep_inline(engine, get_settings(), second) == "completed"
+    one, two = sweep_row(engine, first), sweep_row(engine, second)
+    # Same comparisons, same split seed: the same fingerprints, so results are comparable.
+    assert one["data_fingerprint"] == two["data_fingerprint"]
+    assert one["split_fingerprint"] == two["split_fingerprint"]
+    with engine.connect() as connection:
+        metrics = connection.execute(
+            text(
+                "SELECT metrics FROM sweep_evaluations WHERE sweep_id = :s AND status = 'succeeded'"
+            ),
+            {"s": first},
+        ).scalars()
+        decoded = [json.loads(m) if isinstance(m, str) else m for m in metrics]
+    # 2 grid points + the baseline (w=1), 4 folds each; every comparison tested exactly once
+    # per trial, none of a tested user's comparisons trained on (split by user).
+    assert len(decoded) == 3 * 4
+    assert sum(m["n_test"] for m in decoded) == 3 * 1000
+    assert all(m["n_train"] + m["n_test"] == 1000 for m in decoded)
+    assert all(0.5 < m["heldout_accuracy"] <= 1 for m in decoded)
+
+
+def test_a_holdout_sweep_without_comparisons_fails_with_the_reason(engine: Engine) -> None:
+    sweep_id = submit(
+        engine,
+        grid_spec(
+            evaluation={"kind": "holdout"},
+            objectives=[{"metric": "heldout_accuracy", "direction": "maximize"}],
+        ),
+    )
+    assert run_sweep_inline(engine, get_settings(), sweep_id) == "failed"
+    assert (
+        "no comparisons for criterion 'largely_recommended'" in sweep_row(engine, sweep_id)["error"]
+    )
+    assert rows(engine, sweep_id) == []

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
+from app.models import Criterion as CriterionModel
 from app.models import (
     SchedulerLease,
     Sweep,
@@ -44,10 +45,12 @@ Trial = SweepTrial.__table__  # type: ignore[attr-defined]
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
 Dataset = SweepDataset.__table__  # type: ignore[attr-defined]
 Lease = SchedulerLease.__table__  # type: ignore[attr-defined]
+Criterion = CriterionModel.__table__  # type: ignore[attr-defined]
 
 LEASE_NAME = "sweeps"
 ACTIVE_TRIAL = ("pending", "running")
 LIVE_EVALUATION = ("pending", "queued", "running")
+MAX_CONSECUTIVE_FAILURES = 20
 
 
 def now_utc() -> datetime:
@@ -121,6 +124,7 @@ class SweepScheduler:
         self._storage: optuna.storages.BaseStorage | None = None
         self._studies: dict[int, optuna.Study] = {}
         self._specs: dict[int, SweepSpec] = {}
+        self._failures: dict[int, int] = {}
 
     # -- the pass ---------------------------------------------------------------------------
     def tick(self) -> bool:
@@ -154,8 +158,15 @@ class SweepScheduler:
                     to_wake += self.step(sweep_id, paused=status == "paused")
             except Exception as exc:
                 logger.exception("sweep %s: scheduling failed", sweep_id)
-                if status == "preparing":
+                failures = self._failures.get(sweep_id, 0) + 1
+                self._failures[sweep_id] = failures
+                # A transient error (the database restarting) is retried by the next pass; one
+                # that keeps coming back would keep the sweep running forever, so it fails it.
+                if status == "preparing" or failures >= MAX_CONSECUTIVE_FAILURES:
                     self._fail(sweep_id, f"{type(exc).__name__}: {exc}")
+                    self._failures.pop(sweep_id, None)
+            else:
+                self._failures.pop(sweep_id, None)
         to_wake += self.resend_unclaimed()
         for evaluation_id in to_wake:
             self.wake(evaluation_id)
@@ -224,8 +235,14 @@ class SweepScheduler:
     ) -> list[tuple[int | None, FrozenDataset]]:
         evaluation = spec.evaluation
         if isinstance(evaluation, HoldoutEvaluation):
-            snapshot = load_snapshot(connection, criteria=None)
-            frame = snapshot.frame[snapshot.frame["criteria"] == spec.criterion]
+            known = connection.execute(
+                select(func.count())
+                .select_from(Criterion)
+                .where(Criterion.c.name == spec.criterion)
+            ).scalar_one()
+            if not known:
+                raise ValueError(f"unknown criterion {spec.criterion!r}")
+            frame = load_snapshot(connection, criteria=[spec.criterion]).frame
             frozen = freeze_holdout(
                 frame,
                 criterion=spec.criterion,
@@ -253,6 +270,12 @@ class SweepScheduler:
                 update(SweepTable)
                 .where(SweepTable.c.id == sweep_id)
                 .values(status="failed", error=error[:10_000], finished_at=now_utc())
+            )
+            self._cancel_unstarted(connection, sweep_id, "sweep failed")
+            connection.execute(
+                update(Evaluation)
+                .where(Evaluation.c.sweep_id == sweep_id, Evaluation.c.status == "running")
+                .values(cancel_requested=True)
             )
             record_event(connection, sweep_id=sweep_id, status="failed", detail=error)
 
