@@ -133,7 +133,8 @@ def bt_brier(d: np.ndarray, r: np.ndarray) -> float:
     rated = r != 0
     if not rated.any():
         return float("nan")
-    probability_b = 1.0 / (1.0 + np.exp(-d[rated]))
+    # The logistic function through tanh: no overflow for large |d|.
+    probability_b = 0.5 * (1.0 + np.tanh(d[rated] / 2.0))
     return float(np.mean((probability_b - (r[rated] > 0)) ** 2))
 
 
