@@ -180,7 +180,9 @@ class EarlyStopping(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pruner: Literal["none", "median", "percentile", "successive_halving", "wilcoxon"] = "none"
+    pruner: Literal[
+        "none", "median", "percentile", "successive_halving", "hyperband", "wilcoxon"
+    ] = "none"
     n_startup_trials: int = Field(5, ge=0, description="trials never pruned while this few")
     percentile: float = Field(25.0, gt=0, lt=100, description="percentile pruner")
     p_threshold: float = Field(0.1, gt=0, lt=1, description="wilcoxon pruner")

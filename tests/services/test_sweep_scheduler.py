@@ -325,3 +325,22 @@ def test_a_holdout_sweep_without_comparisons_fails_with_the_reason(engine: Engin
         "no comparisons for criterion 'largely_recommended'" in sweep_row(engine, sweep_id)["error"]
     )
     assert rows(engine, sweep_id) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    "pruner", ["median", "percentile", "successive_halving", "hyperband", "wilcoxon"]
+)
+def test_every_pruner_runs_a_sweep_to_its_end(engine: Engine, pruner: str) -> None:
+    sweep_id = submit(
+        engine,
+        grid_spec(
+            method="random",
+            parameters={"w": {"low": 0.2, "high": 5.0, "log": True}},
+            early_stopping={"pruner": pruner, "n_startup_trials": 1},
+            budget={"max_trials": 4, "max_parallel": 2},
+        ),
+    )
+    assert run_sweep_inline(engine, get_settings(), sweep_id) == "completed"
+    states = optuna_states(engine, sweep_id)
+    assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"}

@@ -98,6 +98,9 @@ def pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
         )
     if stopping.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner()
+    if stopping.pruner == "hyperband":
+        # Resources are a trial's evaluation units (seeds × folds), reported one by one.
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.units_per_trial)
     if stopping.pruner == "wilcoxon":
         return optuna.pruners.WilcoxonPruner(p_threshold=stopping.p_threshold)
     return optuna.pruners.NopPruner()
