@@ -88,7 +88,7 @@ def write_comparison(session: Session, *, payload: ComparisonCreate) -> Comparis
     rows = payload_rows(payload)
     try:
         # The upsert checks the criteria in the same round trip as it looks up users and videos.
-        outcome = upsert_comparisons(session, rows=rows)
+        outcome = upsert_comparisons(session, rows=rows, statuses=True)
     except UnknownCriteria as exc:
         errors = _unknown_criteria_errors(payload, exc.names)
         raise InvalidInput(

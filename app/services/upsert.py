@@ -1,10 +1,11 @@
 """One-statement upsert of many comparisons, on PostgreSQL and on SQLite.
 
 Rows are first normalised (pair sorted by external id, sign flipped when swapped, later duplicates
-win), then the missing users and videos are inserted, their ids read back, and all comparisons are
-written by a single `INSERT … SELECT … ON CONFLICT DO UPDATE` whose source is the batch passed as
-integer ids, one array literal per column on PostgreSQL (`unnest`) or one JSON document on SQLite
-(`json_each`): a handful of parameters instead of thousands, and no joins in the hot statement.
+win). On PostgreSQL a single statement then looks up users, videos and criteria, inserts the
+missing users and videos, writes every comparison with `INSERT … ON CONFLICT DO UPDATE` and counts
+what it did: one round trip, the batch passed as one array literal per column (`unnest`), and
+nothing but the counts sent back. On SQLite the missing users and videos are inserted first and
+the comparisons written by one statement reading the batch as a JSON document (`json_each`).
 Unchanged rows are not touched, so `updated_at` only moves when a score really changes.
 """
 
@@ -12,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import text
 from sqlmodel import Session
@@ -58,22 +59,13 @@ class UnknownCriteria(LookupError):
 
 @dataclass
 class UpsertOutcome:
+    """How many distinct comparisons were created, updated and left unchanged; per key only when
+    `upsert_comparisons` was asked for statuses."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
     statuses: dict[ComparisonKey, Status] = field(default_factory=dict)
-
-    def count(self, status: Status) -> int:
-        return sum(1 for s in self.statuses.values() if s == status)
-
-    @property
-    def inserted(self) -> int:
-        return self.count("created")
-
-    @property
-    def updated(self) -> int:
-        return self.count("updated")
-
-    @property
-    def unchanged(self) -> int:
-        return self.count("unchanged")
 
 
 def deduplicate(rows: Iterable[ComparisonRow]) -> list[ComparisonRow]:
@@ -84,67 +76,214 @@ def deduplicate(rows: Iterable[ComparisonRow]) -> list[ComparisonRow]:
     return [latest[k] for k in sorted(latest)]
 
 
-def upsert_comparisons(session: Session, *, rows: Sequence[ComparisonRow]) -> UpsertOutcome:
-    """Write `rows` (criteria must exist) and say, per key, whether it was created or updated."""
+def upsert_comparisons(
+    session: Session, *, rows: Sequence[ComparisonRow], statuses: bool = False
+) -> UpsertOutcome:
+    """Write `rows` (criteria must exist) and count the comparisons created, updated and left
+    unchanged; with `statuses`, also say which, per key."""
     batch = deduplicate(rows)
-    outcome = UpsertOutcome()
     if not batch:
-        return outcome
+        return UpsertOutcome()
     now = utcnow()
-    postgres = session.get_bind().dialect.name == "postgresql"
     wanted = {
         "criteria": sorted({r.criterion for r in batch}),
         "users": sorted({r.user for r in batch}),
         "videos": sorted({r.video_a for r in batch} | {r.video_b for r in batch}),
     }
-    found = _lookup(session, postgres, wanted)
+    if session.get_bind().dialect.name == "postgresql":
+        outcome = _upsert_postgres(session, batch, wanted, now, statuses)
+    else:
+        outcome = _upsert_sqlite(session, batch, wanted, now)
+    outcome.unchanged = len(batch) - outcome.inserted - outcome.updated
+    if statuses:
+        for row in batch:
+            outcome.statuses.setdefault(row.key, "unchanged")
+    else:
+        outcome.statuses.clear()
+    return outcome
+
+
+# Batches up to this size run as a prepared statement (its generic plan suits a few rows); larger
+# ones are planned for their actual size, which a plan cached from small batches would not be.
+PREPARED_MAX_ROWS = 64
+
+
+def _upsert_postgres(
+    session: Session,
+    batch: list[ComparisonRow],
+    wanted: dict[str, list[str]],
+    now: datetime,
+    statuses: bool,
+) -> UpsertOutcome:
+    # Each row refers to its names by position (1-based) in the sorted lists of distinct names;
+    # the statement resolves each list to an array of ids in the same order.
+    users, videos, criteria = (
+        {name: i for i, name in enumerate(wanted[table], 1)}
+        for table in ("users", "videos", "criteria")
+    )
+    parameters: dict[str, Any] = {name: _text_array(names) for name, names in wanted.items()}
+    parameters["u"] = _number_array(users[r.user] for r in batch)
+    parameters["a"] = _number_array(videos[r.video_a] for r in batch)
+    parameters["b"] = _number_array(videos[r.video_b] for r in batch)
+    parameters["c"] = _number_array(criteria[r.criterion] for r in batch)
+    parameters["s"] = _number_array(r.score for r in batch)
+    parameters["m"] = _number_array(r.score_max for r in batch)
+    parameters["now"] = now
+    # The driver connection, to choose per call whether the statement is prepared; it runs in the
+    # session's transaction all the same.
+    connection: Any = session.connection().connection.driver_connection
+    found, resolved, inserted, updated, *ids = connection.execute(
+        _PG_UPSERT + (_PG_STATUSES if statuses else _PG_COUNTS),
+        parameters,
+        prepare=None if len(batch) <= PREPARED_MAX_ROWS else False,
+    ).fetchone()
+    unknown = [name for name in wanted["criteria"] if name not in (found or ())]
+    if unknown:
+        raise UnknownCriteria(unknown)
+    if not resolved:  # cannot happen (users and videos are never deleted); nothing was written
+        raise RuntimeError("the batch's users and videos did not all resolve to one id each")
+    outcome = UpsertOutcome(inserted=int(inserted), updated=int(updated))
+    if statuses:
+        user_ids, video_ids, criterion_ids, created, changed = ids
+        written: dict[tuple[int, ...], Status] = {tuple(key): "created" for key in created or ()}
+        written |= {tuple(key): "updated" for key in changed or ()}
+        for r in batch:
+            key = (
+                user_ids[users[r.user] - 1],
+                video_ids[videos[r.video_a] - 1],
+                video_ids[videos[r.video_b] - 1],
+                criterion_ids[criteria[r.criterion] - 1],
+            )
+            outcome.statuses[r.key] = written.get(key, "unchanged")
+    return outcome
+
+
+def _text_array(values: Iterable[str]) -> str:
+    # Every element quoted, so that a name such as NULL stays a name; validated names hold no
+    # quote or backslash, anything else is escaped.
+    items = list(values)
+    joined = '","'.join(items)
+    if "\\" in joined or joined.count('"') != 3 * (len(items) - 1):
+        joined = '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in items)
+    return '{"' + joined + '"}' if items else "{}"
+
+
+def _number_array(values: Iterable[float]) -> str:
+    return "{" + ",".join(map(repr, values)) + "}"
+
+
+# Ids are gathered in the order of the name lists (sorted by code point, as COLLATE "C" sorts), so
+# a row's positions pick its ids out of the arrays: no join on names. Names the statement's snapshot
+# does not see are inserted with a no-op DO UPDATE, so that a name a concurrent transaction
+# committed meanwhile still hands back its id. Nothing is written when a criterion is unknown.
+# xmax is 0 on a freshly inserted tuple and the locking transaction's id on an updated one. Rows
+# are written in the batch's (key) order, so concurrent writers take their locks in one order.
+_PG_UPSERT = """
+WITH crit AS (
+    SELECT array_agg(name ORDER BY name COLLATE "C") AS names,
+        array_agg(id ORDER BY name COLLATE "C") AS ids,
+        count(*) = cardinality(CAST(%(criteria)s AS text[])) AS known
+    FROM criteria WHERE name = ANY(CAST(%(criteria)s AS text[]))
+), found_users AS (
+    SELECT external_id AS name, id FROM users
+    WHERE external_id = ANY(CAST(%(users)s AS text[]))
+), new_users AS (
+    INSERT INTO users (external_id, created_at)
+    SELECT w.name, %(now)s FROM unnest(CAST(%(users)s AS text[])) WITH ORDINALITY AS w(name, n)
+    WHERE (SELECT known FROM crit) AND w.name NOT IN (SELECT name FROM found_users)
+    ORDER BY w.n
+    ON CONFLICT (external_id) DO UPDATE SET external_id = excluded.external_id
+    RETURNING external_id AS name, id
+), user_ids AS (
+    SELECT array_agg(id ORDER BY name ) AS ids FROM (
+        SELECT name, id FROM found_users UNION ALL SELECT name, id FROM new_users
+    ) AS named
+), found_videos AS (
+    SELECT external_id AS name, id FROM videos
+    WHERE external_id = ANY(CAST(%(videos)s AS text[]))
+), new_videos AS (
+    INSERT INTO videos (external_id, created_at)
+    SELECT w.name, %(now)s FROM unnest(CAST(%(videos)s AS text[])) WITH ORDINALITY AS w(name, n)
+    WHERE (SELECT known FROM crit) AND w.name NOT IN (SELECT name FROM found_videos)
+    ORDER BY w.n
+    ON CONFLICT (external_id) DO UPDATE SET external_id = excluded.external_id
+    RETURNING external_id AS name, id
+), video_ids AS (
+    SELECT array_agg(id ORDER BY name ) AS ids FROM (
+        SELECT name, id FROM found_videos UNION ALL SELECT name, id FROM new_videos
+    ) AS named
+), ready AS (
+    SELECT crit.known
+        AND cardinality(user_ids.ids) = cardinality(CAST(%(users)s AS text[]))
+        AND cardinality(video_ids.ids) = cardinality(CAST(%(videos)s AS text[])) AS ok,
+        crit.ids AS c, user_ids.ids AS u, video_ids.ids AS v
+    FROM crit, user_ids, video_ids
+), written AS (
+    INSERT INTO comparisons
+        (user_id, video_a_id, video_b_id, criterion_id, score, score_max, created_at, updated_at)
+    SELECT ready.u[src.u], ready.v[src.a], ready.v[src.b], ready.c[src.c], src.s, src.m,
+        %(now)s, %(now)s
+    FROM ready, unnest(
+        CAST(%(u)s AS int[]), CAST(%(a)s AS int[]), CAST(%(b)s AS int[]), CAST(%(c)s AS int[]),
+        CAST(%(s)s AS float8[]), CAST(%(m)s AS float8[])
+    ) AS src(u, a, b, c, s, m)
+    WHERE ready.ok
+    ON CONFLICT (user_id, video_a_id, video_b_id, criterion_id) DO UPDATE
+    SET score = excluded.score, score_max = excluded.score_max, updated_at = excluded.updated_at
+    WHERE comparisons.score <> excluded.score OR comparisons.score_max <> excluded.score_max
+    RETURNING user_id, video_a_id, video_b_id, criterion_id, (xmax = 0) AS inserted
+)
+SELECT (SELECT names FROM crit), (SELECT ok FROM ready),
+    count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
+"""
+
+_PG_COUNTS = "FROM written"
+
+# Also the id arrays and the ids of the rows written, to tell each key's status.
+_PG_STATUSES = """,
+    (SELECT u FROM ready), (SELECT v FROM ready), (SELECT c FROM ready),
+    array_agg(ARRAY[user_id, video_a_id, video_b_id, criterion_id]) FILTER (WHERE inserted),
+    array_agg(ARRAY[user_id, video_a_id, video_b_id, criterion_id]) FILTER (WHERE NOT inserted)
+FROM written
+"""
+
+
+def _upsert_sqlite(
+    session: Session, batch: list[ComparisonRow], wanted: dict[str, list[str]], now: datetime
+) -> UpsertOutcome:
+    found = _lookup(session, wanted)
     criteria = found["criteria"]
     unknown = [name for name in wanted["criteria"] if name not in criteria]
     if unknown:
         raise UnknownCriteria(unknown)
-    users = _insert_missing(session, postgres, "users", wanted["users"], found["users"], now)
-    videos = _insert_missing(session, postgres, "videos", wanted["videos"], found["videos"], now)
-    ids = [
-        (users[r.user], videos[r.video_a], videos[r.video_b], criteria[r.criterion]) for r in batch
-    ]
+    users = _insert_missing(session, "users", wanted["users"], found["users"], now)
+    videos = _insert_missing(session, "videos", wanted["videos"], found["videos"], now)
     names = _Names(users, videos, criteria)
-    if postgres:
-        # Columns as array literals: PostgreSQL parses them far faster than JSON, and building
-        # one is a single C-level join instead of a parameter adaptation per element.
-        columns = dict(
-            zip("uabc", (_array(column) for column in zip(*ids, strict=True)), strict=True)
-        )
-        columns["s"] = _array(r.score for r in batch)
-        columns["m"] = _array(r.score_max for r in batch)
-        # xmax is 0 on a freshly inserted tuple and the locking transaction's id on an updated one.
-        result = session.execute(
-            text(_UPSERT.format(source=_PG_SOURCE, extra=", (xmax = 0)")), {**columns, "now": now}
-        )
-        for user_id, a_id, b_id, criterion_id, inserted in result:
-            outcome.statuses[names.key(user_id, a_id, b_id, criterion_id)] = (
-                "created" if inserted else "updated"
-            )
-    else:
-        source = json.dumps(
-            [(*key, r.score, r.score_max) for key, r in zip(ids, batch, strict=True)]
-        )
-        # Exact because SQLite transactions here begin IMMEDIATE: no other writer runs in between.
-        existing = {
-            names.key(*found) for found in session.execute(text(_SQLITE_EXISTING), {"rows": source})
-        }
-        result = session.execute(
-            text(_UPSERT.format(source=_SQLITE_SOURCE, extra="")), {"rows": source, "now": now}
-        )
-        for returned in result:
-            key = names.key(*returned)
-            outcome.statuses[key] = "updated" if key in existing else "created"
-    for row in batch:
-        outcome.statuses.setdefault(row.key, "unchanged")
+    source = json.dumps(
+        [
+            [
+                users[r.user],
+                videos[r.video_a],
+                videos[r.video_b],
+                criteria[r.criterion],
+                r.score,
+                r.score_max,
+            ]
+            for r in batch
+        ]
+    )
+    # Exact because SQLite transactions here begin IMMEDIATE: no other writer runs in between.
+    existing = {
+        names.key(*found) for found in session.execute(text(_SQLITE_EXISTING), {"rows": source})
+    }
+    result = session.execute(text(_SQLITE_UPSERT), {"rows": source, "now": now})
+    outcome = UpsertOutcome()
+    for returned in result:
+        key = names.key(*returned)
+        outcome.statuses[key] = "updated" if key in existing else "created"
+    outcome.updated = sum(1 for key in outcome.statuses if key in existing)
+    outcome.inserted = len(outcome.statuses) - outcome.updated
     return outcome
-
-
-def _array(values: Iterable[float]) -> str:
-    return "{" + ",".join(map(repr, values)) + "}"
 
 
 class _Names:
@@ -166,26 +305,14 @@ class _Names:
         )
 
 
-def _names_source(postgres: bool, parameter: str) -> str:
-    if postgres:
-        return f"(SELECT jsonb_array_elements_text(CAST(:{parameter} AS jsonb)))"
-    return f"(SELECT value FROM json_each(:{parameter}))"
-
-
-_NAMES_TABLE = {
-    True: "jsonb_array_elements_text(CAST(:names AS jsonb)) AS src(name)",
-    False: "(SELECT value AS name FROM json_each(:names)) AS src",
-}
 _NAME_COLUMN = {"criteria": "name", "users": "external_id", "videos": "external_id"}
 
 
-def _lookup(
-    session: Session, postgres: bool, wanted: dict[str, list[str]]
-) -> dict[str, dict[str, int]]:
+def _lookup(session: Session, wanted: dict[str, list[str]]) -> dict[str, dict[str, int]]:
     """Ids of the wanted names, per table, in one round trip."""
     selects = [
         f"SELECT '{table}', {_NAME_COLUMN[table]}, id FROM {table} "
-        f"WHERE {_NAME_COLUMN[table]} IN {_names_source(postgres, table)}"
+        f"WHERE {_NAME_COLUMN[table]} IN (SELECT value FROM json_each(:{table}))"
         for table in wanted
     ]
     result = session.execute(
@@ -199,12 +326,7 @@ def _lookup(
 
 
 def _insert_missing(
-    session: Session,
-    postgres: bool,
-    table: str,
-    wanted: list[str],
-    found: dict[str, int],
-    now: datetime,
+    session: Session, table: str, wanted: list[str], found: dict[str, int], now: datetime
 ) -> dict[str, int]:
     """Complete `found` (ids of the existing names) by inserting the missing names of `wanted`."""
     missing = [name for name in wanted if name not in found]
@@ -213,36 +335,29 @@ def _insert_missing(
     session.execute(
         text(
             f"INSERT INTO {table} (external_id, created_at) "
-            f"SELECT src.name, :now FROM {_NAMES_TABLE[postgres]} "
-            "WHERE true ON CONFLICT (external_id) DO NOTHING"
+            "SELECT value, :now FROM json_each(:names) WHERE true "
+            "ON CONFLICT (external_id) DO NOTHING"
         ),
         {"names": json.dumps(missing), "now": now},
     )
-    # A separate statement: under READ COMMITTED it takes a fresh snapshot, so it also sees rows a
-    # concurrent transaction committed while our INSERT waited on them.
-    return found | _lookup(session, postgres, {table: missing})[table]
+    return found | _lookup(session, {table: missing})[table]
 
-
-_UPSERT = """
-    INSERT INTO comparisons
-        (user_id, video_a_id, video_b_id, criterion_id, score, score_max, created_at, updated_at)
-    SELECT src.u, src.a, src.b, src.c, src.s, src.m, :now, :now FROM {source} WHERE true
-    ON CONFLICT (user_id, video_a_id, video_b_id, criterion_id) DO UPDATE
-    SET score = excluded.score, score_max = excluded.score_max, updated_at = excluded.updated_at
-    WHERE comparisons.score <> excluded.score OR comparisons.score_max <> excluded.score_max
-    RETURNING user_id, video_a_id, video_b_id, criterion_id{extra}
-"""
-
-_PG_SOURCE = """unnest(
-    CAST(:u AS int[]), CAST(:a AS int[]), CAST(:b AS int[]), CAST(:c AS int[]),
-    CAST(:s AS float8[]), CAST(:m AS float8[])
-) AS src(u, a, b, c, s, m)"""
 
 _SQLITE_SOURCE = """(
     SELECT value->>0 AS u, value->>1 AS a, value->>2 AS b, value->>3 AS c,
            value->>4 AS s, value->>5 AS m
     FROM json_each(:rows)
 ) AS src"""
+
+_SQLITE_UPSERT = f"""
+    INSERT INTO comparisons
+        (user_id, video_a_id, video_b_id, criterion_id, score, score_max, created_at, updated_at)
+    SELECT src.u, src.a, src.b, src.c, src.s, src.m, :now, :now FROM {_SQLITE_SOURCE} WHERE true
+    ON CONFLICT (user_id, video_a_id, video_b_id, criterion_id) DO UPDATE
+    SET score = excluded.score, score_max = excluded.score_max, updated_at = excluded.updated_at
+    WHERE comparisons.score <> excluded.score OR comparisons.score_max <> excluded.score_max
+    RETURNING user_id, video_a_id, video_b_id, criterion_id
+"""
 
 _SQLITE_EXISTING = f"""
     SELECT cmp.user_id, cmp.video_a_id, cmp.video_b_id, cmp.criterion_id FROM {_SQLITE_SOURCE}

@@ -106,3 +106,33 @@ def test_bulk_limits_and_media_types(client: ApiClient) -> None:
     )
     assert_problem(client.post("/api/v1/comparisons/bulk", json=[]), 401)
     assert client.get("/api/v1/comparisons").json()["total"] == 0
+
+
+def test_bulk_names_that_sort_apart_or_look_like_null_keep_their_ids(client: ApiClient) -> None:
+    auth = client.key(WRITE)
+    # Code-point order puts "Z" before "a" and "é" after "z", unlike most collations; "NULL" and
+    # "null" are names like any other.
+    videos = ["yt:a", "yt:Z", "yt:é", "yt:z", "yt:NULL", "yt:ab", "yt:a.b"]
+    users = ["NULL", "null", "Émile", "zoé", "Zed", "a@b.c"]
+    rows = [
+        payload(user=user, a=videos[i % len(videos)], b=videos[(i + 1 + j) % len(videos)])
+        for i, user in enumerate(users)
+        for j in range(3)
+    ]
+    expected = {
+        (row["user_id"], *sorted((row["video_a"], row["video_b"])))
+        for row in rows
+        if row["video_a"] != row["video_b"]
+    }
+    rows = [row for row in rows if row["video_a"] != row["video_b"]]
+    response = client.post("/api/v1/comparisons/bulk", json=rows, headers=auth)
+    assert response.json() == {"inserted": len(expected), "updated": 0, "unchanged": 0}
+    listed = client.get("/api/v1/comparisons", params={"limit": 500}).json()["items"]
+    assert {(item["user_id"], item["video_a"], item["video_b"]) for item in listed} == expected
+    single = client.post(
+        "/api/v1/comparisons", json=payload(user="NULL", a="yt:é", b="yt:Z"), headers=auth
+    )
+    assert single.status_code in (200, 201)
+    assert (
+        client.get("/api/v1/comparisons/NULL/yt:é/yt:Z").json()["criteria_scores"][0]["score"] == 6
+    )

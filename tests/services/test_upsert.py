@@ -1,0 +1,52 @@
+"""The one-statement upsert on PostgreSQL: unknown criteria write nothing; counts and statuses."""
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session
+
+from app.services.upsert import UnknownCriteria, oriented, upsert_comparisons
+
+
+def count(session: Session, table: str) -> int:
+    return int(session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def test_an_unknown_criterion_writes_nothing(pg_session: Session) -> None:
+    before = {table: count(pg_session, table) for table in ("users", "videos", "comparisons")}
+    rows = [
+        oriented("newcomer", "yt:x", "yt:y", "largely_recommended", 3, 10),
+        oriented("newcomer", "yt:x", "yt:y", "no_such_criterion", 3, 10),
+    ]
+    with pytest.raises(UnknownCriteria) as raised:
+        upsert_comparisons(pg_session, rows=rows, statuses=True)
+    assert raised.value.names == ["no_such_criterion"]
+    assert {table: count(pg_session, table) for table in before} == before
+
+
+def test_counts_and_statuses_agree_with_duplicates_and_flipped_pairs(pg_session: Session) -> None:
+    first = [oriented(f"u{i}", "yt:b", f"yt:a{i}", "importance", i % 3, 10) for i in range(50)]
+    outcome = upsert_comparisons(pg_session, rows=first, statuses=True)
+    assert (outcome.inserted, outcome.updated, outcome.unchanged) == (50, 0, 0)
+    assert set(outcome.statuses.values()) == {"created"}
+    again = [
+        oriented("u0", "yt:a0", "yt:b", "importance", 0, 10),  # same pair reversed, same score
+        oriented("u1", "yt:a1", "yt:b", "importance", 5, 10),  # changed
+        oriented("u1", "yt:a1", "yt:b", "importance", 4, 10),  # a later duplicate wins
+        oriented("u99", "yt:a1", "yt:b", "importance", 4, 10),  # new
+    ]
+    outcome = upsert_comparisons(pg_session, rows=again, statuses=True)
+    assert (outcome.inserted, outcome.updated, outcome.unchanged) == (1, 1, 1)
+    assert outcome.statuses == {
+        ("u0", "yt:a0", "yt:b", "importance"): "unchanged",
+        ("u1", "yt:a1", "yt:b", "importance"): "updated",
+        ("u99", "yt:a1", "yt:b", "importance"): "created",
+    }
+    counted = upsert_comparisons(pg_session, rows=again)
+    assert (counted.inserted, counted.updated, counted.unchanged, counted.statuses) == (0, 0, 3, {})
+    score = pg_session.execute(
+        text(
+            "SELECT c.score FROM comparisons c JOIN users u ON u.id = c.user_id"
+            " WHERE u.external_id = 'u1'"
+        )
+    ).scalar_one()
+    assert score == 4.0
