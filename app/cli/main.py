@@ -207,7 +207,7 @@ def serve(
     )
     try:
         uvicorn.run(
-            "app.main:create_app",
+            "app.main:serve_app",
             factory=True,
             host=host,
             port=port,

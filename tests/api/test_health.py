@@ -96,3 +96,19 @@ def test_production_refuses_the_placeholder_secret(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("SECRET_KEY", "a-real-secret")
     get_settings.cache_clear()
     assert get_settings().environment == "production"
+
+
+def test_the_served_app_freezes_its_start_up_objects(sqlite_engine: object) -> None:
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from app.main import serve_app
+
+    try:
+        application = serve_app()
+        assert gc.get_freeze_count() > 0
+        with TestClient(application) as client:
+            assert client.get("/healthz").json() == {"status": "ok"}
+    finally:
+        gc.unfreeze()
