@@ -79,6 +79,7 @@ async def get_session() -> AsyncIterator[Session]:
     run in the threadpool.
     """
     session = Session(get_engine(), expire_on_commit=False)
+    session.info[_REQUEST_SESSION] = True
     try:
         yield session
         if session.in_transaction():
@@ -90,6 +91,17 @@ async def get_session() -> AsyncIterator[Session]:
     finally:
         # The transaction is over, so handing the connection back to the pool needs no I/O.
         session.close()
+
+
+_REQUEST_SESSION = "licchavi_request_session"
+
+
+def commit_request(session: Session) -> None:
+    """Commit the request session from the thread that wrote, sparing `get_session` the thread
+    hop of its own commit. A session the request dependency did not open (one a test or a caller
+    manages) is left to its owner."""
+    if session.info.get(_REQUEST_SESSION):
+        session.commit()
 
 
 # scope="function": commit before the response is sent, so a 2xx always means the data is stored.

@@ -4,12 +4,13 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Header
 from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
 from app.core.db import SessionDep
@@ -77,6 +78,19 @@ def forget_verified_keys() -> None:
     _verified.clear()
 
 
+def cached_principal(authorization: str | None) -> Principal | None:
+    """The principal of a recently verified key, without I/O; None when it must be looked up."""
+    if not authorization:
+        return None
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    cached = _verified.get(key.strip())
+    if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
+        return cached[1]
+    return None
+
+
 def authenticate(session: Session, authorization: str | None) -> Principal:
     if not authorization:
         raise NotAuthenticated(
@@ -108,13 +122,17 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     return principal
 
 
-def require_scope(scope: str) -> Callable[..., Principal]:
+def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
     """Dependency factory: the caller must hold `scope` (or `admin`)."""
 
-    def dependency(
+    async def dependency(
         session: SessionDep, authorization: Annotated[str | None, Header()] = None
     ) -> Principal:
-        principal = authenticate(session, authorization)
+        # Async so that a key verified within the last seconds costs no thread hop; only a
+        # lookup in the database runs in the threadpool.
+        principal = cached_principal(authorization)
+        if principal is None:
+            principal = await run_in_threadpool(authenticate, session, authorization)
         if not principal.has(scope):
             raise Forbidden(f"This API key lacks the `{scope}` scope.")
         return principal

@@ -6,11 +6,12 @@ from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import TypeAdapter, ValidationError
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PagingDep
 from app.core.config import get_settings
-from app.core.db import SessionDep
+from app.core.db import SessionDep, commit_request
 from app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, validation_errors
 from app.core.security import scoped
 from app.schemas.common import CriterionName, Page, UserId, VideoId
@@ -40,12 +41,20 @@ _bulk_adapter = TypeAdapter(list[ComparisonCreate])
     },
     dependencies=[scoped("comparisons:write")],
 )
-def create_comparison(
+async def create_comparison(
     payload: ComparisonCreate, session: SessionDep, response: Response
 ) -> ComparisonWriteResult:
     """Store a comparison; a re-post of the same pair (either order) replaces its scores."""
-    result = service.write_comparison(session, payload=payload)
+    # One thread hop for the write and its commit (a sync endpoint would take one for the write
+    # and the session dependency another for the commit).
+    result = await run_in_threadpool(_write_and_commit, session, payload)
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+    return result
+
+
+def _write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonWriteResult:
+    result = service.write_comparison(session, payload=payload)
+    commit_request(session)
     return result
 
 
