@@ -3,7 +3,7 @@
 import csv
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -34,27 +34,60 @@ def parse_rows(
     lines: Iterable[str], *, criteria: set[str], default_score_max: float
 ) -> Iterator[ComparisonRow | RowError]:
     """Validate each data row; yields a row or the first problem found in it, in file order."""
-    reader = csv.DictReader(lines)
-    header = reader.fieldnames or []
+    # The csv module's reader with column positions: a dict per row (DictReader) cost as much as
+    # the validation itself. Rows are read as DictReader would: blank lines skipped and not
+    # counted, a short row's missing fields empty, a repeated column's last occurrence used.
+    reader = csv.reader(lines)
+    header = next(reader, None) or []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise CsvHeaderError(
             f"CSV header lacks column(s) {', '.join(missing)}; "
             f"expected {', '.join(REQUIRED_COLUMNS)}[, score_max, week_date]"
         )
-    for number, record in enumerate(reader, start=1):
-        yield _parse_record(number, record, criteria, default_score_max)
+    position = {name: i for i, name in enumerate(header)}
+    user_at, a_at, b_at, criterion_at, score_at = (position[c] for c in REQUIRED_COLUMNS)
+    score_max_at = position.get("score_max")
+    width = len(header)
+    number = 0
+    for record in reader:
+        if not record:
+            continue
+        number += 1
+        if len(record) > width:
+            yield RowError(number, "", "more fields than the header has")
+            continue
+        fields: Sequence[str | None] = record
+        if len(record) < width:
+            fields = [*record, *[None] * (width - len(record))]
+        yield _parse_record(
+            number,
+            fields[user_at],
+            fields[a_at],
+            fields[b_at],
+            fields[criterion_at],
+            fields[score_at],
+            None if score_max_at is None else fields[score_max_at],
+            criteria,
+            default_score_max,
+        )
 
 
 def _parse_record(
-    number: int, record: dict[str, str | None], criteria: set[str], default_score_max: float
+    number: int,
+    raw_user: str | None,
+    raw_a: str | None,
+    raw_b: str | None,
+    raw_criterion: str | None,
+    raw_score: str | None,
+    raw_max: str | None,
+    criteria: set[str],
+    default_score_max: float,
 ) -> ComparisonRow | RowError:
-    if None in record:
-        return RowError(number, "", "more fields than the header has")
-    user = (record["public_username"] or "").strip()
-    video_a = (record["video_a"] or "").strip()
-    video_b = (record["video_b"] or "").strip()
-    criterion = (record["criteria"] or "").strip()
+    user = (raw_user or "").strip()
+    video_a = (raw_a or "").strip()
+    video_b = (raw_b or "").strip()
+    criterion = (raw_criterion or "").strip()
     if not _USER_RE.match(user):
         return RowError(number, "public_username", f"invalid user id {user!r}")
     if not _VIDEO_RE.match(video_a):
@@ -65,10 +98,10 @@ def _parse_record(
         return RowError(number, "video_b", "video_a and video_b must differ")
     if criterion not in criteria:
         return RowError(number, "criteria", f"unknown criterion {criterion!r}")
-    score = _number(record.get("score"))
+    score = _number(raw_score)
     if score is None:
-        return RowError(number, "score", f"score is not a number: {record.get('score')!r}")
-    raw_max = (record.get("score_max") or "").strip()
+        return RowError(number, "score", f"score is not a number: {raw_score!r}")
+    raw_max = (raw_max or "").strip()
     score_max = default_score_max if raw_max == "" else _number(raw_max)
     if score_max is None or score_max <= 0:
         return RowError(number, "score_max", f"score_max must be a positive number: {raw_max!r}")
