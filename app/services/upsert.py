@@ -161,7 +161,7 @@ def _text_array(values: Iterable[str]) -> str:
     # quote or backslash, anything else is escaped.
     items = list(values)
     joined = '","'.join(items)
-    if "\\" in joined or joined.count('"') != 3 * (len(items) - 1):
+    if "\\" in joined or joined.count('"') != 2 * (len(items) - 1):
         joined = '","'.join(v.replace("\\", "\\\\").replace('"', '\\"') for v in items)
     return '{"' + joined + '"}' if items else "{}"
 

@@ -50,3 +50,21 @@ def test_counts_and_statuses_agree_with_duplicates_and_flipped_pairs(pg_session:
         )
     ).scalar_one()
     assert score == 4.0
+
+
+def test_names_with_quotes_backslashes_and_commas_round_trip(pg_session: Session) -> None:
+    # The API's validation never lets such names through, but the statement must not depend on it.
+    rows = [
+        oriented('say "hi"', "yt:a,b", "yt:c\\d", "importance", 1, 10),
+        oriented("NULL", "yt:{x}", "yt: y", "importance", 2, 10),
+    ]
+    outcome = upsert_comparisons(pg_session, rows=rows, statuses=True)
+    assert set(outcome.statuses.values()) == {"created"}
+    stored = pg_session.execute(
+        text(
+            "SELECT u.external_id, va.external_id, vb.external_id FROM comparisons c"
+            " JOIN users u ON u.id = c.user_id JOIN videos va ON va.id = c.video_a_id"
+            " JOIN videos vb ON vb.id = c.video_b_id"
+        )
+    ).all()
+    assert {tuple(row) for row in stored} == {row.key[:3] for row in rows}
