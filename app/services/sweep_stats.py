@@ -83,51 +83,95 @@ def leaderboard(
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
+    paired_window: tuple[int, int] | None = None,
 ) -> list[LeaderboardRow]:
     """Trials ranked by the pessimistic end of their interval, best first.
 
     maximize: by `ci_low` descending, then mean descending; minimize: by `ci_high` ascending,
     then mean ascending; then trial id. NaN values are dropped first; a trial left without
     values is not listed. Every row but the incumbent's carries its paired comparison with the
-    incumbent (n_pairs 0 when they share no unit).
+    incumbent (n_pairs 0 when they share no unit); with `paired_window=(offset, limit)` only the
+    rows of that page do (the others carry None), since a page shows no more.
     """
     if direction not in ("maximize", "minimize"):
         raise ValueError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     by_trial = _by_trial(units)
     incumbent = by_trial.get(incumbent_id, {}) if incumbent_id is not None else None
+    intervals = _intervals(by_trial, confidence, resamples, seed)
 
-    unranked: list[tuple[int, int, float, float, float, float, PairedComparison | None]] = []
+    unranked: list[tuple[int, int, float, float, float, float]] = []
     for trial_id, values_by_unit in by_trial.items():
-        # Unit order, so that the bootstrap does not depend on the order of `units`.
-        values = np.array([values_by_unit[index] for index in sorted(values_by_unit)])
+        values = np.fromiter(values_by_unit.values(), dtype=float, count=len(values_by_unit))
         mean = float(values.mean())
         std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-        low, high = bootstrap_interval(
-            values, confidence=confidence, resamples=resamples, seed=seed
-        )
-        comparison = None
-        if incumbent is not None and incumbent_id is not None and trial_id != incumbent_id:
-            differences = _differences(values_by_unit, incumbent)
-            comparison = _paired(differences, incumbent_id, direction, confidence, resamples, seed)
-        unranked.append((trial_id, values.size, mean, std, low, high, comparison))
-
+        low, high = intervals[trial_id]
+        unranked.append((trial_id, values.size, mean, std, low, high))
     if direction == "maximize":
         unranked.sort(key=lambda row: (-row[4], -row[2], row[0]))
     else:
         unranked.sort(key=lambda row: (row[5], row[2], row[0]))
-    return [
-        LeaderboardRow(
-            trial_id=trial_id,
-            n=n,
-            mean=mean,
-            std=std,
-            ci_low=low,
-            ci_high=high,
-            rank=rank,
-            vs_incumbent=comparison,
+
+    first, stop = 0, len(unranked)
+    if paired_window is not None:
+        first, stop = paired_window[0], paired_window[0] + paired_window[1]
+    rows = []
+    for position, (trial_id, n, mean, std, low, high) in enumerate(unranked):
+        comparison = None
+        if (
+            first <= position < stop
+            and incumbent is not None
+            and incumbent_id is not None
+            and trial_id != incumbent_id
+        ):
+            differences = _differences(by_trial[trial_id], incumbent)
+            comparison = _paired(differences, incumbent_id, direction, confidence, resamples, seed)
+        rows.append(
+            LeaderboardRow(
+                trial_id=trial_id,
+                n=n,
+                mean=mean,
+                std=std,
+                ci_low=low,
+                ci_high=high,
+                rank=position + 1,
+                vs_incumbent=comparison,
+            )
         )
-        for rank, (trial_id, n, mean, std, low, high, comparison) in enumerate(unranked, start=1)
-    ]
+    return rows
+
+
+def _intervals(
+    by_trial: dict[int, dict[int, float]], confidence: float, resamples: int, seed: int
+) -> dict[int, tuple[float, float]]:
+    """bootstrap_interval of every trial's values (in unit order), computed together.
+
+    Trials with the same number of values share the resample indices bootstrap_interval would
+    draw for them (same seed, same size), so one array operation per size gives exactly the
+    per-trial results, in a fraction of the time at thousands of trials.
+    """
+    tail = (1.0 - confidence) / 2.0
+    intervals: dict[int, tuple[float, float]] = {}
+    by_size: dict[int, list[tuple[int, list[float]]]] = {}
+    for trial_id, values_by_unit in by_trial.items():
+        values = [values_by_unit[index] for index in sorted(values_by_unit)]
+        if len(values) == 1 or all(value == values[0] for value in values):
+            intervals[trial_id] = (values[0], values[0])
+        else:
+            by_size.setdefault(len(values), []).append((trial_id, values))
+    for size, group in by_size.items():
+        draws = np.random.default_rng(seed).integers(0, size, size=(resamples, size))
+        matrix = np.array([values for _trial, values in group], dtype=float)
+        # Bounded blocks: a (trials × resamples × size) array for every trial at once could
+        # take gigabytes.
+        block = max(1, 2_000_000 // (resamples * size))
+        for start in range(0, len(group), block):
+            means = matrix[start : start + block][:, draws].mean(axis=2)
+            bounds = np.quantile(means, [tail, 1.0 - tail], axis=1)
+            for offset, (trial_id, _values) in enumerate(group[start : start + block]):
+                intervals[trial_id] = (float(bounds[0, offset]), float(bounds[1, offset]))
+    return intervals
 
 
 def _by_trial(units: Iterable[UnitValue]) -> dict[int, dict[int, float]]:

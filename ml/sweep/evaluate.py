@@ -24,7 +24,7 @@ HISTORY_TERMS = ("fit", "s", "gen", "reg", "grad_norm")
 @dataclass
 class UnitOutcome:
     metrics: dict[str, float]
-    history: dict[str, list[float]] = field(default_factory=dict)
+    history: dict[str, list[float | None]] = field(default_factory=dict)
 
 
 class HistoryRecorder:
@@ -32,7 +32,7 @@ class HistoryRecorder:
 
     def __init__(self, on_epoch: Callable[[EpochReport], bool | None] | None = None) -> None:
         self.on_epoch = on_epoch
-        self.history: dict[str, list[float]] = {}
+        self.history: dict[str, list[float | None]] = {}
 
     def __call__(self, report: EpochReport) -> bool | None:
         row = report.history_row
@@ -44,9 +44,10 @@ class HistoryRecorder:
         return None if self.on_epoch is None else self.on_epoch(report)
 
 
-def _finite(value: Any) -> float:
+def _finite(value: Any) -> float | None:
+    """The value, or None (JSON null) where it is not a finite number."""
     number = float(value)
-    return number if math.isfinite(number) else float("nan")
+    return number if math.isfinite(number) else None
 
 
 def peak_rss_bytes() -> int:
@@ -98,9 +99,10 @@ def evaluate_unit(
             }
         )
         metrics["user_spearman"] = local_metrics(local, dataset.truth_individual)["user_spearman"]
-    return UnitOutcome(
-        metrics={k: _finite(v) for k, v in metrics.items()}, history=recorder.history
-    )
+    # A metric that cannot be computed (no spread, no held-out rows) is left out: JSON has no
+    # NaN, and a missing value is what the queries and statistics treat as "not measured".
+    finite = {name: float(value) for name, value in metrics.items() if math.isfinite(value)}
+    return UnitOutcome(metrics=finite, history=recorder.history)
 
 
 def _heldout(result: CriterionResult, dataset: FrozenDataset, test: np.ndarray) -> dict[str, float]:

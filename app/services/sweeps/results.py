@@ -169,18 +169,16 @@ def _incumbent_id(session: Session, sweep: Sweep) -> int | None:
 
 
 def _unit_values(session: Session, sweep_id: int, metric: str) -> list[sweep_stats.UnitValue]:
-    rows = (
-        session.connection()
-        .execute(
-            select(Evaluation.c.trial_id, Evaluation.c.unit_index, Evaluation.c.metrics).where(
-                Evaluation.c.sweep_id == sweep_id, Evaluation.c.status == "succeeded"
-            )
-        )
-        .all()
+    # Only the metric's value crosses the wire, not each evaluation's whole metrics document.
+    rows = session.connection().execute(
+        select(
+            Evaluation.c.trial_id,
+            Evaluation.c.unit_index,
+            Evaluation.c.metrics[metric].as_float(),
+        ).where(Evaluation.c.sweep_id == sweep_id, Evaluation.c.status == "succeeded")
     )
     values = []
-    for trial_id, unit_index, metrics in rows:
-        value = (metrics or {}).get(metric)
+    for trial_id, unit_index, value in rows:
         if isinstance(value, int | float) and math.isfinite(value):
             values.append(sweep_stats.UnitValue(int(trial_id), int(unit_index), float(value)))
     return values
@@ -211,6 +209,7 @@ def leaderboard(
         direction=chosen,  # type: ignore[arg-type]
         incumbent_id=incumbent,
         confidence=confidence,
+        paired_window=(offset, limit),
     )
     trials = {
         row.id: row
