@@ -3,7 +3,6 @@
 import hashlib
 import json
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,24 +10,14 @@ from sqlalchemy import ColumnElement, and_, func, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from app.core.config import get_settings
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.errors import validation_errors as format_validation_errors
+from app.core.version import code_version
 from app.models import Criterion, TrainingMetric, TrainingRun
 from app.schemas.runs import EpochMetrics, RunCreate, RunMetrics, RunPublic
 from app.services.training_defaults import production_config
 from app.services.wakeups import wake_after_commit
 from ml.config import LicchaviConfig, config_hash
-
-
-def code_version() -> str:
-    configured = get_settings().code_version
-    if configured:
-        return configured
-    try:
-        return version("licchavi-service")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def resolved_config(
