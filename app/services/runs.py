@@ -21,11 +21,16 @@ from ml.config import LicchaviConfig, config_hash
 
 
 def resolved_config(
-    overrides: dict[str, Any], solver: str | None, defaults: LicchaviConfig | None = None
+    overrides: dict[str, Any],
+    solver: str | None,
+    defaults: LicchaviConfig | dict[str, Any] | None = None,
+    *,
+    pointer: str = "/config",
 ) -> LicchaviConfig:
-    """Validate overrides (over the promoted defaults, if any) against the engine's settings
-    (ml.config imports pydantic, not torch)."""
-    values = {**(defaults.model_dump(mode="json") if defaults else {}), **overrides}
+    """Validate overrides (over `defaults`: the promoted settings, or a trial's) against the
+    engine's settings (ml.config imports pydantic, not torch); errors point under `pointer`."""
+    base = defaults.model_dump(mode="json") if isinstance(defaults, LicchaviConfig) else defaults
+    values = {**(base or {}), **overrides}
     if solver is not None:
         values["solver"] = solver
     try:
@@ -33,7 +38,7 @@ def resolved_config(
     except ValidationError as exc:
         errors = format_validation_errors(exc.errors())
         for error in errors:
-            error["pointer"] = "/config" + error["pointer"]
+            error["pointer"] = pointer + error["pointer"]
             if error["type"] == "extra_forbidden":
                 error["message"] = "unknown setting"
         raise InvalidInput(

@@ -10,9 +10,9 @@ from sqlalchemy import String, func, select, update
 from sqlmodel import Session, col
 
 from app.core.errors import Conflict, InvalidInput, NotFound
-from app.core.errors import validation_errors as format_validation_errors
 from app.core.version import code_version, git_commit
 from app.models import Criterion, Sweep, SweepEvaluation, SweepTrial
+from app.services.runs import resolved_config
 from app.services.sweeps.execution import now_utc, record_event
 from app.services.sweeps.scheduler import add_evaluations
 from ml.config import LicchaviConfig, config_hash
@@ -47,10 +47,7 @@ def dry_run(spec: SweepSpec) -> dict[str, Any]:
     """What a submission would run: the trials (a grid's are listed) and the evaluation count."""
     units = spec.units()
     max_trials = spec.budget.max_trials or 0
-    baseline = spec.include_baseline and not (
-        spec.method == "grid"
-        and {k: spec.base[k] for k in sorted(spec.parameters)} in spec.grid()[:max_trials]
-    )
+    baseline = spec.needs_baseline(max_trials)
     if spec.method == "grid":
         points = spec.grid()[:max_trials]
         trials: list[dict[str, Any]] | None = []
@@ -358,17 +355,7 @@ def rerun_trial(
         raise NotFound(f"Trial {trial_id} is not in sweep {sweep_id}.")
     if sweep.started_at is None:
         raise Conflict(f"Sweep {sweep_id} has not started yet.")
-    try:
-        config = LicchaviConfig.model_validate({**parent.config, **overrides})
-    except ValidationError as exc:
-        errors = format_validation_errors(exc.errors())
-        for error in errors:
-            error["pointer"] = "/overrides" + error["pointer"]
-            if error["type"] == "extra_forbidden":
-                error["message"] = "unknown setting"
-        raise InvalidInput(
-            f"{errors[0]['pointer']}: {errors[0]['message']}", errors=errors
-        ) from exc
+    config = resolved_config(overrides, None, parent.config, pointer="/overrides")
     _reopen(session, sweep)
     spec = SweepSpec.model_validate(sweep.spec)
     number = (
