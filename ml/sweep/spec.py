@@ -279,6 +279,17 @@ class SweepSpec(BaseModel):
         axes = [self.parameters[name].grid_values() for name in names]
         return [dict(zip(names, point, strict=True)) for point in itertools.product(*axes)]
 
+    def base_params(self) -> dict[str, Any]:
+        """The swept parameters' values in the base settings."""
+        return {name: self.base[name] for name in sorted(self.parameters)}
+
+    def needs_baseline(self, max_trials: int) -> bool:
+        """Whether the base settings need a trial of their own: asked for, and not among the
+        grid points the budget reaches (the base point may lie beyond them)."""
+        if not self.include_baseline:
+            return False
+        return self.method != "grid" or self.base_params() not in self.grid()[:max_trials]
+
     @property
     def units_per_trial(self) -> int:
         """Evaluations of one configuration: seeds × folds (holdout) or seeds (synthetic)."""

@@ -102,10 +102,6 @@ def trial_config(spec: SweepSpec, params: dict[str, Any]) -> LicchaviConfig:
     return LicchaviConfig.model_validate({**spec.base, **params})
 
 
-def _base_params(spec: SweepSpec) -> dict[str, Any]:
-    return {name: spec.base[name] for name in sorted(spec.parameters)}
-
-
 class SweepScheduler:
     """One scheduling pass over every live sweep per `tick()`; caches studies between passes."""
 
@@ -219,16 +215,12 @@ class SweepScheduler:
                     split_fingerprint=_combined(split_fingerprints),
                 )
             )
-            if spec.include_baseline and not self._baseline_in_search(spec, max_trials):
+            if spec.needs_baseline(max_trials):
                 self._create_trial(
-                    connection, sweep_id, spec, _base_params(spec), source="baseline"
+                    connection, sweep_id, spec, spec.base_params(), source="baseline"
                 )
             record_event(connection, sweep_id=sweep_id, status="running", detail="data frozen")
         logger.info("sweep %s: prepared (%d dataset(s))", sweep_id, len(datasets))
-
-    def _baseline_in_search(self, spec: SweepSpec, max_trials: int) -> bool:
-        # Only the grid points the budget reaches are run; the base point may lie beyond them.
-        return spec.method == "grid" and _base_params(spec) in spec.grid()[:max_trials]
 
     def _freeze(
         self, connection: Connection, spec: SweepSpec
@@ -579,10 +571,7 @@ class SweepScheduler:
         if frozen.state != TrialState.RUNNING:
             return
         trial = OptunaTrial(study, optuna_id)
-        for unit in units:
-            value = unit.get(metric)
-            if unit["unit_index"] not in frozen.intermediate_values and _finite(value):
-                trial.report(float(value or 0.0), unit["unit_index"])
+        _report_units(trial, frozen, units, metric)
         if not trial.should_prune():
             return
         now = now_utc()
@@ -679,11 +668,9 @@ class SweepScheduler:
         frozen = study._storage.get_trial(optuna_id)
         if frozen.state == TrialState.RUNNING:
             if complete and len(spec.objectives) == 1:
-                trial = OptunaTrial(study, optuna_id)
-                for unit in units:
-                    value = unit.get(spec.objectives[0].metric)
-                    if unit["unit_index"] not in frozen.intermediate_values and _finite(value):
-                        trial.report(float(value or 0.0), unit["unit_index"])
+                _report_units(
+                    OptunaTrial(study, optuna_id), frozen, units, spec.objectives[0].metric
+                )
             # (tell() reads an int as a trial number; ours are storage ids, hence the Trial.)
             if complete:
                 study.tell(OptunaTrial(study, optuna_id), values)
@@ -816,6 +803,16 @@ def add_evaluations(connection: Connection, sweep_id: int, trial_id: int, spec: 
             }
         )
     connection.execute(insert(Evaluation), rows)
+
+
+def _report_units(trial: Any, frozen: Any, units: list[dict[str, Any]], metric: str) -> None:
+    """Report each unit's value to the pruner (step = unit index), once per unit."""
+    for unit in units:
+        value = unit.get(metric)
+        if unit["unit_index"] in frozen.intermediate_values or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            trial.report(float(value), unit["unit_index"])
 
 
 def _tags_text(tags: list[str]) -> str:
