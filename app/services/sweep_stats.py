@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
 
 Direction = Literal["maximize", "minimize"]
 
@@ -208,6 +207,9 @@ def _paired(
     )
     p_value = 1.0  # scipy's statistic is undefined without a non-zero difference
     if np.any(differences != 0):
+        # Imported here: SciPy costs the API's start-up a third of a second otherwise.
+        from scipy import stats
+
         p_value = float(stats.wilcoxon(differences).pvalue)
     # One pair gives a zero-width interval, which says nothing about the spread.
     if differences.size < 2:
