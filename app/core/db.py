@@ -48,6 +48,14 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def background_engine(url: str) -> Engine:
+    """An engine of its own for a background thread of a worker's main process: pool processes
+    are forked from that process and must never share the process-wide engine's connections."""
+    if url.startswith("sqlite"):
+        return make_engine(url)
+    return make_engine(url, pool_size=1, max_overflow=1)
+
+
 @lru_cache
 def _engine_for(url: str) -> Engine:
     return make_engine(url)

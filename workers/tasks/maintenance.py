@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.core.config import get_settings
-from app.core.db import get_engine, make_engine
+from app.core.db import background_engine, get_engine
 from app.models import WorkerHeartbeat
 from app.models.base import utcnow
 from app.services.sweeper import prune_superseded_scores, runs_to_wake
@@ -68,12 +68,7 @@ class RunSweeper:
 
     def __init__(self) -> None:
         settings = get_settings()
-        url = settings.resolved_database_url
-        self.engine = (
-            make_engine(url)
-            if url.startswith("sqlite")
-            else make_engine(url, pool_size=1, max_overflow=1)
-        )
+        self.engine = background_engine(settings.resolved_database_url)
         self.interval = settings.run_sweep_interval_seconds
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="run-sweeper", daemon=True)

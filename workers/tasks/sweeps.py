@@ -13,7 +13,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 
 from app.core.config import get_settings
-from app.core.db import get_engine, make_engine
+from app.core.db import background_engine, get_engine
 from app.services.sweeps import execution
 from app.services.sweeps.scheduler import SweepScheduler, release_lease
 from workers.celery_app import celery_app
@@ -82,12 +82,7 @@ class SchedulerThread:
 
     def __init__(self) -> None:
         settings = get_settings()
-        url = settings.resolved_database_url
-        self.engine = (
-            make_engine(url)
-            if url.startswith("sqlite")
-            else make_engine(url, pool_size=1, max_overflow=1)
-        )
+        self.engine = background_engine(settings.resolved_database_url)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.scheduler = SweepScheduler(
             self.engine, settings, owner=self.owner, wake=send_evaluation_wakeup
