@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -151,9 +152,31 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        if not _number_out_of_range(exc):
+            return await _unexpected(request, exc)
+        # An id or count beyond the database's integer range (PostgreSQL raises 22003, SQLite's
+        # driver OverflowError): the request is at fault, and nothing was written.
+        return problem_response(
+            request,
+            status=422,
+            slug="validation-error",
+            detail="A number in the request is outside the range the service stores.",
+        )
+
+    app.add_exception_handler(OverflowError, _out_of_range)
+    app.add_exception_handler(DataError, _out_of_range)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(
             request, status=500, slug="internal-error", detail="An unexpected error occurred."
         )
+
+
+def _number_out_of_range(exc: BaseException) -> bool:
+    if isinstance(exc, OverflowError):
+        return True
+    original = getattr(exc, "orig", None)
+    return getattr(original, "sqlstate", None) == "22003"

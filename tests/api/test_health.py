@@ -112,3 +112,15 @@ def test_the_served_app_freezes_its_start_up_objects(sqlite_engine: object) -> N
             assert client.get("/healthz").json() == {"status": "ok"}
     finally:
         gc.unfreeze()
+
+
+def test_an_id_beyond_the_integer_range_is_a_422_not_a_500(client) -> None:
+    for path in (
+        "/api/v1/training-runs/99999999999999999999",
+        "/api/v1/sweeps/99999999999999999999",
+        "/api/v1/sweeps/1/trials/99999999999999999999",
+    ):
+        response = client.get(path)
+        assert response.status_code == 422, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "outside the range" in response.json()["detail"]
