@@ -107,7 +107,7 @@ def processes(
                 "-m",
                 "uvicorn",
                 "--factory",
-                "app.main:create_app",
+                "app.main:serve_app",
                 "--port",
                 str(port),
                 "--workers",

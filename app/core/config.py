@@ -74,7 +74,10 @@ class Settings(BaseSettings):
     scores_pointer_ttl_seconds: float = Field(
         default=1.0,
         ge=0,
-        description="How long an API process may serve a published run without re-reading it.",
+        description=(
+            "How long an API process serves a published run before re-reading the pointer in the"
+            " background; one older than twice this is re-read before answering."
+        ),
     )
     sweep_lease_seconds: float = Field(
         default=30.0,

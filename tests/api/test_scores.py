@@ -1,6 +1,8 @@
 """Score endpoints on both databases, after runs trained by the real task in this process."""
 
+import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,46 @@ def test_scores_of_the_published_run_and_of_any_succeeded_run(trained: ApiClient
         assert prune_superseded_scores(connection, runs_kept=1) == []
     assert_problem(client.get(SCORES, params={"run_id": first}), 410)
     assert client.get(SCORES).json()["total"] == 100
+
+
+def test_a_published_pointer_past_its_time_to_live_is_re_read_off_the_request_path(
+    trained: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.core.config import get_settings
+    from app.services import score_pages
+
+    monkeypatch.setenv("SCORES_POINTER_TTL_SECONDS", "2")
+    get_settings.cache_clear()
+    client = trained
+    headers = client.key("runs:write")
+    first = run_now(client, headers)
+    assert client.get(SCORES).json()["run_id"] == first  # read now: remembered for 2 s
+    second = run_now(client, headers)
+    assert client.get(SCORES).json()["run_id"] == first  # within the time to live
+
+    database = str(get_engine().url)
+    criterion = score_pages._CRITERIA.values[(database, "largely_recommended")][0]
+    read_at = score_pages._POINTERS[(database, criterion)][0]
+    time.sleep(max(0.0, read_at + 2.2 - time.monotonic()))
+    # Past the time to live but within twice it: still answered from memory, and one
+    # background thread re-reads the pointer and loads the new run's ranking.
+    assert client.get(SCORES).json()["run_id"] == first
+    deadline = time.monotonic() + 30
+    while score_pages._POINTERS[(database, criterion)][1] != second:
+        assert time.monotonic() < deadline, "the pointer was not re-read"
+        time.sleep(0.05)
+    assert (database, second, criterion, 0) in score_pages._RANKINGS.values
+    # The new run's pages are rendered from memory, with no query and no thread.
+    page = score_pages.cached_global_scores(
+        database=database,
+        criterion=None,
+        order="desc",
+        limit=7,
+        offset=3,
+        min_contributors=0,
+    )
+    assert page is not None and json.loads(page)["run_id"] == second
+    assert (
+        json.loads(page)["items"]
+        == client.get(SCORES, params={"limit": 7, "offset": 3}).json()["items"]
+    )

@@ -10,6 +10,7 @@ from app.core.db import SessionDep
 from app.core.security import scoped
 from app.schemas.common import CriterionName, UserId, VideoId
 from app.schemas.scores import ScorePage, UserScores, VideoScores
+from app.services import score_pages
 from app.services import scores as service
 
 router = APIRouter(tags=["scores"])
@@ -33,7 +34,7 @@ async def list_scores(
     # no query and no thread hop (hops, and threads contending for the GIL, made a 1 s tail).
     page = None
     if run_id is None:
-        page = service.cached_global_scores(
+        page = score_pages.cached_global_scores(
             database=str(session.get_bind().engine.url),
             criterion=criterion,
             order=order,
@@ -43,7 +44,7 @@ async def list_scores(
         )
     if page is None:
         page = await run_in_threadpool(
-            service.global_scores,
+            score_pages.global_scores,
             session,
             criterion=criterion,
             order=order,
