@@ -1,9 +1,18 @@
 """Comparison payloads in Tournesol's shape, and what the API answers about them."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+    with_config,
+)
+from typing_extensions import TypedDict
 
 from app.core.config import get_settings
 from app.schemas.common import CriterionName, UserId, VideoId
@@ -45,6 +54,36 @@ class ComparisonCreate(BaseModel):
         if len(names) != len(set(names)):
             raise ValueError("each criterion may appear once in criteria_scores")
         return self
+
+
+# The same two shapes as plain dicts, for bulk JSON: pydantic checks every field constraint without
+# building a model or calling a Python validator per row (those took two thirds of a 10,000-row
+# request's validation). `comparison_checks` does what the two validators above do; a list with
+# any error goes through the models, whose messages the answer gives.
+@with_config(ConfigDict(extra="forbid"))
+class CriterionScoreFields(TypedDict):
+    criterion: CriterionName
+    score_max: NotRequired[Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] | None]
+    score: Annotated[float, Field(allow_inf_nan=False)]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class ComparisonFields(TypedDict):
+    user_id: UserId
+    video_a: VideoId
+    video_b: VideoId
+    criteria_scores: Annotated[list[CriterionScoreFields], Field(min_length=1, max_length=64)]
+
+
+def comparison_checks_pass(comparison: ComparisonFields, default_score_max: float) -> bool:
+    """What ComparisonCreate's and CriterionScore's validators check, on validated fields."""
+    if comparison["video_a"] == comparison["video_b"]:
+        return False
+    scores = comparison["criteria_scores"]
+    for score in scores:
+        if abs(score["score"]) > (score.get("score_max") or default_score_max):
+            return False
+    return len(scores) == 1 or len({score["criterion"] for score in scores}) == len(scores)
 
 
 class CriterionScoreResult(BaseModel):
