@@ -22,6 +22,14 @@ class LicchaviConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     epochs: int = Field(60, ge=1, description="maximum epochs (faithful solver)")
+    warm_epochs: int | None = Field(
+        10,
+        ge=1,
+        description="faithful solver, warm start: from the saved scores, run only the"
+        " schedule's last warm_epochs epochs, with the learning rates a cold run has there,"
+        " unless over 10% of the (user, video) pairs are new (None: always the whole schedule,"
+        " as the original's load_and_update)",
+    )
     w: float = Field(1.0, gt=0, description="weight of the L1 coupling between local and global")
     w0: float = Field(1.0, gt=0, description="weight of the global regularisation w0·Σρ²")
     lr_node: float = Field(0.9, gt=0, description="SGD learning rate of the local scores θ")

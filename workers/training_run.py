@@ -98,7 +98,7 @@ class ProgressReporter:
                     connection,
                     run_id=self.claim.run_id,
                     criterion=self.criterion,
-                    epoch=checkpoint.epoch,
+                    epoch=checkpoint.epochs_run,
                     state=checkpoint.to_bytes(),
                     is_checkpoint=True,
                 )
@@ -248,7 +248,7 @@ class TrainingExecution:
             )
             checkpoint = LicchaviState.from_bytes(payload) if payload else None
             resumable = checkpoint is not None and checkpoint.data_fingerprint == fingerprint
-            kept_epochs = checkpoint.epoch if checkpoint is not None and resumable else 0
+            kept_epochs = checkpoint.epochs_run if checkpoint is not None and resumable else 0
             connection.execute(
                 text(
                     "DELETE FROM training_metrics WHERE run_id = :run AND criterion = :criterion"
@@ -262,7 +262,7 @@ class TrainingExecution:
                     self.claim.run_id,
                     criterion,
                     "resumes" if resumable else "warm-starts from the checkpoint",
-                    checkpoint.epoch,
+                    checkpoint.epochs_run,
                 )
                 return checkpoint, kept_epochs
             if not warm_start:

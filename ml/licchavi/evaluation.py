@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ml.config import LicchaviConfig
+from ml.config import LicchaviConfig, load_config
 from ml.data import CriterionComparisons, read_comparisons
 from ml.licchavi.trainer import CriterionResult, train_criterion
 
@@ -101,20 +101,33 @@ class WarmStartCost:
     cold_seconds: float
     warm_seconds: float
     max_score_gap: float  # max |global score (warm) − global score (cold)|
+    cold_accuracy: float  # held-out global sign accuracy
+    warm_accuracy: float
+    cold_spearman: float | None  # against the truth, when given
+    warm_spearman: float | None
 
 
 def warm_start_cost(
-    data: CriterionComparisons, config: LicchaviConfig, new_fraction: float = 0.01, seed: int = 0
+    data: CriterionComparisons,
+    config: LicchaviConfig,
+    new_fraction: float = 0.01,
+    seed: int = 0,
+    truth: pd.Series | None = None,
+    heldout_fraction: float = 0.1,
 ) -> WarmStartCost:
-    """Train on all but `new_fraction` of the comparisons, then on all: cold vs warm-started."""
-    arrived_later = np.random.default_rng(seed).random(data.n_comparisons) < new_fraction
-    earlier = train_criterion(data.subset(~arrived_later), config)
+    """Hold out `heldout_fraction` of the comparisons; train on the rest but `new_fraction`, then
+    on the whole rest: cold, and warm-started from the first run; score both on the held-out."""
+    rng = np.random.default_rng(seed)
+    test = rng.random(data.n_comparisons) < heldout_fraction
+    arrived_later = rng.random(data.n_comparisons) < new_fraction
+    earlier = train_criterion(data.subset(~test & ~arrived_later), config)
     started = time.perf_counter()
-    cold = train_criterion(data, config)
+    cold = train_criterion(data.subset(~test), config)
     cold_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    warm = train_criterion(data, config, initial_state=earlier.state)
+    warm = train_criterion(data.subset(~test), config, initial_state=earlier.state)
     warm_seconds = time.perf_counter() - started
+    ratings = data.ratings[test]
     return WarmStartCost(
         config.solver,
         cold.epochs,
@@ -122,6 +135,10 @@ def warm_start_cost(
         cold_seconds,
         warm_seconds,
         float(np.abs(cold.global_scores - warm.global_scores).max()),
+        sign_accuracy(_predictions(cold, data, test)[0], ratings),
+        sign_accuracy(_predictions(warm, data, test)[0], ratings),
+        None if truth is None else spearman_vs_truth(cold, truth),
+        None if truth is None else spearman_vs_truth(warm, truth),
     )
 
 
@@ -137,8 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     heldout = commands.choices["heldout"]
     heldout.add_argument("--folds", type=int, default=5)
     heldout.add_argument("--repeats", type=int, default=1)
-    heldout.add_argument("--truth", help="truth_global.csv (video, true_score) for Spearman")
-    commands.choices["warm-start"].add_argument("--new-fraction", type=float, default=0.01)
+    warm = commands.choices["warm-start"]
+    warm.add_argument("--new-fraction", type=float, default=0.01)
+    warm.add_argument("--set", action="append", default=[], help="key=value config override")
+    for command in (heldout, warm):
+        command.add_argument("--truth", help="truth_global.csv (video, true_score) for Spearman")
     args = parser.parse_args(argv)
 
     data = read_comparisons(args.comparisons).criteria[args.criterion]
@@ -147,25 +167,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{data.n_users} users, {data.n_videos} videos"
     )
     for solver in args.solvers.split(","):
-        config = LicchaviConfig(solver=solver, compute_uncertainty=False)
+        overrides = getattr(args, "set", [])
+        config = load_config(None, [f"solver={solver}", "compute_uncertainty=false", *overrides])
+        truth = pd.read_csv(args.truth).set_index("video")["true_score"] if args.truth else None
         if args.command == "heldout":
             score = heldout_accuracy(data, config, args.folds, args.repeats, args.seed)
             line = (
                 f"{solver}: held-out sign accuracy global {score.global_accuracy:.4f}, "
                 f"local {score.local_accuracy:.4f} ({score.folds} folds)"
             )
-            if args.truth:
-                truth = pd.read_csv(args.truth).set_index("video")["true_score"]
+            if truth is not None:
                 full = train_criterion(data, config)
                 line += f", Spearman vs truth {spearman_vs_truth(full, truth):.4f}"
             print(line)
         else:
-            cost = warm_start_cost(data, config, args.new_fraction, args.seed)
-            print(
+            cost = warm_start_cost(data, config, args.new_fraction, args.seed, truth)
+            line = (
                 f"{solver}: cold {cost.cold_epochs} epochs/iterations ({cost.cold_seconds:.2f} s), "
                 f"warm {cost.warm_epochs} ({cost.warm_seconds:.2f} s), "
-                f"max |global cold − warm| {cost.max_score_gap:.2e}"
+                f"max |global cold − warm| {cost.max_score_gap:.2e}, held-out accuracy cold "
+                f"{cost.cold_accuracy:.4f} / warm {cost.warm_accuracy:.4f}"
             )
+            if cost.cold_spearman is not None:
+                line += (
+                    f", Spearman vs truth cold {cost.cold_spearman:.4f} / "
+                    f"warm {cost.warm_spearman:.4f}"
+                )
+            print(line)
     return 0
 
 

@@ -40,6 +40,30 @@ def initial_progress(config: LicchaviConfig) -> Progress:
     )
 
 
+def decay_learning_rates(progress: Progress, epoch: int, config: LicchaviConfig) -> None:
+    """The v1 schedule's decay at the start of `epoch`: every rush epoch, then every second one
+    until lr_node falls below min_lr_fine."""
+    if epoch <= config.lr_rush_duration:
+        decay = config.decay_rush
+    elif epoch % 2 == 0 and progress.lr_node >= config.min_lr_fine / config.decay_fine:
+        decay = config.decay_fine
+    else:
+        return
+    progress.lr_gen *= decay
+    progress.lr_node *= decay
+
+
+def continued_progress(config: LicchaviConfig, warm_epochs: int) -> Progress:
+    """Progress placed `warm_epochs` before the schedule's end, with the learning rates a cold
+    run has there, so a warm start runs exactly the schedule's last epochs (whatever state it
+    starts from, so that chained warm starts do not keep decaying)."""
+    progress = initial_progress(config)
+    progress.epoch = max(0, config.epochs - warm_epochs)
+    for epoch in range(1, progress.epoch + 1):
+        decay_learning_rates(progress, epoch, config)
+    return progress
+
+
 class FaithfulSolver:
     """Runs (or continues) the v1 schedule on one criterion."""
 
@@ -117,16 +141,10 @@ class FaithfulSolver:
     # ---- schedule ---------------------------------------------------------------------
     def _schedule_says_stop(self, epoch: int) -> bool:
         """Update the learning rates for this epoch; True when the equilibrium test passes."""
-        config, progress = self.config, self.progress
-        if epoch <= config.lr_rush_duration:
-            progress.lr_gen *= config.decay_rush
-            progress.lr_node *= config.decay_rush
+        config = self.config
+        decay_learning_rates(self.progress, epoch, config)
+        if epoch <= config.lr_rush_duration or epoch % 2 != 0:
             return False
-        if epoch % 2 != 0:
-            return False
-        if progress.lr_node >= config.min_lr_fine / config.decay_fine:
-            progress.lr_gen *= config.decay_fine
-            progress.lr_node *= config.decay_fine
         if self._global_equilibrium() > config.precision:
             return self._local_equilibrium() > config.precision
         return False

@@ -49,6 +49,12 @@ class LicchaviState:
     config_fingerprint: str = ""
 
     @property
+    def epochs_run(self) -> int:
+        """Epochs (iterations) the run has trained: `epoch` is the position in the schedule,
+        and a faithful warm start that continues the schedule begins inside it."""
+        return len(self.history)
+
+    @property
     def is_checkpoint(self) -> bool:
         """True for a snapshot taken mid-run (it can be resumed), False for a finished run."""
         return not self.finished

@@ -14,7 +14,7 @@ import torch
 from ml.config import LicchaviConfig
 from ml.data import ComparisonDataset, CriterionComparisons
 from ml.licchavi.converged import ConvergedSolver, stationarity
-from ml.licchavi.faithful import FaithfulSolver, initial_progress
+from ml.licchavi.faithful import FaithfulSolver, continued_progress, initial_progress
 from ml.licchavi.parameters import Parameters, Progress
 from ml.licchavi.problem import Problem, data_fingerprint, resolve_device
 from ml.licchavi.state import (
@@ -115,6 +115,22 @@ def _can_resume(
     )
 
 
+# A warm start runs only the schedule's last epochs while at most this share of the (user,
+# video) pairs has no saved local score; beyond it the saved scores say too little.
+WARM_CONTINUE_MAX_NEW_PAIRS = 0.1
+
+
+def _continues_schedule(
+    config: LicchaviConfig, parameters: Parameters, state: LicchaviState | None
+) -> bool:
+    if state is None or config.solver != "faithful" or config.warm_epochs is None:
+        return False
+    if parameters.fresh_pairs is None or parameters.theta.numel() == 0:
+        return True
+    new_share = float(parameters.fresh_pairs.float().mean())
+    return new_share <= WARM_CONTINUE_MAX_NEW_PAIRS
+
+
 @contextlib.contextmanager
 def _cpu_threads(device: torch.device) -> Iterator[None]:
     """Train with CPU_THREADS intra-op threads on the CPU, restoring the setting afterwards."""
@@ -200,12 +216,21 @@ def _train_criterion(
             parameters = aligned_parameters(
                 initial_state, data.video_ids, data.user_ids, problem, dtype, device
             )
-        progress = initial_progress(resolved)
+        if _continues_schedule(resolved, parameters, initial_state):
+            # The saved scores are already where a cold run's early epochs would take them.
+            assert resolved.warm_epochs is not None
+            progress = continued_progress(resolved, resolved.warm_epochs)
+        else:
+            progress = initial_progress(resolved)
 
     solver: FaithfulSolver | ConvergedSolver
+    # Epochs are counted from this run's start; a faithful warm start that continues the
+    # schedule begins `skipped` epochs into it (history has one row per epoch run).
+    skipped = 0
     if resolved.solver == "faithful":
         solver = FaithfulSolver(problem, resolved, parameters, progress)
-        max_epochs = resolved.epochs
+        skipped = max(0, progress.epoch - len(progress.history))
+        max_epochs = resolved.epochs - skipped
     else:
         solver = ConvergedSolver(problem, resolved, parameters, progress)
         max_epochs = progress.epoch + resolved.max_iterations
@@ -234,7 +259,7 @@ def _train_criterion(
 
         report = EpochReport(
             criterion=data.criterion,
-            epoch=progress.epoch,
+            epoch=progress.epoch - skipped,
             max_epochs=max_epochs,
             history_row=dict(row),
             elapsed=row["elapsed"],
@@ -244,7 +269,7 @@ def _train_criterion(
 
     progress = solver.run(on_epoch)
     if not progress.finished:
-        raise TrainingCancelled(data.criterion, progress.epoch, snapshot())
+        raise TrainingCancelled(data.criterion, progress.epoch - skipped, snapshot())
     final = current_parameters()
     if isinstance(solver, ConvergedSolver):
         final_stationarity = solver.stationarity
@@ -287,7 +312,8 @@ def _result(
         local_scores=parameters.theta.detach().cpu().to(torch.float64).numpy(),
         local_uncertainty=local_spread,
         history=[dict(row) for row in progress.history],
-        epochs=progress.epoch,
+        # Faithful: epochs run (a warm start that continues the schedule starts inside it).
+        epochs=len(progress.history) if config.solver == "faithful" else progress.epoch,
         converged=progress.converged,
         stationarity=final_stationarity,
         state=snapshot(),

@@ -38,9 +38,12 @@ def test_cancel_queued_and_running_runs_and_a_failure_keep_published_scores(
             assert wait_for_run(client, good, 120)["status"] == "succeeded"
             published_scores = stored_scores(good)
 
-            # A long run occupies the only worker process, so the next one stays queued.
+            # A long run (cold: a warm start would run only the schedule's last epochs) occupies
+            # the only worker process, so the next one stays queued.
             long = client.post(
-                RUNS, json={"config": {"epochs": 100_000, "precision": 1.0}}, headers=headers
+                RUNS,
+                json={"config": {"epochs": 100_000, "precision": 1.0}, "warm_start": False},
+                headers=headers,
             ).json()["id"]
             wait_for_run(client, long, 60, statuses={"running"})
             queued = client.post(RUNS, json={}, headers=headers).json()["id"]
