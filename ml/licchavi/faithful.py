@@ -162,7 +162,9 @@ class FaithfulSolver:
             losses.coupling_deviation(problem, theta, rho)
         )
         grad_s = fit.grad_s + losses.s_prior_gradient(s)
-        theta.add_(grad_theta, alpha=-self.progress.lr_node)
+        # Multiplied, then subtracted: add_(alpha=) fuses the two on some CPU builds and not
+        # others, and the last bit it changes decides later sign(θ − ρ) steps.
+        theta.sub_(grad_theta * self.progress.lr_node)
         s.sub_(self.lr_s_per_user * grad_s)
 
         # Global steps on ρ: w·coupling + w0·Σρ², using the new θ.
@@ -173,7 +175,7 @@ class FaithfulSolver:
             gen = config.w * deviation.abs().sum()
             reg = losses.regularisation(rho, config.w0)
             gradient = losses.global_gradient(problem, deviation, rho, config.w, config.w0)
-            rho.add_(gradient, alpha=-self.progress.lr_gen)
+            rho.sub_(gradient * self.progress.lr_gen)
 
         previous = self.progress.last_global_grad
         grad_sp = 0.0 if previous is None else float((previous * gradient).sum())
