@@ -64,13 +64,14 @@ def reset_caches() -> None:
     reconfigure()
 
 
-def create_database(prefix: str) -> tuple[str, Engine]:
-    """A fresh, migrated PostgreSQL database; returns its URL and an admin engine to drop it."""
+def create_database(prefix: str, options: str = "") -> tuple[str, Engine]:
+    """A fresh, migrated PostgreSQL database (`options` are CREATE DATABASE clauses); returns its
+    URL and an admin engine to drop it."""
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as connection:
-            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            connection.execute(sa.text(f'CREATE DATABASE "{name}" {options}'))
     except sa.exc.OperationalError as exc:
         admin.dispose()
         service_missing("PostgreSQL", exc)

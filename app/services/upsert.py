@@ -176,41 +176,33 @@ def _number_array(values: Iterable[float]) -> str:
 # committed meanwhile still hands back its id. Nothing is written when a criterion is unknown.
 # xmax is 0 on a freshly inserted tuple and the locking transaction's id on an updated one. Rows
 # are written in the batch's (key) order, so concurrent writers take their locks in one order.
+def _ids_by_name(table: str, ids: str) -> str:
+    """CTEs giving `ids`, the table's ids of the %(table)s names in code-point order: the names
+    found, plus the missing ones inserted (only once every criterion is known)."""
+    return f"""found_{table} AS (
+    SELECT external_id AS name, id FROM {table}
+    WHERE external_id = ANY(CAST(%({table})s AS text[]))
+), new_{table} AS (
+    INSERT INTO {table} (external_id, created_at)
+    SELECT w.name, %(now)s FROM unnest(CAST(%({table})s AS text[])) WITH ORDINALITY AS w(name, n)
+    WHERE (SELECT known FROM crit) AND w.name NOT IN (SELECT name FROM found_{table})
+    ORDER BY w.n
+    ON CONFLICT (external_id) DO UPDATE SET external_id = excluded.external_id
+    RETURNING external_id AS name, id
+), {ids} AS (
+    SELECT array_agg(id ORDER BY name COLLATE "C") AS ids FROM (
+        SELECT name, id FROM found_{table} UNION ALL SELECT name, id FROM new_{table}
+    ) AS named
+)"""
+
+
 _PG_UPSERT = """
 WITH crit AS (
     SELECT array_agg(name ORDER BY name COLLATE "C") AS names,
         array_agg(id ORDER BY name COLLATE "C") AS ids,
         count(*) = cardinality(CAST(%(criteria)s AS text[])) AS known
     FROM criteria WHERE name = ANY(CAST(%(criteria)s AS text[]))
-), found_users AS (
-    SELECT external_id AS name, id FROM users
-    WHERE external_id = ANY(CAST(%(users)s AS text[]))
-), new_users AS (
-    INSERT INTO users (external_id, created_at)
-    SELECT w.name, %(now)s FROM unnest(CAST(%(users)s AS text[])) WITH ORDINALITY AS w(name, n)
-    WHERE (SELECT known FROM crit) AND w.name NOT IN (SELECT name FROM found_users)
-    ORDER BY w.n
-    ON CONFLICT (external_id) DO UPDATE SET external_id = excluded.external_id
-    RETURNING external_id AS name, id
-), user_ids AS (
-    SELECT array_agg(id ORDER BY name ) AS ids FROM (
-        SELECT name, id FROM found_users UNION ALL SELECT name, id FROM new_users
-    ) AS named
-), found_videos AS (
-    SELECT external_id AS name, id FROM videos
-    WHERE external_id = ANY(CAST(%(videos)s AS text[]))
-), new_videos AS (
-    INSERT INTO videos (external_id, created_at)
-    SELECT w.name, %(now)s FROM unnest(CAST(%(videos)s AS text[])) WITH ORDINALITY AS w(name, n)
-    WHERE (SELECT known FROM crit) AND w.name NOT IN (SELECT name FROM found_videos)
-    ORDER BY w.n
-    ON CONFLICT (external_id) DO UPDATE SET external_id = excluded.external_id
-    RETURNING external_id AS name, id
-), video_ids AS (
-    SELECT array_agg(id ORDER BY name ) AS ids FROM (
-        SELECT name, id FROM found_videos UNION ALL SELECT name, id FROM new_videos
-    ) AS named
-), ready AS (
+), {users}, {videos}, ready AS (
     SELECT crit.known
         AND cardinality(user_ids.ids) = cardinality(CAST(%(users)s AS text[]))
         AND cardinality(video_ids.ids) = cardinality(CAST(%(videos)s AS text[])) AS ok,
@@ -233,7 +225,9 @@ WITH crit AS (
 )
 SELECT (SELECT names FROM crit), (SELECT ok FROM ready),
     count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
-"""
+""".replace("{users}", _ids_by_name("users", "user_ids")).replace(
+    "{videos}", _ids_by_name("videos", "video_ids")
+)
 
 _PG_COUNTS = "FROM written"
 

@@ -1,10 +1,11 @@
 """The one-statement upsert on PostgreSQL: unknown criteria write nothing; counts and statuses."""
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlmodel import Session
 
 from app.services.upsert import UnknownCriteria, oriented, upsert_comparisons
+from tests.conftest import create_database, drop_database
 
 
 def count(session: Session, table: str) -> int:
@@ -68,3 +69,36 @@ def test_names_with_quotes_backslashes_and_commas_round_trip(pg_session: Session
         )
     ).all()
     assert {tuple(row) for row in stored} == {row.key[:3] for row in rows}
+
+
+def test_names_map_to_their_ids_whatever_the_database_collation() -> None:
+    # postgres:16 images default to en_US.utf8, which sorts "a_b" < "ab" < "b" < "B" where
+    # Python (and COLLATE "C") sorts "B" < "a_b" < "ab" < "b"; ids must not follow the former.
+    url, admin = create_database(
+        "licchavi_collation", "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' TEMPLATE template0"
+    )
+    engine = create_engine(url)
+    names = ["b", "B", "a_b", "ab", "A"]
+    try:
+        with Session(engine) as session:
+            rows = [
+                oriented(user, f"yt:{video}", f"yt:{other}", "largely_recommended", score, 10)
+                for score, (user, video, other) in enumerate(
+                    zip(names, names, names[1:] + names[:1], strict=True)
+                )
+            ]
+            upsert_comparisons(session, rows=rows, statuses=True)
+            session.commit()
+            stored = session.execute(
+                text(
+                    "SELECT u.external_id, a.external_id, b.external_id, c.score"
+                    " FROM comparisons c JOIN users u ON u.id = c.user_id"
+                    " JOIN videos a ON a.id = c.video_a_id JOIN videos b ON b.id = c.video_b_id"
+                )
+            ).all()
+        assert sorted(tuple(row) for row in stored) == sorted(
+            (row.user, row.video_a, row.video_b, row.score) for row in rows
+        )
+    finally:
+        engine.dispose()
+        drop_database(url, admin)
