@@ -56,10 +56,10 @@ class ComparisonCreate(BaseModel):
         return self
 
 
-# The same two shapes as plain dicts, for bulk JSON: pydantic checks every field constraint without
-# building a model or calling a Python validator per row (those took two thirds of a 10,000-row
-# request's validation). `comparison_checks` does what the two validators above do; a list with
-# any error goes through the models, whose messages the answer gives.
+# The same two shapes as plain dicts, for bulk JSON: pydantic checks every field constraint
+# without building a model or calling a Python validator per row (those took two thirds of a
+# 10,000-row request's validation). `comparison_checks_pass` does what the two validators above
+# do; a list with any error goes through the models, whose messages the answer gives.
 @with_config(ConfigDict(extra="forbid"))
 class CriterionScoreFields(TypedDict):
     criterion: CriterionName

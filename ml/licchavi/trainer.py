@@ -120,15 +120,20 @@ def _can_resume(
 WARM_CONTINUE_MAX_NEW_PAIRS = 0.1
 
 
-def _continues_schedule(
+def _warm_epochs(
     config: LicchaviConfig, parameters: Parameters, state: LicchaviState | None
-) -> bool:
-    if state is None or config.solver != "faithful" or config.warm_epochs is None:
-        return False
-    if parameters.fresh_pairs is None or parameters.theta.numel() == 0:
-        return True
-    new_share = float(parameters.fresh_pairs.float().mean())
-    return new_share <= WARM_CONTINUE_MAX_NEW_PAIRS
+) -> int | None:
+    """How many of the schedule's last epochs a warm start runs; None: the whole schedule."""
+    if state is None or config.solver != "faithful":
+        return None
+    fresh = parameters.fresh_pairs
+    if (
+        fresh is not None
+        and fresh.numel() > 0
+        and float(fresh.float().mean()) > (WARM_CONTINUE_MAX_NEW_PAIRS)
+    ):
+        return None
+    return config.warm_epochs
 
 
 @contextlib.contextmanager
@@ -216,12 +221,12 @@ def _train_criterion(
             parameters = aligned_parameters(
                 initial_state, data.video_ids, data.user_ids, problem, dtype, device
             )
-        if _continues_schedule(resolved, parameters, initial_state):
-            # The saved scores are already where a cold run's early epochs would take them.
-            assert resolved.warm_epochs is not None
-            progress = continued_progress(resolved, resolved.warm_epochs)
-        else:
+        warm_epochs = _warm_epochs(resolved, parameters, initial_state)
+        if warm_epochs is None:
             progress = initial_progress(resolved)
+        else:
+            # The saved scores are already where a cold run's early epochs would take them.
+            progress = continued_progress(resolved, warm_epochs)
 
     solver: FaithfulSolver | ConvergedSolver
     # Epochs are counted from this run's start; a faithful warm start that continues the
