@@ -42,6 +42,7 @@ SEED = 42
 class Measurement:
     size: Size
     solver: str
+    kernels: str  # "numpy on cpu", "torch on cuda", ... as the command reports it
     wall_seconds: float
     cpu_seconds: float
     peak_rss_gb: float
@@ -118,11 +119,13 @@ def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measureme
     wall, cpu, peak_gb, log = run_training(train_command(data_dir, scores_dir, solver, extra))
     timings = re.search(r"read ([\d.]+) s, trained ([\d.]+) s, total ([\d.]+) s", log)
     epochs = re.findall(r"(\d+) epochs", log)
+    kernels = re.findall(r"(\w+ on \w+)\n", log)
     report = evaluate(data_dir, scores_dir, data_dir / "heldout.csv")
     metrics = next(iter(report.values()))
     return Measurement(
         size=size,
         solver=solver,
+        kernels=kernels[0] if kernels else "?",
         wall_seconds=wall,
         cpu_seconds=cpu,
         peak_rss_gb=peak_gb,
@@ -136,12 +139,12 @@ def measure(size: Size, solver: str, cache: Path, extra: list[str]) -> Measureme
 
 
 def markdown_table(measurements: list[Measurement]) -> str:
-    """Wall time split into start-up (interpreter, torch import), read, train and write."""
+    """Wall time split into start-up (interpreter and imports), read, train and write."""
     lines = [
-        "| set (users/videos/comparisons) | solver | wall s | start-up s | read s "
+        "| set (users/videos/comparisons) | solver | kernels | wall s | start-up s | read s "
         "| train s | write s | CPU s | peak RSS GB | epochs | Spearman vs truth "
         "| held-out accuracy | target | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measurements:
         target = f"≤ {m.size.target_seconds:g} s" + (
@@ -157,6 +160,7 @@ def markdown_table(measurements: list[Measurement]) -> str:
         cells = [
             f"{m.size.name} {m.size.users:,}/{m.size.videos:,}/{m.size.comparisons:,}",
             m.solver,
+            m.kernels,
             f"{m.wall_seconds:.2f}",
             _optional(startup),
             _optional(m.read_seconds),

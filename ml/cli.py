@@ -145,7 +145,8 @@ def _train(
         status = "converged" if result.converged else "stopped"
         err.print(
             f"{name}: {len(result.video_ids)} videos, {len(result.user_ids)} users, "
-            f"{result.epochs} epochs ({status}), stationarity {result.stationarity:.3g}",
+            f"{result.epochs} epochs ({status}), stationarity {result.stationarity:.3g}, "
+            f"{result.kernels} on {result.config.device}",
             highlight=False,
             soft_wrap=True,
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ INDIVIDUAL_SCORES_FILE = "individual_scores.csv"
 HISTORY_FILE = "history.csv"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.pt"
+_STATE_ARCHIVE = "state"  # torch.save names the archive's folder after the file
 HISTORY_COLUMNS = (
     "fit",
     "s",
@@ -257,21 +261,41 @@ def write_result(
 
 
 def write_states(path: str | Path, states: Mapping[str, LicchaviState]) -> None:
-    """Save {criterion: state bytes} with torch.save (loadable with weights_only=True)."""
-    import torch
+    """Save {criterion: state bytes} in torch.save's zip layout, without importing torch.
 
-    torch.save({name: state.to_bytes() for name, state in states.items()}, path)
+    The file stays loadable with torch.load(path, weights_only=True) (a protocol-2 pickle of a
+    dict of bytes plus the archive's version records), and read_states reads it without torch.
+    """
+    payload = {name: state.to_bytes() for name, state in states.items()}
+    if any(not blob for blob in payload.values()):
+        # protocol 2 pickles b"" as a call to bytes(), which weights_only loading refuses
+        raise ValueError("state: empty state bytes")
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(f"{_STATE_ARCHIVE}/data.pkl", pickle.dumps(payload, protocol=2))
+        archive.writestr(f"{_STATE_ARCHIVE}/byteorder", "little")
+        archive.writestr(f"{_STATE_ARCHIVE}/version", "3\n")
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """Allows the one global a protocol-2 pickle of bytes needs, nothing that runs code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return codecs.encode
+        raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
 
 
 def read_states(path: str | Path) -> dict[str, LicchaviState]:
-    """Load the states written by write_states, for a warm start."""
-    import torch
-
+    """Load the states written by write_states (or by torch.save of the same mapping)."""
     from ml.licchavi import LicchaviState
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        with zipfile.ZipFile(path) as archive:
+            pickled = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            if len(pickled) != 1:
+                raise ValueError("no data.pkl record")
+            payload = _StateUnpickler(io.BytesIO(archive.read(pickled[0]))).load()
+    except (OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path}: not a saved state file ({reason})") from error
     if not isinstance(payload, dict) or not all(isinstance(v, bytes) for v in payload.values()):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -26,6 +25,7 @@ from ml.config import LicchaviConfig
 from ml.licchavi import losses
 from ml.licchavi.parameters import Parameters, Progress
 from ml.licchavi.problem import Problem
+from ml.licchavi.subgradient import PackedLayout, pseudo_gradient, smooth_part
 
 HISTORY_SIZE = 12
 MAX_CG_STEPS = 200
@@ -33,72 +33,6 @@ ARMIJO = 1e-4
 MAX_BACKTRACKS = 50
 
 IterationCallback = Callable[[dict[str, float]], bool]
-
-
-@dataclass
-class SmoothPart:
-    value: float
-    grad: torch.Tensor  # over the packed vector [x, ρ, s]
-    fit: float
-    s_prior: float
-    reg: float
-
-
-class PackedLayout:
-    """Slices of the packed vector z = [x (pairs), ρ (videos), s (users)]."""
-
-    def __init__(self, problem: Problem) -> None:
-        self.problem = problem
-        self.n_pairs = problem.n_pairs
-        self.n_videos = problem.n_videos
-        self.n_users = problem.n_users
-        self.size = self.n_pairs + self.n_videos + self.n_users
-
-    def split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = z[: self.n_pairs]
-        rho = z[self.n_pairs : self.n_pairs + self.n_videos]
-        s = z[self.n_pairs + self.n_videos :]
-        return x, rho, s
-
-    def pack(self, parameters: Parameters) -> torch.Tensor:
-        theta = parameters.theta.to(torch.float64)
-        rho = parameters.rho.to(torch.float64)
-        x = theta - rho.index_select(0, self.problem.pair_video)
-        if parameters.fresh_pairs is not None:
-            # A score nobody fitted yet starts tied to the global one (x = 0), not at 0: the
-            # closest guess, so a warm start only has to fit the new comparisons.
-            x = torch.where(parameters.fresh_pairs, 0.0, x)
-        return torch.cat([x, rho, parameters.s.to(torch.float64)])
-
-    def theta(self, z: torch.Tensor) -> torch.Tensor:
-        x, rho, _ = self.split(z)
-        return x + rho.index_select(0, self.problem.pair_video)
-
-
-def smooth_part(
-    layout: PackedLayout, z: torch.Tensor, w0: float, optimise_s: bool = True
-) -> SmoothPart:
-    """F = fit + s-prior + w0·Σρ² and its gradient in the (x, ρ, s) coordinates.
-
-    With optimise_s False the s block of the gradient is zero, so s stays where it started.
-    """
-    problem = layout.problem
-    x, rho, s = layout.split(z)
-    if bool((s <= 0).any()):
-        return SmoothPart(float("inf"), torch.zeros_like(z), float("inf"), float("inf"), 0.0)
-    theta = x + rho.index_select(0, problem.pair_video)
-    fit = losses.fit_terms(problem, theta, s)
-    s_prior = losses.s_prior(s)
-    reg = losses.regularisation(rho, w0)
-    grad = torch.cat(
-        [
-            fit.grad_theta,
-            problem.sum_per_video(fit.grad_theta) + 2 * w0 * rho,
-            fit.grad_s + losses.s_prior_gradient(s) if optimise_s else torch.zeros_like(s),
-        ]
-    )
-    fit_value, s_value, reg_value = float(fit.value), float(s_prior), float(reg)
-    return SmoothPart(fit_value + s_value + reg_value, grad, fit_value, s_value, reg_value)
 
 
 CURVATURE_FLOOR = 1e-3
@@ -116,32 +50,13 @@ def inverse_curvature(layout: PackedLayout, z: torch.Tensor, w0: float) -> torch
     theta = x + rho.index_select(0, problem.pair_video)
     scale = s.index_select(0, problem.comparison_user)
     difference = theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
-    curvature = losses.bt_second_derivative(scale * difference)
+    curvature = losses.bt_second_derivative(problem.kernels, scale * difference)
     per_pair = torch.zeros(layout.n_pairs, dtype=z.dtype, device=z.device)
     per_pair.scatter_add_(0, problem.pair_a, curvature * scale * scale)
     per_pair.scatter_add_(0, problem.pair_b, curvature * scale * scale)
     per_video = problem.sum_per_video(per_pair) + 2 * w0
     per_user = problem.sum_per_user(curvature * difference * difference) + 1 + 1 / (s * s)
     return torch.cat([per_pair, per_video, per_user]).clamp_min_(CURVATURE_FLOOR).reciprocal_()
-
-
-def pseudo_gradient(layout: PackedLayout, z: torch.Tensor, grad: torch.Tensor, w: float):
-    """Minimal-norm subgradient of F + w‖x‖₁ (zero exactly at stationary points of J)."""
-    n = layout.n_pairs
-    x, g = z[:n], grad[:n]
-    at_zero = torch.sign(g) * (g.abs() - w).clamp_min(0)
-    pg_x = torch.where(x != 0, g + w * torch.sign(x), at_zero)
-    return torch.cat([pg_x, grad[n:]])
-
-
-def stationarity(
-    problem: Problem, parameters: Parameters, w: float, w0: float, optimise_s: bool = True
-) -> float:
-    """max |minimal-norm subgradient of J| at the given parameters (float64)."""
-    layout = PackedLayout(problem)
-    z = layout.pack(parameters)
-    smooth = smooth_part(layout, z, w0, optimise_s)
-    return float(pseudo_gradient(layout, z, smooth.grad, w).abs().max())
 
 
 class ConvergedSolver:
@@ -202,7 +117,7 @@ class ConvergedSolver:
         theta = x + rho.index_select(0, problem.pair_video)
         scale = s.index_select(0, problem.comparison_user)
         difference = theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
-        weight = losses.bt_second_derivative(scale * difference) * scale * scale
+        weight = losses.bt_second_derivative(problem.kernels, scale * difference) * scale * scale
         free = torch.ones_like(z)
         free[:n] = ((x != 0) | (pg[:n] != 0)).to(z.dtype)
         free[n + n_videos :] = 0.0

@@ -12,31 +12,22 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from ml.config import LicchaviConfig
 from ml.licchavi import losses
+from ml.licchavi.kernels import Array
 from ml.licchavi.parameters import Parameters, Progress
 from ml.licchavi.problem import Problem
+from ml.licchavi.random_draws import RandomBits, initial_state
 
 S_RESET_VALUE = 0.4  # the original resets a non-positive s_n to this value
 
 EpochCallback = Callable[[dict[str, float]], bool]
 
 
-def new_generator(seed: int) -> torch.Generator:
-    """A private CPU generator: the same stream as torch.manual_seed(seed) + the global RNG,
-    without touching global state shared with the rest of the process."""
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(seed)
-    return generator
-
-
 def initial_progress(config: LicchaviConfig) -> Progress:
     return Progress(
-        lr_node=config.lr_node,
-        lr_gen=config.lr_gen,
-        rng_state=new_generator(config.seed).get_state(),
+        lr_node=config.lr_node, lr_gen=config.lr_gen, rng_state=initial_state(config.seed)
     )
 
 
@@ -65,7 +56,7 @@ def continued_progress(config: LicchaviConfig, warm_epochs: int) -> Progress:
 
 
 class FaithfulSolver:
-    """Runs (or continues) the v1 schedule on one criterion."""
+    """Runs (or continues) the v1 schedule on one criterion, on the problem's kernels."""
 
     def __init__(
         self,
@@ -75,68 +66,62 @@ class FaithfulSolver:
         progress: Progress,
     ) -> None:
         self.problem = problem
+        self.kernels = problem.kernels
         self.config = config
         self.parameters = parameters
         self.progress = progress
-        self.generator = torch.Generator(device="cpu")
-        if progress.rng_state is not None:
-            self.generator.set_state(progress.rng_state)
-        else:
-            self.generator.manual_seed(config.seed)
-        dtype = parameters.theta.dtype
+        saved = progress.rng_state
+        self.random_bits = RandomBits(saved if saved is not None else initial_state(config.seed))
         # lr_s is divided by |D_n| and never decayed; SGD applies it in the working precision.
-        self.lr_s_per_user = (
-            config.lr_s / problem.comparisons_per_user.to(torch.float64).clamp_min(1)
-        ).to(dtype)
+        per_user = config.lr_s / np.maximum(problem.comparisons_per_user.astype(np.float64), 1)
+        self.lr_s_per_user = self.kernels.array(per_user, problem.dtype)
 
     # ---- equilibrium test -------------------------------------------------------------
-    def _random_signs(self) -> torch.Tensor:
+    def _random_signs(self) -> Array:
         """±epsilon per video, drawn as the original did: randint(2) mapped to ±epsilon."""
-        draw = torch.randint(2, size=(1, self.problem.n_videos), generator=self.generator)[0]
-        dtype = self.parameters.rho.dtype
-        signs = (draw.to(dtype) - 0.5) * 2
-        return (signs * self.config.epsilon).to(self.parameters.rho.device)
+        draw = self.random_bits.draw(self.problem.n_videos)
+        # (draw − 0.5) · 2 · epsilon in the working precision: exactly ±epsilon.
+        epsilon = np.array(self.config.epsilon, dtype=self.problem.dtype)
+        return self.kernels.array(np.where(draw == 1, epsilon, -epsilon), self.problem.dtype)
 
     def _global_equilibrium(self) -> float:
         """Fraction of ρ coordinates whose derivative points back toward ρ at ρ ± δ."""
-        rho, theta = self.parameters.rho, self.parameters.theta
         increment = self._random_signs()
-        config = self.config
-
-        def signed_derivative(delta: torch.Tensor) -> torch.Tensor:
-            # Shift in place and back, as the original did (float rounding included).
-            rho.add_(delta)
-            deviation = losses.coupling_deviation(self.problem, theta, rho)
-            gradient = losses.global_gradient(self.problem, deviation, rho, config.w, config.w0)
-            rho.sub_(delta)
-            return gradient * delta
-
-        plus = signed_derivative(increment)
-        minus = signed_derivative(-increment)
-        at_equilibrium = torch.count_nonzero((plus > 0) & (minus > 0)).item()
+        plus = self._global_signed_derivative(increment)
+        minus = self._global_signed_derivative(-increment)
+        at_equilibrium = self.kernels.count_nonzero((plus > 0) & (minus > 0))
         return float(np.float32(at_equilibrium) / np.float32(self.problem.n_videos))
+
+    def _global_signed_derivative(self, delta: Array) -> Array:
+        """δ · ∂/∂ρ at ρ + δ, shifting ρ in place and back as the original did (float rounding
+        included)."""
+        rho, config = self.parameters.rho, self.config
+        rho += delta
+        deviation = losses.coupling_deviation(self.problem, self.parameters.theta, rho)
+        gradient = losses.global_gradient(self.problem, deviation, rho, config.w, config.w0)
+        rho -= delta
+        return gradient * delta
 
     def _local_equilibrium(self) -> float:
         """Same test on θ (one shared ±δ per video), over coordinates with a non-zero derivative."""
-        theta, rho, s = self.parameters.theta, self.parameters.rho, self.parameters.s
-        increment = self._random_signs().index_select(0, self.problem.pair_video)
-        w = self.config.w
-
-        def signed_derivative(delta: torch.Tensor) -> torch.Tensor:
-            theta.add_(delta)
-            fit = losses.fit_terms(self.problem, theta, s)
-            deviation = losses.coupling_deviation(self.problem, theta, rho)
-            gradient = fit.grad_theta + w * torch.sign(deviation)
-            theta.sub_(delta)
-            return gradient * delta
-
-        plus = signed_derivative(increment)
-        minus = signed_derivative(-increment)
-        at_equilibrium = torch.count_nonzero((plus > 0) & (minus > 0)).item()
-        used = torch.count_nonzero((plus != 0) | (minus != 0)).item()
+        increment = self.kernels.take(self._random_signs(), self.problem.pair_video)
+        plus = self._local_signed_derivative(increment)
+        minus = self._local_signed_derivative(-increment)
+        at_equilibrium = self.kernels.count_nonzero((plus > 0) & (minus > 0))
+        used = self.kernels.count_nonzero((plus != 0) | (minus != 0))
         if used == 0:
             return float("nan")
         return float(np.float32(at_equilibrium) / np.float32(used))
+
+    def _local_signed_derivative(self, delta: Array) -> Array:
+        """δ · ∂/∂θ of fit + w·coupling at θ + δ, shifting θ in place and back."""
+        theta, parameters = self.parameters.theta, self.parameters
+        theta += delta
+        fit = losses.fit_terms(self.problem, theta, parameters.s)
+        deviation = losses.coupling_deviation(self.problem, theta, parameters.rho)
+        gradient = fit.grad_theta + self.config.w * self.kernels.sign(deviation)
+        theta -= delta
+        return gradient * delta
 
     # ---- schedule ---------------------------------------------------------------------
     def _schedule_says_stop(self, epoch: int) -> bool:
@@ -151,44 +136,44 @@ class FaithfulSolver:
 
     # ---- one epoch --------------------------------------------------------------------
     def _epoch(self) -> dict[str, float]:
-        config, problem, parameters = self.config, self.problem, self.parameters
+        config, problem, parameters, k = self.config, self.problem, self.parameters, self.kernels
         theta, rho, s = parameters.theta, parameters.rho, parameters.s
-        s.masked_fill_(s <= 0, S_RESET_VALUE)
+        s[s <= 0] = S_RESET_VALUE
 
         # Local step on (θ, s): fit + s-prior + w·coupling, ρ fixed.
         fit = losses.fit_terms(problem, theta, s)
-        s_term = losses.s_prior(s)
-        grad_theta = fit.grad_theta + config.w * torch.sign(
+        s_term = losses.s_prior(k, s)
+        grad_theta = fit.grad_theta + config.w * k.sign(
             losses.coupling_deviation(problem, theta, rho)
         )
         grad_s = fit.grad_s + losses.s_prior_gradient(s)
-        # Multiplied, then subtracted: add_(alpha=) fuses the two on some CPU builds and not
-        # others, and the last bit it changes decides later sign(θ − ρ) steps.
-        theta.sub_(grad_theta * self.progress.lr_node)
-        s.sub_(self.lr_s_per_user * grad_s)
+        # Multiplied, then subtracted: a fused multiply-add (torch's add_(alpha=) on some CPU
+        # builds) changes last bits that decide later sign(θ − ρ) steps.
+        theta -= grad_theta * self.progress.lr_node
+        s -= self.lr_s_per_user * grad_s
 
         # Global steps on ρ: w·coupling + w0·Σρ², using the new θ.
-        gen = reg = torch.zeros((), dtype=rho.dtype)
-        gradient = torch.zeros_like(rho)
+        gen = reg = 0.0
+        gradient = k.zeros(problem.n_videos, problem.dtype)
         for _ in range(config.gen_freq):
             deviation = losses.coupling_deviation(problem, theta, rho)
-            gen = config.w * deviation.abs().sum()
-            reg = losses.regularisation(rho, config.w0)
+            gen = config.w * k.total(abs(deviation))
+            reg = losses.regularisation(k, rho, config.w0)
             gradient = losses.global_gradient(problem, deviation, rho, config.w, config.w0)
-            rho.sub_(gradient * self.progress.lr_gen)
+            rho -= gradient * self.progress.lr_gen
 
         previous = self.progress.last_global_grad
-        grad_sp = 0.0 if previous is None else float((previous * gradient).sum())
+        grad_sp = 0.0 if previous is None else k.total(previous * gradient)
         self.progress.last_global_grad = gradient
         parameters.age += 1
         return {
-            "fit": float(fit.value),
-            "s": float(s_term),
-            "gen": float(gen),
-            "reg": float(reg),
-            "l2_norm": float(torch.linalg.vector_norm(rho)),
+            "fit": fit.value,
+            "s": s_term,
+            "gen": gen,
+            "reg": reg,
+            "l2_norm": k.norm(rho),
             "grad_sp": grad_sp,
-            "grad_norm": float((gradient * gradient).sum()),
+            "grad_norm": k.total(gradient * gradient),
         }
 
     def run(self, on_epoch: EpochCallback | None = None) -> Progress:
@@ -204,9 +189,9 @@ class FaithfulSolver:
             row["elapsed"] = elapsed_before + time.perf_counter() - started
             progress.history.append(row)
             progress.epoch = epoch
-            progress.rng_state = self.generator.get_state()
+            progress.rng_state = self.random_bits.state()
             if on_epoch is not None and on_epoch(row) is False:
                 return progress
         progress.finished = True
-        progress.rng_state = self.generator.get_state()
+        progress.rng_state = self.random_bits.state()
         return progress

@@ -16,8 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
+from ml.licchavi.kernels import Array, Kernels
 from ml.licchavi.problem import Problem
 
 LOG_TWO = math.log(2.0)
@@ -28,38 +27,30 @@ LARGE_T = 10.0
 SERIES_T = 0.5
 
 
-def _series_threshold(t: torch.Tensor) -> float:
-    return SERIES_T if t.dtype != torch.float64 else 0.0
+def _series_threshold(kernels: Kernels, t: Array) -> float:
+    return SERIES_T if kernels.dtype_name(t) != "float64" else 0.0
 
 
-def _one_minus_exp(x: torch.Tensor) -> torch.Tensor:
-    """−expm1(x), in float64 and rounded once for float32 input: the SIMD and the scalar
-    float32 expm1 kernels differ in the last bit, and the faithful solver's sign(θ − ρ) steps
-    turn such bits into whole learning-rate steps (up to 0.2 in a global score at 100k
-    comparisons between two CPU builds). Rounded once, the result is the same on both."""
-    if x.dtype == torch.float32:
-        return torch.expm1(x.to(torch.float64)).neg_().to(torch.float32)
-    return torch.expm1(x).neg_()
-
-
-def bt_loss_and_derivative(t: torch.Tensor, ratings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def bt_loss_and_derivative(kernels: Kernels, t: Array, ratings: Array) -> tuple[Array, Array]:
     """f(t, r) and f'(t, r) = coth t − 1/t + r per comparison.
 
     Written with one exp and one log per comparison and few selects: this is the innermost
-    loop of every epoch.
+    loop of every epoch. −expm1 is rounded once from float64 (Kernels.one_minus_exp), so the
+    result has the same bits on every CPU and on both kernel sets.
     """
-    magnitude = t.abs()
+    k = kernels
+    magnitude = abs(t)
     small = magnitude <= SMALL_T
-    clamped = magnitude.clamp_min(SMALL_T)  # keeps the unselected branch finite at t = 0
-    one_minus_e = _one_minus_exp(clamped * -2)  # 1 − e^(−2m), accurate for small m
-    even_part = torch.where(
-        small,
-        magnitude * magnitude / 6 + LOG_TWO,
-        torch.log(one_minus_e / clamped).add_(clamped),
-    )
+    clamped = k.clamp(magnitude, SMALL_T)  # keeps the unselected branch finite at t = 0
+    one_minus_e = k.one_minus_exp(clamped * -2)  # 1 − e^(−2m), accurate for small m
+    log_part = k.log(one_minus_e / clamped)
+    log_part += clamped
+    even_part = k.where(small, magnitude * magnitude / 6 + LOG_TWO, log_part)
     # coth m = (1 + e) / (1 − e) = (2 − (1 − e)) / (1 − e)
-    odd_slope = (2 - one_minus_e).div_(one_minus_e).sub_(clamped.reciprocal())
-    threshold = _series_threshold(t)
+    odd_slope = 2 - one_minus_e
+    odd_slope /= one_minus_e
+    odd_slope -= 1 / clamped
+    threshold = _series_threshold(k, t)
     if threshold > 0:
         squared = magnitude * magnitude
         series = magnitude * (
@@ -67,115 +58,105 @@ def bt_loss_and_derivative(t: torch.Tensor, ratings: torch.Tensor) -> tuple[torc
             + squared
             * (-1 / 45 + squared * (2 / 945 + squared * (-1 / 4725 + squared * 2 / 93555)))
         )
-        odd_slope = torch.where(magnitude < threshold, series, odd_slope)
+        odd_slope = k.where(magnitude < threshold, series, odd_slope)
     else:
-        odd_slope = torch.where(small, magnitude / 3, odd_slope)
-    loss = even_part.add_(ratings * t)
-    derivative = torch.sign(t).mul_(odd_slope).add_(ratings)
-    return loss, derivative
+        odd_slope = k.where(small, magnitude / 3, odd_slope)
+    even_part += ratings * t
+    derivative = k.sign(t)
+    derivative *= odd_slope
+    derivative += ratings
+    return even_part, derivative
 
 
-def bt_second_derivative(t: torch.Tensor) -> torch.Tensor:
+def bt_second_derivative(kernels: Kernels, t: Array) -> Array:
     """f''(t) = 1/t² − 1/sinh²(t), consistent with the piecewise f (1/3 near 0, 1/t² far)."""
-    magnitude = t.abs()
+    k = kernels
+    magnitude = abs(t)
     small = magnitude <= SMALL_T
     large = magnitude >= LARGE_T
-    medium = magnitude.clamp(SMALL_T, LARGE_T)
+    medium = k.clamp(magnitude, SMALL_T, LARGE_T)
     squared = medium * medium
-    exact = 1 / squared - 1 / torch.sinh(medium) ** 2
-    threshold = _series_threshold(t)
+    exact = 1 / squared - 1 / k.sinh(medium) ** 2
+    threshold = _series_threshold(k, t)
     if threshold > 0:
         series = 1 / 3 + squared * (
             -1 / 15 + squared * (2 / 189 + squared * (-1 / 675 + squared * 2 / 10395))
         )
-        exact = torch.where(medium < threshold, series, exact)
-    large_arg = magnitude.clamp_min(LARGE_T)
-    return torch.where(
-        small, torch.full_like(t, 1 / 3), torch.where(large, 1 / (large_arg * large_arg), exact)
-    )
+        exact = k.where(medium < threshold, series, exact)
+    large_arg = k.clamp(magnitude, LARGE_T)
+    return k.where(small, 1 / 3, k.where(large, 1 / (large_arg * large_arg), exact))
 
 
 @dataclass(frozen=True)
 class FitTerms:
     """The fit term at (θ, s) and its gradients."""
 
-    value: torch.Tensor  # scalar
-    grad_theta: torch.Tensor  # per pair
-    grad_s: torch.Tensor  # per user
-    comparison_derivative: torch.Tensor  # f'(t) per comparison, reused by callers
+    value: float
+    grad_theta: Array  # per pair
+    grad_s: Array  # per user
+    comparison_derivative: Array  # f'(t) per comparison, reused by callers
 
 
-def fit_terms(problem: Problem, theta: torch.Tensor, s: torch.Tensor) -> FitTerms:
+def fit_terms(problem: Problem, theta: Array, s: Array) -> FitTerms:
     """Σ f(s_n (θ_a − θ_b), r) with ∂/∂θ (per pair) and ∂/∂s (per user)."""
-    difference = theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
-    scale = s.index_select(0, problem.comparison_user)
-    loss, derivative = bt_loss_and_derivative(scale * difference, problem.ratings)
+    k = problem.kernels
+    difference = k.take(theta, problem.pair_a) - k.take(theta, problem.pair_b)
+    scale = k.take(s, problem.comparison_user)
+    loss, derivative = bt_loss_and_derivative(k, scale * difference, problem.ratings)
     return FitTerms(
-        value=loss.sum(),
+        value=k.total(loss),
         grad_theta=problem.sum_per_pair(derivative * scale),
         grad_s=problem.sum_per_user(derivative * difference),
         comparison_derivative=derivative,
     )
 
 
-def fit_value(problem: Problem, theta: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def fit_value(problem: Problem, theta: Array, s: Array) -> float:
     """Σ f(s_n (θ_a − θ_b), r) only."""
-    t = s.index_select(0, problem.comparison_user) * (
-        theta.index_select(0, problem.pair_a) - theta.index_select(0, problem.pair_b)
+    k = problem.kernels
+    t = k.take(s, problem.comparison_user) * (
+        k.take(theta, problem.pair_a) - k.take(theta, problem.pair_b)
     )
-    return bt_loss_and_derivative(t, problem.ratings)[0].sum()
+    return k.total(bt_loss_and_derivative(k, t, problem.ratings)[0])
 
 
-def s_prior(s: torch.Tensor) -> torch.Tensor:
+def s_prior(kernels: Kernels, s: Array) -> float:
     """Σ (s²/2 − log s): keeps every scale near 1."""
-    return (0.5 * s * s - torch.log(s)).sum()
+    return kernels.total(0.5 * s * s - kernels.log(s))
 
 
-def s_prior_gradient(s: torch.Tensor) -> torch.Tensor:
+def s_prior_gradient(s: Array) -> Array:
     return s - 1 / s
 
 
-def coupling_deviation(problem: Problem, theta: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+def coupling_deviation(problem: Problem, theta: Array, rho: Array) -> Array:
     """θ_nv − ρ_v for every (user, video) pair."""
-    return theta - rho.index_select(0, problem.pair_video)
+    return theta - problem.kernels.take(rho, problem.pair_video)
 
 
-def regularisation(rho: torch.Tensor, w0: float) -> torch.Tensor:
-    return w0 * (rho * rho).sum()
+def regularisation(kernels: Kernels, rho: Array, w0: float) -> float:
+    return w0 * kernels.total(rho * rho)
 
 
-def global_gradient(
-    problem: Problem, deviation: torch.Tensor, rho: torch.Tensor, w: float, w0: float
-) -> torch.Tensor:
+def global_gradient(problem: Problem, deviation: Array, rho: Array, w: float, w0: float) -> Array:
     """∂/∂ρ of w·Σ|θ − ρ| + w0·Σρ², taking sign(0) = 0 like torch's |x|."""
-    return problem.sum_per_video(torch.sign(deviation)) * (-w) + 2 * w0 * rho
+    return problem.sum_per_video(problem.kernels.sign(deviation)) * (-w) + 2 * w0 * rho
 
 
-def objective(
-    problem: Problem,
-    theta: torch.Tensor,
-    rho: torch.Tensor,
-    s: torch.Tensor,
-    w: float,
-    w0: float,
-) -> torch.Tensor:
-    """J(θ, s, ρ) as a scalar tensor."""
-    coupling = w * coupling_deviation(problem, theta, rho).abs().sum()
-    return fit_value(problem, theta, s) + s_prior(s) + coupling + regularisation(rho, w0)
+def objective(problem: Problem, theta: Array, rho: Array, s: Array, w: float, w0: float) -> float:
+    """J(θ, s, ρ)."""
+    k = problem.kernels
+    coupling = w * k.total(abs(coupling_deviation(problem, theta, rho)))
+    return fit_value(problem, theta, s) + s_prior(k, s) + coupling + regularisation(k, rho, w0)
 
 
 def objective_gradients(
-    problem: Problem,
-    theta: torch.Tensor,
-    rho: torch.Tensor,
-    s: torch.Tensor,
-    w: float,
-    w0: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    problem: Problem, theta: Array, rho: Array, s: Array, w: float, w0: float
+) -> tuple[Array, Array, Array]:
     """(∂J/∂θ, ∂J/∂ρ, ∂J/∂s) with sign(0) = 0 for the |·| terms."""
     fit = fit_terms(problem, theta, s)
     deviation = coupling_deviation(problem, theta, rho)
-    grad_theta = fit.grad_theta + w * torch.sign(deviation)
+    grad_theta = fit.grad_theta + w * problem.kernels.sign(deviation)
     grad_rho = global_gradient(problem, deviation, rho, w, w0)
     grad_s = fit.grad_s + s_prior_gradient(s)
     return grad_theta, grad_rho, grad_s

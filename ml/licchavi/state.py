@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from ml.licchavi.kernels import Array
 from ml.licchavi.parameters import Parameters, Progress
 from ml.licchavi.problem import Problem
 
@@ -142,11 +142,8 @@ def capture_state(
     data_fingerprint: str,
     config_fingerprint: str,
 ) -> LicchaviState:
-    """Copy the current tensors into a LicchaviState (on the CPU)."""
-
-    def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-        return np.array(tensor.detach().cpu().numpy(), copy=True)
-
+    """Copy the current parameters into a LicchaviState (on the host)."""
+    to_numpy = problem.kernels.to_numpy
     return LicchaviState(
         criterion=criterion,
         solver=solver,
@@ -166,7 +163,7 @@ def capture_state(
         rng_state=(
             np.zeros(0, dtype=np.uint8)
             if progress.rng_state is None
-            else progress.rng_state.cpu().numpy().copy()
+            else np.array(progress.rng_state, dtype=np.uint8, copy=True)
         ),
         last_global_grad=(
             np.zeros(0)
@@ -180,12 +177,7 @@ def capture_state(
 
 
 def aligned_parameters(
-    state: LicchaviState,
-    video_ids: np.ndarray,
-    user_ids: np.ndarray,
-    problem: Problem,
-    dtype: torch.dtype,
-    device: torch.device,
+    state: LicchaviState, video_ids: np.ndarray, user_ids: np.ndarray, problem: Problem
 ) -> Parameters:
     """Warm start ("load_and_update"): map a saved state onto new data by id.
 
@@ -219,45 +211,37 @@ def aligned_parameters(
     fresh = np.ones(len(new_keys), dtype=bool)
     fresh[slot[found]] = False
 
-    def as_tensor(array: np.ndarray, tensor_dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(array).to(device=device, dtype=tensor_dtype)
-
+    kernels, dtype = problem.kernels, problem.dtype
     return Parameters(
-        theta=as_tensor(theta, dtype),
-        rho=as_tensor(rho, dtype),
-        s=as_tensor(s, dtype),
-        age=as_tensor(age, torch.int64),
-        fresh_pairs=torch.from_numpy(fresh).to(device),
+        theta=kernels.array(theta, dtype),
+        rho=kernels.array(rho, dtype),
+        s=kernels.array(s, dtype),
+        age=kernels.array(age, "int64"),
+        fresh_pairs=fresh,
     )
 
 
-def restored_parameters(
-    state: LicchaviState, dtype: torch.dtype, device: torch.device
-) -> Parameters:
+def restored_parameters(state: LicchaviState, problem: Problem) -> Parameters:
     """Parameters of a checkpoint taken on the same data (same indices), exactly as saved."""
-
-    def as_tensor(array: np.ndarray, tensor_dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(np.array(array, copy=True)).to(device=device, dtype=tensor_dtype)
-
+    kernels, dtype = problem.kernels, problem.dtype
     return Parameters(
-        theta=as_tensor(state.theta, dtype),
-        rho=as_tensor(state.rho, dtype),
-        s=as_tensor(state.s, dtype),
-        age=as_tensor(state.age, torch.int64),
+        theta=kernels.array(np.array(state.theta, copy=True), dtype),
+        rho=kernels.array(np.array(state.rho, copy=True), dtype),
+        s=kernels.array(np.array(state.s, copy=True), dtype),
+        age=kernels.array(np.array(state.age, copy=True), "int64"),
     )
 
 
-def restored_progress(state: LicchaviState, dtype: torch.dtype, device: torch.device) -> Progress:
+def restored_progress(state: LicchaviState, problem: Problem) -> Progress:
+    last_global_grad: Array | None = None
+    if state.last_global_grad.size:
+        last_global_grad = problem.kernels.array(state.last_global_grad.copy(), problem.dtype)
     return Progress(
         epoch=state.epoch,
         lr_node=state.lr_node,
         lr_gen=state.lr_gen,
-        rng_state=torch.from_numpy(state.rng_state.copy()) if state.rng_state.size else None,
-        last_global_grad=(
-            torch.from_numpy(state.last_global_grad.copy()).to(device=device, dtype=dtype)
-            if state.last_global_grad.size
-            else None
-        ),
+        rng_state=state.rng_state.copy() if state.rng_state.size else None,
+        last_global_grad=last_global_grad,
         history=[dict(row) for row in state.history],
         finished=state.finished,
         converged=state.converged,

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ml.config import LicchaviConfig
 from ml.data import ComparisonDataset, CriterionComparisons
-from ml.licchavi.converged import ConvergedSolver, stationarity
 from ml.licchavi.faithful import FaithfulSolver, continued_progress, initial_progress
+from ml.licchavi.kernels import DTypeName, kernels_for, resolve_device
 from ml.licchavi.parameters import Parameters, Progress
-from ml.licchavi.problem import Problem, data_fingerprint, resolve_device
+from ml.licchavi.problem import Problem, data_fingerprint
 from ml.licchavi.state import (
     LicchaviState,
     aligned_parameters,
@@ -24,14 +23,12 @@ from ml.licchavi.state import (
     restored_parameters,
     restored_progress,
 )
+from ml.licchavi.subgradient import stationarity
 from ml.licchavi.uncertainty import global_uncertainty, local_uncertainty
 
-# Every epoch is a chain of short memory-bound kernels. On a 2-core machine shared with other
-# processes, OpenMP threads spend their time waiting for the busy core: measured on 500k
-# comparisons, 3.6 s with one thread against 3.3 s with two on a quiet machine, but 17 s with
-# two under load. One intra-op thread is the predictable choice; callers wanting more can
-# raise CPU_THREADS.
-CPU_THREADS = 1
+if TYPE_CHECKING:
+    # The converged solver is written in torch: imported only when a run uses it.
+    from ml.licchavi.converged import ConvergedSolver
 
 # Settings that do not change the numbers a run produces; a checkpoint stays resumable across them.
 _NON_NUMERICAL_SETTINGS = ("device", "compute_uncertainty")
@@ -85,6 +82,7 @@ class CriterionResult:
     converged: bool
     stationarity: float
     state: LicchaviState
+    kernels: str = "numpy"  # the array library it ran on: "numpy" or "torch"
 
 
 def training_fingerprint(config: LicchaviConfig) -> str:
@@ -94,12 +92,13 @@ def training_fingerprint(config: LicchaviConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _fresh_parameters(problem: Problem, dtype: torch.dtype, device: torch.device) -> Parameters:
+def _fresh_parameters(problem: Problem) -> Parameters:
+    kernels, dtype = problem.kernels, problem.dtype
     return Parameters(
-        theta=torch.zeros(problem.n_pairs, dtype=dtype, device=device),
-        rho=torch.zeros(problem.n_videos, dtype=dtype, device=device),
-        s=torch.ones(problem.n_users, dtype=dtype, device=device),
-        age=torch.zeros(problem.n_users, dtype=torch.int64, device=device),
+        theta=kernels.zeros(problem.n_pairs, dtype),
+        rho=kernels.zeros(problem.n_videos, dtype),
+        s=kernels.array(np.ones(problem.n_users), dtype),
+        age=kernels.zeros(problem.n_users, "int64"),
     )
 
 
@@ -127,27 +126,19 @@ def _warm_epochs(
     if state is None or config.solver != "faithful":
         return None
     fresh = parameters.fresh_pairs
-    if (
-        fresh is not None
-        and fresh.numel() > 0
-        and float(fresh.float().mean()) > (WARM_CONTINUE_MAX_NEW_PAIRS)
-    ):
+    if fresh is not None and fresh.size > 0 and float(fresh.mean()) > WARM_CONTINUE_MAX_NEW_PAIRS:
         return None
     return config.warm_epochs
 
 
-@contextlib.contextmanager
-def _cpu_threads(device: torch.device) -> Iterator[None]:
-    """Train with CPU_THREADS intra-op threads on the CPU, restoring the setting afterwards."""
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(CPU_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+def _prepared(data: CriterionComparisons, config: LicchaviConfig) -> tuple[LicchaviConfig, Problem]:
+    """The config as it runs (device resolved; the converged solver works in float64, its
+    tolerance being below float32 resolution) and the problem on the kernels it runs on."""
+    device = resolve_device(config.device)
+    dtype: DTypeName = "float64" if config.solver == "converged" else config.dtype
+    resolved = config.model_copy(update={"device": device, "dtype": dtype})
+    kernels = kernels_for(device, resolved.solver)
+    return resolved, Problem.build(data, kernels, dtype)
 
 
 def train_criterion(
@@ -163,9 +154,9 @@ def train_criterion(
     where it stopped; any other state (a finished run, or different data) is a warm start.
     callback: called after every epoch/iteration; returning False raises TrainingCancelled.
     """
-    device = resolve_device(config.device)
-    with _cpu_threads(device):
-        return _train_criterion(data, config, device, initial_state, callback)
+    resolved, problem = _prepared(data, config)
+    with problem.kernels.compute_scope():
+        return _train_criterion(data, resolved, problem, initial_state, callback)
 
 
 def finished_result(
@@ -174,12 +165,8 @@ def finished_result(
     """The result of a finished training on `data` with `config`, rebuilt from its final state
     without training (scores, uncertainties, stationarity); ValueError if the state belongs to
     other data or settings, or did not finish."""
-    device = resolve_device(config.device)
-    with _cpu_threads(device):
-        dtype_name = "float64" if config.solver == "converged" else config.dtype
-        resolved = config.model_copy(update={"device": device.type, "dtype": dtype_name})
-        dtype = torch.float64 if dtype_name == "float64" else torch.float32
-        problem = Problem.build(data, device, dtype)
+    resolved, problem = _prepared(data, config)
+    with problem.kernels.compute_scope():
         if (
             not state.finished
             or state.solver != resolved.solver
@@ -188,8 +175,8 @@ def finished_result(
             or state.theta.shape[0] != problem.n_pairs
         ):
             raise ValueError(f"{data.criterion}: the state is not a finished run on this data")
-        parameters = restored_parameters(state, dtype, device)
-        progress = restored_progress(state, dtype, device)
+        parameters = restored_parameters(state, problem)
+        progress = restored_progress(state, problem)
         final_stationarity = stationarity(problem, parameters, resolved.w, resolved.w0, True)
         return _result(
             data, resolved, problem, parameters, progress, final_stationarity, lambda: state
@@ -198,29 +185,22 @@ def finished_result(
 
 def _train_criterion(
     data: CriterionComparisons,
-    config: LicchaviConfig,
-    device: torch.device,
+    resolved: LicchaviConfig,
+    problem: Problem,
     initial_state: LicchaviState | None,
     callback: Callable[[EpochReport], bool | None] | None,
 ) -> CriterionResult:
-    # The converged solver works in float64: its tolerance is below float32 resolution.
-    dtype_name = "float64" if config.solver == "converged" else config.dtype
-    resolved = config.model_copy(update={"device": device.type, "dtype": dtype_name})
-    dtype = torch.float64 if dtype_name == "float64" else torch.float32
-    problem = Problem.build(data, device, dtype)
     fingerprint = data_fingerprint(data)
     config_fingerprint = training_fingerprint(resolved)
 
     if initial_state is not None and _can_resume(initial_state, fingerprint, resolved, problem):
-        parameters = restored_parameters(initial_state, dtype, device)
-        progress = restored_progress(initial_state, dtype, device)
+        parameters = restored_parameters(initial_state, problem)
+        progress = restored_progress(initial_state, problem)
     else:
         if initial_state is None:
-            parameters = _fresh_parameters(problem, dtype, device)
+            parameters = _fresh_parameters(problem)
         else:
-            parameters = aligned_parameters(
-                initial_state, data.video_ids, data.user_ids, problem, dtype, device
-            )
+            parameters = aligned_parameters(initial_state, data.video_ids, data.user_ids, problem)
         warm_epochs = _warm_epochs(resolved, parameters, initial_state)
         if warm_epochs is None:
             progress = initial_progress(resolved)
@@ -237,13 +217,15 @@ def _train_criterion(
         skipped = max(0, progress.epoch - len(progress.history))
         max_epochs = resolved.epochs - skipped
     else:
+        from ml.licchavi.converged import ConvergedSolver
+
         solver = ConvergedSolver(problem, resolved, parameters, progress)
         max_epochs = progress.epoch + resolved.max_iterations
 
     def current_parameters() -> Parameters:
-        if isinstance(solver, ConvergedSolver):
-            return solver.current_parameters()
-        return solver.parameters
+        if isinstance(solver, FaithfulSolver):
+            return solver.parameters
+        return solver.current_parameters()
 
     def snapshot() -> LicchaviState:
         return capture_state(
@@ -276,10 +258,10 @@ def _train_criterion(
     if not progress.finished:
         raise TrainingCancelled(data.criterion, progress.epoch - skipped, snapshot())
     final = current_parameters()
-    if isinstance(solver, ConvergedSolver):
-        final_stationarity = solver.stationarity
-    else:
+    if isinstance(solver, FaithfulSolver):
         final_stationarity = stationarity(problem, final, resolved.w, resolved.w0, True)
+    else:
+        final_stationarity = solver.stationarity
     return _result(data, resolved, problem, final, progress, final_stationarity, snapshot)
 
 
@@ -306,15 +288,15 @@ def _result(
         criterion=data.criterion,
         config=config,
         video_ids=data.video_ids,
-        global_scores=parameters.rho.detach().cpu().to(torch.float64).numpy(),
+        global_scores=problem.kernels.to_numpy(parameters.rho).astype(np.float64),
         global_uncertainty=global_spread,
         n_comparisons=comparisons_per_video.astype(np.int64),
         n_contributors=np.bincount(problem.pair_video_np, minlength=n_videos).astype(np.int64),
         user_ids=data.user_ids,
-        s=parameters.s.detach().cpu().to(torch.float64).numpy(),
+        s=problem.kernels.to_numpy(parameters.s).astype(np.float64),
         local_user_index=problem.pair_user_np,
         local_video_index=problem.pair_video_np,
-        local_scores=parameters.theta.detach().cpu().to(torch.float64).numpy(),
+        local_scores=problem.kernels.to_numpy(parameters.theta).astype(np.float64),
         local_uncertainty=local_spread,
         history=[dict(row) for row in progress.history],
         # Faithful: epochs run (a warm start that continues the schedule starts inside it).
@@ -322,6 +304,7 @@ def _result(
         converged=progress.converged,
         stationarity=final_stationarity,
         state=snapshot(),
+        kernels=problem.kernels.backend,
     )
 
 

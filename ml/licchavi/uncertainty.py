@@ -9,8 +9,8 @@ Global: Δρ_v = median({|θ_nv − ρ_v| over raters} ∪ {4, 4, 4, 4, 4}) / sq
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from ml.licchavi.kernels import Array
 from ml.licchavi.losses import bt_second_derivative
 from ml.licchavi.problem import Problem
 
@@ -18,24 +18,25 @@ PRIOR_DISTANCE = 4.0
 PRIOR_WEIGHT = 5
 
 
-def local_uncertainty(problem: Problem, theta: torch.Tensor, s: torch.Tensor) -> np.ndarray:
+def local_uncertainty(problem: Problem, theta: Array, s: Array) -> np.ndarray:
     """Δθ per (user, video) pair, computed in float64."""
-    theta64, s64 = theta.to(torch.float64), s.to(torch.float64)
-    scale = s64.index_select(0, problem.comparison_user)
-    t = scale * (theta64.index_select(0, problem.pair_a) - theta64.index_select(0, problem.pair_b))
-    curvature = bt_second_derivative(t) * scale * scale
-    per_pair = torch.zeros(problem.n_pairs, dtype=torch.float64, device=theta.device)
-    per_pair.scatter_add_(0, problem.pair_a, curvature)
-    per_pair.scatter_add_(0, problem.pair_b, curvature)
+    k = problem.kernels
+    theta64, s64 = k.astype(theta, "float64"), k.astype(s, "float64")
+    scale = k.take(s64, problem.comparison_user)
+    t = scale * (k.take(theta64, problem.pair_a) - k.take(theta64, problem.pair_b))
+    curvature = bt_second_derivative(k, t) * scale * scale
+    # One scatter over the a-sides then the b-sides: each pair sums its curvatures in that order.
+    both_sides = k.concatenate([problem.pair_a, problem.pair_b])
+    per_pair = k.scatter_add(problem.n_pairs, both_sides, k.concatenate([curvature, curvature]))
     with np.errstate(divide="ignore"):
-        return np.asarray(per_pair.cpu().numpy() ** -0.5)
+        return np.asarray(k.to_numpy(per_pair) ** -0.5)
 
 
-def global_uncertainty(problem: Problem, theta: torch.Tensor, rho: torch.Tensor) -> np.ndarray:
+def global_uncertainty(problem: Problem, theta: Array, rho: Array) -> np.ndarray:
     """Δρ per video: prior-padded median of the raters' distances over sqrt(#raters)."""
     video = problem.pair_video_np
-    rho_np = rho.detach().to(torch.float64).cpu().numpy()
-    distance = np.abs(theta.detach().to(torch.float64).cpu().numpy() - rho_np[video])
+    rho_np = problem.kernels.to_numpy(rho).astype(np.float64)
+    distance = np.abs(problem.kernels.to_numpy(theta).astype(np.float64) - rho_np[video])
     n_videos = problem.n_videos
     raters = np.bincount(video, minlength=n_videos)
     # Sort by video, then distance: a stable sort on video after sorting the distances.

@@ -1,4 +1,4 @@
-"""The faithful solver gives the same bits whichever CPU kernels torch dispatches to (SIMD or not)."""
+"""The faithful solver gives the same bits on NumPy and on torch's CPU kernels, SIMD or not."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from ml.licchavi.kernels import CPU_KERNELS_VARIABLE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,8 +35,8 @@ np.savez(sys.argv[1], rho=result.global_scores, theta=result.local_scores, s=res
 """
 
 
-def train_with_kernels(capability: str | None, output: Path) -> dict[str, np.ndarray]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def train_with_kernels(kernels: str, capability: str | None, output: Path) -> dict[str, np.ndarray]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), CPU_KERNELS_VARIABLE: kernels}
     env.pop("ATEN_CPU_CAPABILITY", None)
     if capability is not None:
         env["ATEN_CPU_CAPABILITY"] = capability
@@ -45,10 +47,17 @@ def train_with_kernels(capability: str | None, output: Path) -> dict[str, np.nda
         return {name: saved[name] for name in saved.files}
 
 
+def test_numpy_and_torch_kernels_give_the_same_scores(tmp_path: Path) -> None:
+    on_numpy = train_with_kernels("numpy", None, tmp_path / "numpy.npz")
+    on_torch = train_with_kernels("torch", None, tmp_path / "torch.npz")
+    for name in ("rho", "theta", "s"):
+        np.testing.assert_array_equal(on_numpy[name], on_torch[name], err_msg=name)
+
+
 def test_scalar_and_simd_kernels_give_the_same_scores(tmp_path: Path) -> None:
     if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
         pytest.skip("this CPU has no SIMD kernels to compare against")
-    simd = train_with_kernels(None, tmp_path / "simd.npz")
-    scalar = train_with_kernels("default", tmp_path / "scalar.npz")
+    simd = train_with_kernels("torch", None, tmp_path / "simd.npz")
+    scalar = train_with_kernels("torch", "default", tmp_path / "scalar.npz")
     for name in ("rho", "theta", "s"):
         np.testing.assert_array_equal(simd[name], scalar[name], err_msg=name)

@@ -55,3 +55,40 @@ def test_read_states_refuses_other_files(tmp_path: Path) -> None:
     path.write_bytes(b"not a state")
     with pytest.raises(ValueError, match="not a saved state file"):
         read_states(path)
+
+
+def test_state_files_are_read_and_written_both_ways_with_torch(tmp_path: Path) -> None:
+    """write_states needs no torch, yet torch.load(weights_only=True) reads its file; a file that
+    torch.save wrote is read by read_states."""
+    import torch
+
+    from ml.config import LicchaviConfig
+    from ml.io import write_states
+    from ml.licchavi import train_criterion
+    from tests.ml.licchavi_support import reference_comparisons
+
+    state = train_criterion(reference_comparisons("xs"), LicchaviConfig(device="cpu")).state
+    ours = tmp_path / "ours.pt"
+    write_states(ours, {"largely_recommended": state})
+    assert torch.load(ours, weights_only=True) == {"largely_recommended": state.to_bytes()}
+    theirs = tmp_path / "theirs.pt"
+    torch.save({"largely_recommended": state.to_bytes()}, theirs)
+    for path in (ours, theirs):
+        loaded = read_states(path)["largely_recommended"]
+        np.testing.assert_array_equal(loaded.theta, state.theta)
+        np.testing.assert_array_equal(loaded.rng_state, state.rng_state)
+
+
+def test_read_states_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None:
+    import pickle
+    import zipfile
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("ran",))
+
+    path = tmp_path / "state.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("state/data.pkl", pickle.dumps({"x": Exploit()}, protocol=2))
+    with pytest.raises(ValueError, match="unexpected global"):
+        read_states(path)
