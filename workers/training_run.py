@@ -47,6 +47,7 @@ class ProgressReporter:
         self.pending: list[dict[str, Any]] = []
         self.progress = 0.0
         self.epoch = 0
+        self.max_epochs: int | None = None
 
     def start_criterion(self, index: int, criterion: str, resumed_epoch: int) -> None:
         self.index = index
@@ -56,6 +57,7 @@ class ProgressReporter:
 
     def __call__(self, report: "EpochReport") -> bool:
         self.epoch = report.epoch
+        self.max_epochs = report.max_epochs
         fraction = min(1.0, report.epoch / max(report.max_epochs, 1))
         self.progress = (self.index + fraction) / self.n_criteria
         for name, value in report.history_row.items():
@@ -109,6 +111,7 @@ class ProgressReporter:
                 progress=self.progress,
                 epoch=self.epoch,
                 criterion=self.criterion,
+                max_epochs=self.max_epochs,
             )
         self.pending = []
         self.last_flush = time.monotonic()
@@ -198,6 +201,7 @@ class TrainingExecution:
                 progress=reporter.progress,
                 epoch=reporter.epoch,
                 criterion=criterion,
+                max_epochs=reporter.max_epochs,
             )
             publication.save_state(
                 connection,

@@ -76,23 +76,26 @@ def renew(
     progress: float,
     epoch: int,
     criterion: str | None,
+    max_epochs: int | None = None,
 ) -> bool:
     """Write progress and extend the lease; returns whether a cancel was asked.
 
-    Raises LeaseLost when the run is no longer ours.
+    max_epochs, when given, replaces the estimate made when the run was queued: the trainer
+    knows the real count once training starts (a warm start runs only the schedule's last
+    epochs). Raises LeaseLost when the run is no longer ours.
     """
     now = now_utc()
+    values: dict[str, object] = {
+        "progress": progress,
+        "epoch": epoch,
+        "current_criterion": criterion,
+        "heartbeat_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+    }
+    if max_epochs is not None:
+        values["max_epochs"] = max_epochs
     cancel = connection.execute(
-        update(Run)
-        .where(_owned(claim))
-        .values(
-            progress=progress,
-            epoch=epoch,
-            current_criterion=criterion,
-            heartbeat_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-        )
-        .returning(Run.c.cancel_requested)
+        update(Run).where(_owned(claim)).values(**values).returning(Run.c.cancel_requested)
     ).scalar()
     if cancel is None:
         raise LeaseLost(f"run {claim.run_id}: lease lost")

@@ -117,6 +117,9 @@ def test_run_trains_publishes_and_a_new_comparison_refreshes_scores_atomically(
                 True,
                 1001,
             )
+            # One new pair in a thousand: the warm start runs the schedule's last 10 epochs,
+            # and the run says so (it was queued expecting the whole schedule).
+            assert (auto["max_epochs"], auto["epoch"]) == (10, 10)
             assert auto["data_fingerprint"] != run["data_fingerprint"]
             fresh = client.get("/api/v1/videos/yt:fresh_two/scores").json()["scores"]
             assert [(s["criterion"], s["run_id"]) for s in fresh] == [
