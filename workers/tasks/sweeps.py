@@ -41,8 +41,8 @@ def evaluate(self: Any, evaluation_id: int | None = None) -> int:
     many it ran. A duplicate or late wake-up finds nothing to claim and returns 0."""
     settings = get_settings()
     engine = get_engine()
-    # Load the engine (torch) before claiming: a claim starts the lease clock, and importing
-    # torch in a fresh process can take longer than a short lease.
+    # Load the engine before claiming: a claim starts the lease clock, and importing it in a
+    # fresh process can take longer than a short lease.
     runner = _evaluation_runner()
     import ml.sweep.evaluate  # noqa: F401
 

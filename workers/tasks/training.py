@@ -55,8 +55,9 @@ def train_run(self: Any, run_id: int) -> str:
 
 @worker_process_init.connect
 def _preload_engine(**_: Any) -> None:
-    # Importing torch takes seconds; doing it in the background of a fresh pool process keeps it
-    # off the first run's clock without slowing the process's start (Celery allows it 4 s).
+    # Importing the engine (pandas, and torch once a run uses CUDA or the converged solver) takes
+    # a second or more; doing it in the background of a fresh pool process keeps it off the
+    # first run's clock without slowing the process's start (Celery allows it 4 s).
     def load() -> None:
         import ml.licchavi  # noqa: F401
 
