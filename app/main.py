@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api.routes import catalog, comparisons, health, runs, scores, sweeps
+from app.api.single_write import SingleWriteFastPath
 from app.core.config import get_settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodySizeLimit
@@ -32,6 +33,8 @@ def create_app() -> FastAPI:
     application.include_router(scores.router, prefix=API_PREFIX)
     application.include_router(sweeps.router, prefix=API_PREFIX)
     application.include_router(sweeps.defaults_router, prefix=API_PREFIX)
+    # Innermost of the middleware, so the Prometheus one and the body-size limit see its requests.
+    application.add_middleware(SingleWriteFastPath)
     # A registry per application: several apps in one process (tests) must not share counters.
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)

@@ -1,5 +1,6 @@
 """Database engine, and the request session that commits on success and rolls back on error."""
 
+import contextlib
 from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Annotated, Any
@@ -26,7 +27,26 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # No pre-ping: it costs a round trip per request; a connection found dead is discarded and the
     # pool invalidated by SQLAlchemy on the first error instead.
     kwargs.setdefault("pool_recycle", 1800)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _configure_postgres(engine)
+    return engine
+
+
+# Set in a pooled connection's `info` once its session makes only custom plans.
+CUSTOM_PLANS_ONLY = "licchavi_custom_plans_only"
+
+
+def _configure_postgres(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        # Prepared statements are planned afresh on each execution, never on a generic plan
+        # cached when the tables were small: planned as unprepared statements are. Those psycopg
+        # prepares by itself (after 5 runs) are then never stuck on a stale plan, and the one we
+        # prepare on purpose (app/services/upsert.py) saves its parsing, not its planning.
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_connection.commit()
+        record.info[CUSTOM_PLANS_ONLY] = True
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -79,15 +99,15 @@ def dispose_engine(*, close: bool = True) -> None:
     _engine_for.cache_clear()
 
 
-async def get_session() -> AsyncIterator[Session]:
-    """Request session: commit when the handler returns, roll back when it raises.
+@contextlib.asynccontextmanager
+async def request_transaction() -> AsyncIterator[Session]:
+    """A request session that commits when the block ends normally and rolls back when it raises.
 
     Async so that opening it costs no thread hop (a Session connects only when first used), and
     a request that never touches the database pays nothing; commit and rollback, which do I/O,
     run in the threadpool.
     """
-    session = Session(get_engine(), expire_on_commit=False)
-    session.info[_REQUEST_SESSION] = True
+    session = request_session()
     try:
         yield session
         if session.in_transaction():
@@ -101,7 +121,25 @@ async def get_session() -> AsyncIterator[Session]:
         session.close()
 
 
+async def get_session() -> AsyncIterator[Session]:
+    """Request session dependency: commit when the handler returns, roll back when it raises."""
+    async with request_transaction() as session:
+        yield session
+
+
 _REQUEST_SESSION = "licchavi_request_session"
+
+
+def request_session() -> Session:
+    """A session as `get_session` opens it (its owner commits or rolls back, then closes it)."""
+    session = Session(get_engine(), expire_on_commit=False)
+    session.info[_REQUEST_SESSION] = True
+    return session
+
+
+def is_request_session(session: Session) -> bool:
+    """True for a session `get_session` opened, which commits when the request succeeds."""
+    return bool(session.info.get(_REQUEST_SESSION))
 
 
 def commit_request(session: Session) -> None:

@@ -26,6 +26,7 @@ from app.services.upsert import (
     UpsertOutcome,
     oriented,
     upsert_comparisons,
+    upsert_if_auto_runs_queued,
 )
 
 VideoA = aliased(Video, name="video_a")
@@ -90,15 +91,53 @@ def write_comparison(session: Session, *, payload: ComparisonCreate) -> Comparis
         # The upsert checks the criteria in the same round trip as it looks up users and videos.
         outcome = upsert_comparisons(session, rows=rows, statuses=True)
     except UnknownCriteria as exc:
-        errors = _unknown_criteria_errors(payload, exc.names)
-        raise InvalidInput(
-            f"{errors[0]['pointer']}: {errors[0]['message']}", errors=errors
-        ) from exc
+        raise _unknown_criteria(payload, exc) from exc
     comparisons_changed(
         session,
         criteria={row.criterion for row in rows},
         changed=outcome.inserted + outcome.updated,
     )
+    return _write_result(payload, rows, outcome)
+
+
+def write_comparison_in_one_statement(
+    session: Session, *, payload: ComparisonCreate
+) -> ComparisonWriteResult | None:
+    """`write_comparison` and its commit in one round trip, when it can be: PostgreSQL, and a
+    session with no transaction begun. None, with nothing written, when it cannot, and then the
+    caller runs `write_comparison` in a transaction as usual (the session is left without one).
+
+    The session's connection is taken in autocommit mode and the write is one statement, which
+    is then its own transaction: no BEGIN, no separate freshness check, no COMMIT (three round
+    trips of the four). The statement also checks what `comparisons_changed` would check, and
+    writes only when an auto run is already queued for each criterion, that is when
+    `comparisons_changed` would do nothing; with auto training off it never does anything. When a
+    run must be scheduled, the write and the new run stay one transaction, as before."""
+    if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
+        return None
+    rows = payload_rows(payload)
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    try:
+        if get_settings().auto_train_enabled:
+            outcome = upsert_if_auto_runs_queued(session, rows=rows)
+        else:
+            outcome = upsert_comparisons(session, rows=rows, statuses=True)
+    except UnknownCriteria as exc:
+        raise _unknown_criteria(payload, exc) from exc
+    # Ends the session's autocommit "transaction" (no I/O: the statement committed itself) and
+    # hands the connection back, its isolation level restored, so a fallback begins a real one.
+    session.commit()
+    return None if outcome is None else _write_result(payload, rows, outcome)
+
+
+def _unknown_criteria(payload: ComparisonCreate, exc: UnknownCriteria) -> InvalidInput:
+    errors = _unknown_criteria_errors(payload, exc.names)
+    return InvalidInput(f"{errors[0]['pointer']}: {errors[0]['message']}", errors=errors)
+
+
+def _write_result(
+    payload: ComparisonCreate, rows: list[ComparisonRow], outcome: UpsertOutcome
+) -> ComparisonWriteResult:
     results = [
         CriterionScoreResult(
             criterion=cs.criterion,

@@ -13,11 +13,12 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 from sqlalchemy import text
 from sqlmodel import Session
 
+from app.core.db import CUSTOM_PLANS_ONLY
 from app.models.base import utcnow
 
 Status = Literal["created", "updated", "unchanged"]
@@ -86,16 +87,41 @@ def upsert_comparisons(
     batch = deduplicate(rows)
     if not batch:
         return UpsertOutcome()
-    now = utcnow()
-    wanted = {
+    wanted = _wanted(batch)
+    if session.get_bind().dialect.name == "postgresql":
+        outcome = _upsert_postgres(session, batch, wanted, utcnow(), statuses)
+    else:
+        outcome = _upsert_sqlite(session, batch, wanted, utcnow())
+    return _completed(outcome, batch, statuses)
+
+
+def upsert_if_auto_runs_queued(
+    session: Session, *, rows: Sequence[ComparisonRow]
+) -> UpsertOutcome | None:
+    """PostgreSQL only: `upsert_comparisons(..., statuses=True)`, in the same single statement as
+    the check that an auto run is already queued for every criterion of `rows`; None, with
+    nothing written, when one is not.
+
+    When one is queued for each, that run picks the change up and `comparisons_changed` has
+    nothing to do, so a caller in autocommit mode needs no other statement: the write is its own
+    transaction, committed by the one round trip. Otherwise the caller writes again the usual way,
+    in a transaction that also schedules the missing runs."""
+    batch = deduplicate(rows)
+    if not batch:
+        return UpsertOutcome()
+    outcome = _upsert_postgres(session, batch, _wanted(batch), utcnow(), True, if_queued=True)
+    return None if outcome is None else _completed(outcome, batch, True)
+
+
+def _wanted(batch: list[ComparisonRow]) -> dict[str, list[str]]:
+    return {
         "criteria": sorted({r.criterion for r in batch}),
         "users": sorted({r.user for r in batch}),
         "videos": sorted({r.video_a for r in batch} | {r.video_b for r in batch}),
     }
-    if session.get_bind().dialect.name == "postgresql":
-        outcome = _upsert_postgres(session, batch, wanted, now, statuses)
-    else:
-        outcome = _upsert_sqlite(session, batch, wanted, now)
+
+
+def _completed(outcome: UpsertOutcome, batch: list[ComparisonRow], statuses: bool) -> UpsertOutcome:
     outcome.unchanged = len(batch) - outcome.inserted - outcome.updated
     if statuses:
         for row in batch:
@@ -105,13 +131,37 @@ def upsert_comparisons(
     return outcome
 
 
+@overload
 def _upsert_postgres(
     session: Session,
     batch: list[ComparisonRow],
     wanted: dict[str, list[str]],
     now: datetime,
     statuses: bool,
-) -> UpsertOutcome:
+) -> UpsertOutcome: ...
+
+
+@overload
+def _upsert_postgres(
+    session: Session,
+    batch: list[ComparisonRow],
+    wanted: dict[str, list[str]],
+    now: datetime,
+    statuses: bool,
+    *,
+    if_queued: bool,
+) -> UpsertOutcome | None: ...
+
+
+def _upsert_postgres(
+    session: Session,
+    batch: list[ComparisonRow],
+    wanted: dict[str, list[str]],
+    now: datetime,
+    statuses: bool,
+    *,
+    if_queued: bool = False,
+) -> UpsertOutcome | None:
     # Each row refers to its names by position (1-based) in the sorted lists of distinct names;
     # the statement resolves each list to an array of ids in the same order.
     users, videos, criteria = (
@@ -126,18 +176,27 @@ def _upsert_postgres(
     parameters["s"] = _number_array(r.score for r in batch)
     parameters["m"] = _number_array(r.score_max for r in batch)
     parameters["now"] = now
-    # Never prepared: a cached generic plan is made once per connection, from the table sizes of
+    # Never run on a cached generic plan: one is made once per connection, from the table sizes of
     # that moment (a plan made on an empty database scans users sequentially forever after, 15 ms
-    # a write at 90k users, when autovacuum is off), and it would also serve 10,000-row batches;
-    # planning each call costs about 0.3 ms. Hence the driver connection, which takes `prepare`;
-    # it runs in the session's transaction all the same.
-    connection: Any = session.connection().connection.driver_connection
-    found, resolved, inserted, updated, *ids = connection.execute(
-        _PG_UPSERT + (_PG_STATUSES if statuses else _PG_COUNTS), parameters, prepare=False
+    # a write at 90k users, when autovacuum is off), and it would also serve 10,000-row batches.
+    # Planning each call costs about 0.4 ms. Single writes (`statuses`) are prepared all the same
+    # on connections that only ever make custom plans (`plan_cache_mode`, set by
+    # app.core.db.make_engine): that spares parsing and rewriting this long statement each time
+    # (0.35 of the 1.0 ms of database CPU it costs at 1.4M rows) and still plans it per call.
+    # Bulk batches are not: their parsing is nothing beside their rows. Hence the driver
+    # connection, which takes `prepare`; it runs in the session's transaction all the same.
+    fairy = session.connection().connection
+    connection: Any = fairy.driver_connection
+    statement = _PG_UPSERT_IF_QUEUED if if_queued else _PG_UPSERT
+    prepare = statuses and bool(fairy.info.get(CUSTOM_PLANS_ONLY))
+    found, queued, resolved, inserted, updated, *ids = connection.execute(
+        statement + (_PG_STATUSES if statuses else _PG_COUNTS), parameters, prepare=prepare
     ).fetchone()
     unknown = [name for name in wanted["criteria"] if name not in (found or ())]
     if unknown:
         raise UnknownCriteria(unknown)
+    if not queued:
+        return None
     if not resolved:  # cannot happen (users and videos are never deleted); nothing was written
         raise RuntimeError("the batch's users and videos did not all resolve to one id each")
     outcome = UpsertOutcome(inserted=int(inserted), updated=int(updated))
@@ -196,11 +255,11 @@ def _ids_by_name(table: str, ids: str) -> str:
 )"""
 
 
-_PG_UPSERT = """
-WITH crit AS (
+_PG_UPSERT_TEMPLATE = """
+WITH {queued}crit AS (
     SELECT array_agg(name ORDER BY name COLLATE "C") AS names,
         array_agg(id ORDER BY name COLLATE "C") AS ids,
-        count(*) = cardinality(CAST(%(criteria)s AS text[])) AS known
+        count(*) = cardinality(CAST(%(criteria)s AS text[])){and_queued} AS known
     FROM criteria WHERE name = ANY(CAST(%(criteria)s AS text[]))
 ), {users}, {videos}, ready AS (
     SELECT crit.known
@@ -223,10 +282,34 @@ WITH crit AS (
     WHERE comparisons.score <> excluded.score OR comparisons.score_max <> excluded.score_max
     RETURNING user_id, video_a_id, video_b_id, criterion_id, (xmax = 0) AS inserted
 )
-SELECT (SELECT names FROM crit), (SELECT ok FROM ready),
+SELECT (SELECT names FROM crit), {queued_column}, (SELECT ok FROM ready),
     count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
 """.replace("{users}", _ids_by_name("users", "user_ids")).replace(
     "{videos}", _ids_by_name("videos", "video_ids")
+)
+
+_PG_UPSERT = (
+    _PG_UPSERT_TEMPLATE.replace("{queued}", "")
+    .replace("{and_queued}", "")
+    .replace("{queued_column}", "true")
+)
+
+# The check of `comparisons_changed` (app/services/freshness.py), made by the statement itself:
+# is an auto run queued for every criterion (the partial unique index allows at most one each)?
+# When one is not, `known` is false, so nothing is written, users and videos included. It reads
+# the statement's snapshot, taken when the statement starts instead of just after the write: a
+# queued run a worker claims in between is the race the separate check already had (the run may
+# read the comparisons before this write commits), only wider by the statement's own duration.
+_PG_UPSERT_IF_QUEUED = (
+    _PG_UPSERT_TEMPLATE.replace(
+        "{queued}",
+        """queued AS (
+    SELECT count(*) = cardinality(CAST(%(criteria)s AS text[])) AS all_queued FROM training_runs
+    WHERE scope = ANY(CAST(%(criteria)s AS text[])) AND status = 'queued' AND trigger = 'auto'
+), """,
+    )
+    .replace("{and_queued}", " AND (SELECT all_queued FROM queued)")
+    .replace("{queued_column}", "(SELECT all_queued FROM queued)")
 )
 
 _PG_COUNTS = "FROM written"

@@ -1,9 +1,13 @@
 """The one-statement upsert on PostgreSQL: unknown criteria write nothing; counts and statuses."""
 
+from typing import Any
+
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.core.db import CUSTOM_PLANS_ONLY
 from app.services.upsert import UnknownCriteria, oriented, upsert_comparisons
 from tests.conftest import create_database, drop_database
 
@@ -102,3 +106,31 @@ def test_names_map_to_their_ids_whatever_the_database_collation() -> None:
     finally:
         engine.dispose()
         drop_database(url, admin)
+
+
+def test_pooled_postgres_connections_never_plan_generically(postgres_engine: Engine) -> None:
+    # Single writes prepare their statement (app/services/upsert.py); on these connections it is
+    # still planned on each execution, with the statistics of the moment.
+    with postgres_engine.connect() as connection:
+        mode = connection.execute(text("SHOW plan_cache_mode")).scalar_one()
+        assert connection.info[CUSTOM_PLANS_ONLY] is True
+    assert mode == "force_custom_plan"
+
+
+def test_the_single_write_statement_is_prepared_and_keeps_its_answers(
+    postgres_engine: Engine,
+) -> None:
+    # Past psycopg's and PostgreSQL's thresholds (5 runs each), the same outcomes as the first run.
+    with postgres_engine.connect() as connection, connection.begin() as transaction:
+        session = Session(bind=connection, join_transaction_mode="create_savepoint")
+        for i in range(8):
+            rows = [oriented("prep", "yt:p", f"yt:q{i}", "importance", 1, 10)]
+            first = upsert_comparisons(session, rows=rows, statuses=True)
+            again = upsert_comparisons(session, rows=rows, statuses=True)
+            assert (first.inserted, again.unchanged) == (1, 1)
+        driver: Any = connection.connection.driver_connection
+        prepared = driver.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%%WITH crit AS%%'"
+        ).fetchone()
+        assert prepared is not None and prepared[0] == 1
+        transaction.rollback()

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PagingDep
 from app.core.config import get_settings
-from app.core.db import SessionDep, commit_request
+from app.core.db import SessionDep, commit_request, is_request_session
 from app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, validation_errors
 from app.core.security import scoped
 from app.schemas.common import CriterionName, Page, UserId, VideoId
@@ -40,7 +40,7 @@ SINGLE_WRITES_AT_ONCE = 4
 _single_writes: RunVar[CapacityLimiter] = RunVar("single_writes")
 
 
-def _single_writes_limiter() -> CapacityLimiter:
+def single_writes_limiter() -> CapacityLimiter:
     try:
         return _single_writes.get()
     except LookupError:
@@ -68,13 +68,19 @@ async def create_comparison(
     # One thread hop for the write and its commit (a sync endpoint would take one for the write
     # and the session dependency another for the commit).
     result = await to_thread.run_sync(
-        _write_and_commit, session, payload, limiter=_single_writes_limiter()
+        write_and_commit, session, payload, limiter=single_writes_limiter()
     )
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
     return result
 
 
-def _write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonWriteResult:
+def write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonWriteResult:
+    if is_request_session(session):
+        # Usually one round trip instead of four (see the function); a session the request did
+        # not open (a caller's or a test's transaction) keeps the transactional path.
+        result = service.write_comparison_in_one_statement(session, payload=payload)
+        if result is not None:
+            return result
     result = service.write_comparison(session, payload=payload)
     commit_request(session)
     return result
