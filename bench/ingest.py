@@ -281,6 +281,19 @@ def checkpoint(dsn: str) -> bool:
     return True
 
 
+def drop_queues(broker_url: str) -> None:
+    """Delete the wake-ups left on the broker's queues: they name runs of the dropped database."""
+    if not broker_url.startswith("redis://"):
+        return
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    try:
+        client.delete("cpu", "gpu")
+    finally:
+        client.close()
+
+
 def machine_summary() -> str:
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} cores, {memory_gib:.0f} GiB, Python {platform.python_version()}"
@@ -290,7 +303,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--database", default="licchavi_bench")
-    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--broker-url",
+        default="redis://127.0.0.1:6379/13",
+        help="a Redis database of the bench's own: the server runs without a worker, so the"
+        " wake-ups of the auto runs its writes queue are never consumed; the bench deletes its"
+        " queues there at the end",
+    )
     parser.add_argument("--bulk-rows", type=int, default=200_000, help="per media type")
     parser.add_argument("--batch-rows", type=int, default=10_000)
     parser.add_argument("--import-rows", type=int, default=1_000_000)
@@ -410,6 +429,7 @@ def main() -> None:
     print(f"\n`licchavi import` said: {import_output.strip().splitlines()[-1]}")
 
     if not args.keep:
+        drop_queues(args.broker_url)
         shutil.rmtree(work, ignore_errors=True)
         with psycopg.connect(admin_dsn, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
