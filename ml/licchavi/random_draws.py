@@ -22,9 +22,8 @@ _STATE_WORDS = 624
 
 def initial_state(seed: int) -> np.ndarray:
     """The state torch.Generator().manual_seed(seed).get_state() returns, as uint8 bytes."""
-    generator = np.random.MT19937(0)
-    generator._legacy_seeding(seed & 0xFFFFFFFF)
-    key = generator.state["state"]["key"]
+    # RandomState's integer seeding is the reference init_genrand, as torch's manual_seed.
+    key = np.random.RandomState(seed & 0xFFFFFFFF).get_state(legacy=False)["state"]["key"]
     return _pack(seed, left=1, next_word=0, key=key, tail=(0.0, 0.0, 0.0, 0, 0.0, False))
 
 

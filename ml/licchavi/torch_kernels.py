@@ -46,9 +46,6 @@ class TorchKernels:
     def astype(self, values: torch.Tensor, dtype: DTypeName) -> torch.Tensor:
         return values.to(_DTYPES[dtype])
 
-    def copy(self, values: torch.Tensor) -> torch.Tensor:
-        return values.clone()
-
     def to_numpy(self, values: torch.Tensor) -> np.ndarray:
         return np.array(values.detach().cpu().numpy(), copy=True)
 

@@ -82,7 +82,7 @@ class CriterionResult:
     converged: bool
     stationarity: float
     state: LicchaviState
-    kernels: str = "numpy"  # the array library it ran on: "numpy" or "torch"
+    kernels: str  # the array library it ran on: "numpy" or "torch"
 
 
 def training_fingerprint(config: LicchaviConfig) -> str:

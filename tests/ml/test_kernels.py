@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,13 @@ import torch
 
 from ml.config import LicchaviConfig
 from ml.data import CriterionComparisons
-from ml.licchavi import EpochReport, TrainingCancelled, train_criterion
+from ml.licchavi import (
+    CriterionResult,
+    EpochReport,
+    LicchaviState,
+    TrainingCancelled,
+    train_criterion,
+)
 from ml.licchavi.kernels import CPU_KERNELS_VARIABLE, cuda_may_exist, kernels_for
 from ml.licchavi.random_draws import RandomBits, initial_state
 from tests.ml.licchavi_support import reference_comparisons
@@ -38,10 +45,18 @@ def test_random_bits_are_torch_randint_of_the_seeded_generator(seed: int) -> Non
         np.testing.assert_array_equal(RandomBits(generator.get_state().numpy()).draw(40), ahead)
 
 
-def _train(data: CriterionComparisons, kernels: str, **options: object) -> object:
+def _train(
+    data: CriterionComparisons,
+    kernels: str,
+    *,
+    callback: Callable[[EpochReport], bool] | None = None,
+    initial_state: LicchaviState | None = None,
+) -> CriterionResult:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CPU_KERNELS_VARIABLE, kernels)
-        return train_criterion(data, LicchaviConfig(device="cpu"), **options)  # type: ignore[arg-type]
+        return train_criterion(
+            data, LicchaviConfig(device="cpu"), callback=callback, initial_state=initial_state
+        )
 
 
 def test_a_run_interrupted_on_numpy_resumes_on_torch_to_the_same_bits() -> None:
@@ -57,7 +72,8 @@ def test_a_run_interrupted_on_numpy_resumes_on_torch_to_the_same_bits() -> None:
     resumed = _train(data, "torch", initial_state=cancelled.value.state)
     for name in ("global_scores", "local_scores", "s"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(uninterrupted, name))
-    assert resumed.epochs == uninterrupted.epochs  # type: ignore[attr-defined]
+    assert resumed.kernels == "torch" and uninterrupted.kernels == "numpy"
+    assert resumed.epochs == uninterrupted.epochs
 
 
 def test_the_cpu_kernels_follow_the_solver_and_the_override(
