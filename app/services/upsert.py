@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import text
 from sqlmodel import Session
@@ -58,6 +58,10 @@ class UnknownCriteria(LookupError):
     def __init__(self, names: list[str]) -> None:
         super().__init__(f"unknown criteria: {', '.join(names)}")
         self.names = names
+
+
+class AutoRunsNotQueued(Exception):
+    """An auto run is not queued for every criterion of the batch; nothing was written."""
 
 
 @dataclass
@@ -109,8 +113,11 @@ def upsert_if_auto_runs_queued(
     batch = deduplicate(rows)
     if not batch:
         return UpsertOutcome()
-    outcome = _upsert_postgres(session, batch, _wanted(batch), utcnow(), True, if_queued=True)
-    return None if outcome is None else _completed(outcome, batch, True)
+    try:
+        outcome = _upsert_postgres(session, batch, _wanted(batch), utcnow(), True, if_queued=True)
+    except AutoRunsNotQueued:
+        return None
+    return _completed(outcome, batch, True)
 
 
 def _wanted(batch: list[ComparisonRow]) -> dict[str, list[str]]:
@@ -131,28 +138,6 @@ def _completed(outcome: UpsertOutcome, batch: list[ComparisonRow], statuses: boo
     return outcome
 
 
-@overload
-def _upsert_postgres(
-    session: Session,
-    batch: list[ComparisonRow],
-    wanted: dict[str, list[str]],
-    now: datetime,
-    statuses: bool,
-) -> UpsertOutcome: ...
-
-
-@overload
-def _upsert_postgres(
-    session: Session,
-    batch: list[ComparisonRow],
-    wanted: dict[str, list[str]],
-    now: datetime,
-    statuses: bool,
-    *,
-    if_queued: bool,
-) -> UpsertOutcome | None: ...
-
-
 def _upsert_postgres(
     session: Session,
     batch: list[ComparisonRow],
@@ -161,7 +146,7 @@ def _upsert_postgres(
     statuses: bool,
     *,
     if_queued: bool = False,
-) -> UpsertOutcome | None:
+) -> UpsertOutcome:
     # Each row refers to its names by position (1-based) in the sorted lists of distinct names;
     # the statement resolves each list to an array of ids in the same order.
     users, videos, criteria = (
@@ -195,8 +180,8 @@ def _upsert_postgres(
     unknown = [name for name in wanted["criteria"] if name not in (found or ())]
     if unknown:
         raise UnknownCriteria(unknown)
-    if not queued:
-        return None
+    if not queued:  # only the if_queued statement checks; nothing was written
+        raise AutoRunsNotQueued
     if not resolved:  # cannot happen (users and videos are never deleted); nothing was written
         raise RuntimeError("the batch's users and videos did not all resolve to one id each")
     outcome = UpsertOutcome(inserted=int(inserted), updated=int(updated))
