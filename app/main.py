@@ -34,7 +34,7 @@ def create_app() -> FastAPI:
     application.include_router(sweeps.router, prefix=API_PREFIX)
     application.include_router(sweeps.defaults_router, prefix=API_PREFIX)
     # Innermost of the middleware, so the Prometheus one and the body-size limit see its requests.
-    application.add_middleware(SingleWriteFastPath)
+    application.add_middleware(SingleWriteFastPath, path=API_PREFIX + comparisons.router.prefix)
     # A registry per application: several apps in one process (tests) must not share counters.
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)

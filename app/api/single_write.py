@@ -24,24 +24,25 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.routes.comparisons import single_writes_limiter, write_and_commit
+from app.api.routes.comparisons import WRITE_SCOPE, single_writes_limiter, write_and_commit
 from app.core.db import request_transaction
 from app.core.security import cached_principal
 from app.schemas.comparisons import ComparisonCreate, ComparisonWriteResult
 
-PATH = "/api/v1/comparisons"
-SCOPE = "comparisons:write"
 _result_adapter = TypeAdapter(ComparisonWriteResult)
 
 
 class SingleWriteFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    """Serves `POST {path}`, the mount point of the comparisons router's create route."""
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
         self.app = app
+        self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
-            or scope["path"] != PATH
+            or scope["path"] != self.path
             or scope["method"] != "POST"
             or scope.get("query_string")
             or scope.get("root_path")
@@ -57,7 +58,11 @@ class SingleWriteFastPath:
             elif name == b"content-type" and content_type is None:
                 content_type = value
         principal = cached_principal(authorization.decode("latin-1")) if authorization else None
-        if principal is None or not principal.has(SCOPE) or content_type != b"application/json":
+        if (
+            principal is None
+            or not principal.has(WRITE_SCOPE)
+            or content_type != b"application/json"
+        ):
             await self.app(scope, receive, send)
             return
         body = await _read_body(receive)

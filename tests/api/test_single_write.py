@@ -348,7 +348,7 @@ def test_the_fast_path_serves_what_it_can_and_hands_the_rest_on(committed_databa
         await send({"type": "http.response.start", "status": 299, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    middleware = SingleWriteFastPath(downstream)
+    middleware = SingleWriteFastPath(downstream, path=URL)
 
     def call(body: bytes, headers: dict[str, str], **scope: Any) -> int:
         status = 0

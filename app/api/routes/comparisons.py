@@ -31,6 +31,7 @@ from app.services.dataset_csv import CsvHeaderError, RowError, parse_rows
 from app.services.upsert import ComparisonRow, oriented
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
+WRITE_SCOPE = "comparisons:write"
 
 MAX_LISTED_ERRORS = 100
 # Single writes running at once per event loop; more only contend for the GIL, the database
@@ -59,7 +60,7 @@ _bulk_adapter = TypeAdapter(list[ComparisonFields])
         200: {"description": "Every score already stored or replaced"},
         201: {"description": "At least one new row"},
     },
-    dependencies=[scoped("comparisons:write")],
+    dependencies=[scoped(WRITE_SCOPE)],
 )
 async def create_comparison(
     payload: ComparisonCreate, session: SessionDep, response: Response
@@ -89,7 +90,7 @@ def write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonW
 @router.post(
     "/bulk",
     response_model=BulkResult,
-    dependencies=[scoped("comparisons:write")],
+    dependencies=[scoped(WRITE_SCOPE)],
     openapi_extra={
         "requestBody": {
             "content": {
@@ -260,7 +261,7 @@ def get_comparison(
 @router.delete(
     "/{user_id}/{video_a}/{video_b}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[scoped("comparisons:write")],
+    dependencies=[scoped(WRITE_SCOPE)],
 )
 def delete_comparison(
     user_id: UserId,
