@@ -23,7 +23,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 PG_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_SERVER = os.environ.get("TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -206,16 +206,85 @@ def committed_database(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterato
         drop_database(url, admin)
 
 
-@pytest.fixture
-def redis_broker_url() -> str:
-    """A Redis database for broker tests, emptied first."""
+_redis_url: str | None = None
+_REDIS_CLAIM = "licchavi-tests:database:{}"
+
+
+def redis_test_url() -> str:
+    """A Redis database that this test session alone uses (`TEST_REDIS_URL` names one).
+
+    Databases 1 to 12 (13 and 14 are the benches') are claimed with a key in database 0 holding
+    this host and process id, so two suites on one Redis (two checkouts, CI beside a developer)
+    never empty each other's queues; a claim whose process is gone on this host is taken over."""
+    global _redis_url
+    if _redis_url is not None:
+        return _redis_url
+    if os.environ.get("TEST_REDIS_URL"):
+        _redis_url = os.environ["TEST_REDIS_URL"]
+        return _redis_url
+    import atexit
+    import socket
+
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    control = redis.Redis.from_url(f"{REDIS_SERVER}/0", socket_connect_timeout=2)
+    try:
+        for number in range(1, 13):
+            claim = _REDIS_CLAIM.format(number)
+            if not control.set(claim, owner, nx=True, ex=24 * 3600):
+                holder = (control.get(claim) or b"").decode()
+                if not _claim_is_stale(holder) or control.getset(claim, owner) != holder.encode():
+                    continue
+            atexit.register(_release_redis_claim, claim, owner)
+            _redis_url = f"{REDIS_SERVER}/{number}"
+            return _redis_url
+    except redis.RedisError:
+        return f"{REDIS_SERVER}/15"  # unreachable: the fixture using it reports the failure
+    finally:
+        control.close()
+    raise RuntimeError("every Redis database 1-12 is claimed by a running test session")
+
+
+def _claim_is_stale(holder: str) -> bool:
+    import socket
+
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _release_redis_claim(claim: str, owner: str) -> None:
+    import redis
+
+    control = redis.Redis.from_url(f"{REDIS_SERVER}/0", socket_connect_timeout=2)
+    try:
+        if control.get(claim) == owner.encode():
+            control.delete(claim)
+    except redis.RedisError:
+        pass  # the claim expires by itself
+    finally:
+        control.close()
+
+
+@pytest.fixture
+def redis_broker_url() -> str:
+    """This session's Redis database for broker tests, emptied first."""
+    import redis
+
+    url = redis_test_url()
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.flushdb()
     except redis.RedisError as exc:
         service_missing("Redis", exc)
     finally:
         client.close()
-    return REDIS_URL
+    return url

@@ -13,7 +13,13 @@ from app.core.config import get_settings
 from app.core.db import get_engine
 from app.main import create_app
 from app.services.sweeps.study import open_storage
-from tests.conftest import REDIS_URL, create_database, drop_database, reset_caches, service_missing
+from tests.conftest import (
+    create_database,
+    drop_database,
+    redis_test_url,
+    reset_caches,
+    service_missing,
+)
 from tests.helpers import wait_for
 from tests.workers.training_support import admin_headers, kill_worker, start_worker, stop_worker
 
@@ -69,7 +75,8 @@ class Stack:
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     import redis
 
-    broker = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    redis_url = redis_test_url()
+    broker = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
     try:
         broker.flushdb()
     except redis.RedisError as exc:
@@ -80,7 +87,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {
         **FAST_SWEEPS,
         "DATABASE_URL": url,
-        "CELERY_BROKER_URL": REDIS_URL,
+        "CELERY_BROKER_URL": redis_url,
         "AUTO_TRAIN_ENABLED": "false",
         "DATA_DIR": str(tmp_path_factory.mktemp("sweeps")),
     }
