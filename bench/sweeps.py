@@ -780,7 +780,7 @@ def listing_statements(table: Any, sweep_id: int) -> dict[str, Any]:
     page, as the service builds them."""
     from sqlalchemy import and_, func, select
 
-    from app.services.sweep_query import parse_filter, parse_sort
+    from app.services.sweeps.query import parse_filter, parse_sort
     from app.services.sweeps.results import TRIAL_COLUMNS
 
     columns = [table.c[column.name] for column in TRIAL_COLUMNS]
@@ -806,8 +806,8 @@ def profile_listing(database_url: str, sweep_id: int) -> None:
     from sqlmodel import Session
 
     from app.models import Sweep
-    from app.services import sweep_stats
     from app.services.sweeps import results
+    from app.services.sweeps import stats as sweep_stats
 
     trial_table = results.Trial
     engine = create_engine(database_url)

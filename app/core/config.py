@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "changethis"
@@ -62,8 +62,14 @@ class Settings(BaseSettings):
         ge=0,
         description="And at least this long between two checkpoints (a big state costs seconds).",
     )
-    run_sweep_interval_seconds: float = Field(
-        default=10.0, gt=0, description="How often a worker looks for stalled or unsent runs."
+    run_recovery_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        # The old name still works: deployments set it before the loop was renamed.
+        validation_alias=AliasChoices(
+            "run_recovery_interval_seconds", "run_sweep_interval_seconds"
+        ),
+        description="How often a worker looks for stalled or unsent runs.",
     )
     run_resend_after_seconds: float = Field(
         default=30.0, gt=0, description="A queued run not started this long is sent again."

@@ -31,14 +31,14 @@ def wake_after_commit(session: OrmSession, *, run_id: int, countdown: float = 0.
 def send_wakeup(wakeup: Wakeup) -> bool:
     """Publish one wake-up; False (logged) when the broker is unreachable.
 
-    A lost wake-up is not lost work: the workers' sweeper re-sends wake-ups for queued runs.
+    A lost wake-up is not lost work: the workers' run recovery re-sends wake-ups for queued runs.
     """
     from workers.tasks.training import train_run
 
     try:
         train_run.apply_async(args=[wakeup.run_id], countdown=wakeup.countdown or None, retry=False)
     except Exception as exc:
-        logger.warning("wake-up for run %s not sent (%s); the sweeper will", wakeup.run_id, exc)
+        logger.warning("wake-up for run %s not sent (%s); run recovery will", wakeup.run_id, exc)
         return False
     return True
 

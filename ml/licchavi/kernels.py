@@ -13,8 +13,6 @@ choice between them is a matter of speed only. On the CPU the faithful solver ru
 from __future__ import annotations
 
 import contextlib
-import glob
-import os
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -120,45 +118,3 @@ class NumpyKernels:
 
     def compute_scope(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
-
-
-def cuda_may_exist() -> bool:
-    """False when this machine certainly has no NVIDIA GPU, decided without importing torch."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg"))
-
-
-def resolve_device(device: str) -> str:
-    """'auto' means CUDA when available. Torch is imported (and CUDA probed) only when the
-    machine shows an NVIDIA device or CUDA is asked for explicitly; never at import time."""
-    if device == "cpu":
-        return "cpu"
-    if device == "auto" and not cuda_may_exist():
-        return "cpu"
-    import torch
-
-    available = torch.cuda.is_available()
-    if device == "cuda" and not available:
-        raise RuntimeError("device: 'cuda' requested but CUDA is not available")
-    return "cuda" if available else "cpu"
-
-
-# "numpy" (the default) or "torch": the faithful solver's kernels on the CPU; the numbers are the
-# same either way.
-CPU_KERNELS_VARIABLE = "LICCHAVI_CPU_KERNELS"
-
-
-def kernels_for(device: str, solver: str) -> Kernels:
-    """The kernels a run uses: torch for CUDA and for the converged solver (its conjugate
-    gradients and L-BFGS are written in torch), NumPy for the faithful solver on the CPU unless
-    LICCHAVI_CPU_KERNELS=torch. `device` is a resolved device ('cpu' or 'cuda')."""
-    if device == "cpu" and solver == "faithful":
-        choice = os.environ.get(CPU_KERNELS_VARIABLE, "numpy").strip().lower() or "numpy"
-        if choice not in ("numpy", "torch"):
-            raise ValueError(f"{CPU_KERNELS_VARIABLE}: expected numpy or torch, got {choice!r}")
-        if choice == "numpy":
-            return NumpyKernels()
-    from ml.licchavi.torch_kernels import TorchKernels
-
-    return TorchKernels(device)

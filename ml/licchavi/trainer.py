@@ -12,8 +12,9 @@ import numpy as np
 
 from ml.config import LicchaviConfig
 from ml.data import ComparisonDataset, CriterionComparisons
+from ml.licchavi.devices import kernels_for, resolve_device
 from ml.licchavi.faithful import FaithfulSolver, continued_progress, initial_progress
-from ml.licchavi.kernels import DTypeName, kernels_for, resolve_device
+from ml.licchavi.kernels import DTypeName
 from ml.licchavi.parameters import Parameters, Progress
 from ml.licchavi.problem import Problem, data_fingerprint
 from ml.licchavi.state import (

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from app.core.db import get_engine
 from app.main import create_app
-from app.services.sweeper import prune_superseded_scores
+from app.services.run_recovery import prune_superseded_scores
 from app.services.transfer import import_comparisons
 from tests.api.test_comparisons import assert_problem
 from tests.conftest import ApiClient, reset_caches

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ml.licchavi.kernels import CPU_KERNELS_VARIABLE
+from ml.licchavi.devices import CPU_KERNELS_VARIABLE
 
 REPO = Path(__file__).resolve().parents[2]
 

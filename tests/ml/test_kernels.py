@@ -21,7 +21,7 @@ from ml.licchavi import (
     TrainingCancelled,
     train_criterion,
 )
-from ml.licchavi.kernels import CPU_KERNELS_VARIABLE, cuda_may_exist, kernels_for
+from ml.licchavi.devices import CPU_KERNELS_VARIABLE, cuda_may_exist, kernels_for
 from ml.licchavi.random_draws import RandomBits, initial_state
 from tests.ml.licchavi_support import reference_comparisons
 

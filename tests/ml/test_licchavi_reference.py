@@ -10,7 +10,7 @@ import pytest
 
 from ml.config import LicchaviConfig
 from ml.licchavi import CriterionResult, train_criterion
-from ml.licchavi.kernels import CPU_KERNELS_VARIABLE
+from ml.licchavi.devices import CPU_KERNELS_VARIABLE
 from tests.ml.licchavi_support import REFERENCE, reference_comparisons
 
 TOLERANCE = 1e-4

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from app.services.sweep_plots import (
+from app.services.sweeps.plots import (
     PlotUnavailable,
     TrialPoint,
     UnitPoint,

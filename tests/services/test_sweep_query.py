@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 
-from app.services.sweep_query import MAX_DEPTH, FilterError, parse_filter, parse_sort
+from app.services.sweeps.query import MAX_DEPTH, FilterError, parse_filter, parse_sort
 from tests.conftest import PG_ADMIN_URL, service_missing
 
 PG_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + "/test"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from app.services.sweep_stats import (
+from app.services.sweeps.stats import (
     LeaderboardRow,
     UnitValue,
     bootstrap_interval,

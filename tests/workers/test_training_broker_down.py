@@ -1,5 +1,5 @@
 """With the broker down the API still takes comparisons, serves scores and records runs; once a
-fresh broker is back (its messages lost), the workers' sweeper wakes those runs again."""
+fresh broker is back (its messages lost), the workers' run recovery wakes those runs again."""
 
 import shutil
 import subprocess

@@ -23,7 +23,7 @@ from tests.helpers import children, stop, wait_for
 # scores sees the latest publication.
 FAST_RECOVERY = {
     "RUN_LEASE_SECONDS": "3",
-    "RUN_SWEEP_INTERVAL_SECONDS": "0.5",
+    "RUN_RECOVERY_INTERVAL_SECONDS": "0.5",
     "RUN_RESEND_AFTER_SECONDS": "1",
     "RUN_PROGRESS_INTERVAL_SECONDS": "0.3",
     "RUN_CHECKPOINT_EVERY_EPOCHS": "5",

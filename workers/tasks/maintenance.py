@@ -1,4 +1,4 @@
-"""Housekeeping: worker heartbeats, and the sweeper that re-wakes stalled or unsent runs."""
+"""Housekeeping: worker heartbeats, and run recovery, which re-wakes stalled or unsent runs."""
 
 import logging
 import os
@@ -14,7 +14,7 @@ from app.core.config import get_settings
 from app.core.db import background_engine, get_engine
 from app.models import WorkerHeartbeat
 from app.models.base import utcnow
-from app.services.sweeper import prune_superseded_scores, runs_to_wake
+from app.services.run_recovery import prune_superseded_scores, runs_to_wake
 from app.services.wakeups import Wakeup, send_wakeup
 from workers.celery_app import celery_app
 
@@ -46,22 +46,22 @@ def wake_stalled_runs(engine: Engine) -> int:
     with engine.begin() as connection:
         pruned = prune_superseded_scores(connection, runs_kept=settings.score_runs_kept)
     if pruned:
-        logger.info("sweeper: scores of superseded run(s) %s deleted", pruned)
+        logger.info("run recovery: scores of superseded run(s) %s deleted", pruned)
     return len(run_ids)
 
 
-@celery_app.task(name="maintenance.sweep_runs")
-def sweep_runs() -> int:
-    """The sweep as a task, for deployments that prefer Celery beat to the in-worker loop."""
+@celery_app.task(name="maintenance.recover_runs")
+def recover_runs() -> int:
+    """Run recovery as a task, for deployments that prefer Celery beat to the in-worker loop."""
     return wake_stalled_runs(get_engine())
 
 
-class RunSweeper:
-    """A daemon thread in the worker's main process that sweeps every few seconds.
+class RunRecoveryLoop:
+    """A daemon thread in the worker's main process that recovers runs every few seconds.
 
     A loop in the worker rather than Celery beat: the embedded default then needs no extra
-    process, and the sweep runs even while the broker is down (it is what re-sends the wake-ups
-    once the broker is back). Several workers sweeping only send duplicate wake-ups, which claim
+    process, and recovery runs even while the broker is down (it is what re-sends the wake-ups
+    once the broker is back). Several workers recovering only send duplicate wake-ups, which claim
     nothing. The thread has its own engine: pool processes are forked from this process, and
     they must never share the process-wide engine's connections.
     """
@@ -69,9 +69,9 @@ class RunSweeper:
     def __init__(self) -> None:
         settings = get_settings()
         self.engine = background_engine(settings.resolved_database_url)
-        self.interval = settings.run_sweep_interval_seconds
+        self.interval = settings.run_recovery_interval_seconds
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="run-sweeper", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="run-recovery", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -86,23 +86,23 @@ class RunSweeper:
             try:
                 woken = wake_stalled_runs(self.engine)
                 if woken:
-                    logger.info("sweeper: %s run(s) woken again", woken)
+                    logger.info("run recovery: %s run(s) woken again", woken)
             except Exception:
-                logger.exception("sweeper: sweep failed; retrying")
+                logger.exception("run recovery: pass failed; retrying")
             self.stopping.wait(self.interval)
 
 
-_sweeper: list[RunSweeper] = []
+_recovery_loops: list[RunRecoveryLoop] = []
 
 
 @worker_ready.connect
-def _start_sweeper(**_: Any) -> None:
-    sweeper = RunSweeper()
-    sweeper.start()
-    _sweeper.append(sweeper)
+def _start_run_recovery(**_: Any) -> None:
+    loop = RunRecoveryLoop()
+    loop.start()
+    _recovery_loops.append(loop)
 
 
 @worker_shutdown.connect
-def _stop_sweeper(**_: Any) -> None:
-    while _sweeper:
-        _sweeper.pop().stop()
+def _stop_run_recovery(**_: Any) -> None:
+    while _recovery_loops:
+        _recovery_loops.pop().stop()

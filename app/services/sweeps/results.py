@@ -13,9 +13,10 @@ from sqlmodel import Session
 
 from app.core.errors import InvalidInput, NotFound
 from app.models import Sweep, SweepEvaluation, SweepEvent, SweepTrial
-from app.services import sweep_plots, sweep_stats
-from app.services.sweep_query import FilterError, parse_filter, parse_sort
+from app.services.sweeps import plots as sweep_plots
+from app.services.sweeps import stats as sweep_stats
 from app.services.sweeps.control import get_sweep
+from app.services.sweeps.query import FilterError, parse_filter, parse_sort
 from ml.config import LicchaviConfig, config_hash
 from ml.sweep.spec import SweepSpec
 
