@@ -134,19 +134,28 @@ class TrainingExecution:
 
         with self.engine.connect() as connection:
             row = connection.execute(
-                select(Run.c.criteria, Run.c.config, Run.c.warm_start).where(
+                select(Run.c.criteria, Run.c.config, Run.c.warm_start, Run.c.trigger).where(
                     Run.c.id == self.claim.run_id
                 )
             ).one()
-        criteria, config_values, warm_start = row
+        criteria, config_values, warm_start, trigger = row
         started = time.perf_counter()
         with self.engine.begin() as connection:
             snapshot = load_snapshot(connection, criteria=criteria)
         dataset = ComparisonDataset.from_frame(snapshot.frame)
-        names = list(criteria) if criteria else sorted(dataset.criteria)
-        missing = [name for name in names if name not in dataset.criteria]
-        if missing or not names:
-            raise NothingToTrain(f"no comparisons for criterion {', '.join(missing) or '(any)'}")
+        with self.engine.connect() as connection:
+            served = publication.published_criteria(connection)
+        wanted = list(criteria) if criteria else sorted(set(dataset.criteria) | set(served))
+        names = [name for name in wanted if name in dataset.criteria]
+        # A criterion whose last comparison was deleted has published scores nothing supports any
+        # more: the run publishes it empty (its pointer moves to this run, which has no scores for
+        # it), so those scores stop being served and no older run in flight can bring them back.
+        withdrawn = [name for name in wanted if name not in dataset.criteria and name in served]
+        # A manual run asking for a criterion with neither comparisons nor scores would do nothing
+        # for it: most likely a mistake, so it fails saying so. An auto run then just skips it.
+        idle = [name for name in wanted if name not in dataset.criteria and name not in served]
+        if (not names and not withdrawn) or (idle and trigger != "auto"):
+            raise NothingToTrain(f"no comparisons for criterion {', '.join(idle) or '(any)'}")
         fingerprints = {name: data_fingerprint(dataset.criteria[name]) for name in names}
         with self.engine.begin() as connection:
             leases.record_snapshot(
@@ -158,7 +167,7 @@ class TrainingExecution:
             )
         loaded = time.perf_counter()
         config = LicchaviConfig.model_validate(config_values)
-        reporter = ProgressReporter(self.engine, self.claim, self.settings, len(names))
+        reporter = ProgressReporter(self.engine, self.claim, self.settings, max(len(names), 1))
         outputs = []
         for index, name in enumerate(names):
             result = self._trained_before(name, fingerprints[name], config, dataset)
@@ -177,7 +186,13 @@ class TrainingExecution:
             outputs.append(_output(result, dataset.criteria[name], snapshot))
         trained = time.perf_counter()
         with self.engine.begin() as connection:
-            published = publication.publish(connection, self.claim, outputs, snapshot.taken_at)
+            published = publication.publish(
+                connection,
+                self.claim,
+                outputs,
+                snapshot.taken_at,
+                withdrawn=[snapshot.criterion_ids[name] for name in withdrawn],
+            )
         logger.info(
             "run %s: %d comparisons; snapshot %.2f s, training %.2f s, publication %.2f s",
             self.claim.run_id,

@@ -1,22 +1,57 @@
 """Shared API shapes: identifier types and the paginated envelope."""
 
+import re
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 T = TypeVar("T")
 
-# Tournesol public usernames follow Django's username rule; video ids are platform-prefixed
-# (`yt:dQw4w9WgXcQ`) or bare YouTube ids as in the public dataset.
+# One rule for ids at every entry point (JSON, CSV upload, `licchavi import`, paths and queries).
+# Tournesol public usernames follow Django's username rule, whose `\w` is Python's: letters and
+# digits of any script and `_`. Python's `re` decides, not pydantic's Rust engine, whose `\w` also
+# takes combining marks and joiners (U+0301, U+200D): ids made of those were accepted as JSON, then
+# refused by the CSV reader, so an export could not be imported back. Video ids are
+# platform-prefixed (`yt:dQw4w9WgXcQ`) or bare YouTube ids as in the public dataset.
+USER_ID_PATTERN = r"^[\w.@+\-:]+$"
+VIDEO_ID_PATTERN = r"^[\w.\-:]+$"
+USER_ID_MAX_LENGTH = 150
+VIDEO_ID_MAX_LENGTH = 100
+_USER_ID = re.compile(rf"[\w.@+\-:]{{1,{USER_ID_MAX_LENGTH}}}")
+_VIDEO_ID = re.compile(rf"[\w.\-:]{{1,{VIDEO_ID_MAX_LENGTH}}}")
+
+
+def is_user_id(value: str) -> bool:
+    return _USER_ID.fullmatch(value) is not None
+
+
+def is_video_id(value: str) -> bool:
+    return _VIDEO_ID.fullmatch(value) is not None
+
+
+def _user_id(value: str) -> str:
+    if not is_user_id(value):
+        raise ValueError("a user id is 1 to 150 letters, digits or _ . @ + - :")
+    return value
+
+
+def _video_id(value: str) -> str:
+    if not is_video_id(value):
+        raise ValueError("a video id is 1 to 100 letters, digits or _ . - :")
+    return value
+
+
 UserId = Annotated[
     str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=150, pattern=r"^[\w.@+\-:]+$"
-    ),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=USER_ID_MAX_LENGTH),
+    AfterValidator(_user_id),
+    Field(json_schema_extra={"pattern": USER_ID_PATTERN}),
 ]
 VideoId = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[\w.\-:]+$"),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=VIDEO_ID_MAX_LENGTH),
+    AfterValidator(_video_id),
+    Field(json_schema_extra={"pattern": VIDEO_ID_PATTERN}),
 ]
 CriterionName = Annotated[
     str,

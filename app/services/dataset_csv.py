@@ -2,18 +2,15 @@
 
 import csv
 import math
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
+from app.schemas.common import is_user_id, is_video_id
 from app.services.upsert import ComparisonRow, oriented
 
 REQUIRED_COLUMNS = ("public_username", "video_a", "video_b", "criteria", "score")
 EXPORT_COLUMNS = (*REQUIRED_COLUMNS, "score_max", "week_date")
-
-_USER_RE = re.compile(r"^[\w.@+\-:]{1,150}$")
-_VIDEO_RE = re.compile(r"^[\w.\-:]{1,100}$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +45,7 @@ def parse_rows(
     position = {name: i for i, name in enumerate(header)}
     user_at, a_at, b_at, criterion_at, score_at = (position[c] for c in REQUIRED_COLUMNS)
     score_max_at = position.get("score_max")
+    week_at = position.get("week_date")
     width = len(header)
     number = 0
     for record in reader:
@@ -68,6 +66,7 @@ def parse_rows(
             fields[criterion_at],
             fields[score_at],
             None if score_max_at is None else fields[score_max_at],
+            None if week_at is None else fields[week_at],
             criteria,
             default_score_max,
         )
@@ -81,6 +80,7 @@ def _parse_record(
     raw_criterion: str | None,
     raw_score: str | None,
     raw_max: str | None,
+    raw_week: str | None,
     criteria: set[str],
     default_score_max: float,
 ) -> ComparisonRow | RowError:
@@ -88,11 +88,11 @@ def _parse_record(
     video_a = (raw_a or "").strip()
     video_b = (raw_b or "").strip()
     criterion = (raw_criterion or "").strip()
-    if not _USER_RE.match(user):
+    if not is_user_id(user):
         return RowError(number, "public_username", f"invalid user id {user!r}")
-    if not _VIDEO_RE.match(video_a):
+    if not is_video_id(video_a):
         return RowError(number, "video_a", f"invalid video id {video_a!r}")
-    if not _VIDEO_RE.match(video_b):
+    if not is_video_id(video_b):
         return RowError(number, "video_b", f"invalid video id {video_b!r}")
     if video_a == video_b:
         return RowError(number, "video_b", "video_a and video_b must differ")
@@ -107,7 +107,31 @@ def _parse_record(
         return RowError(number, "score_max", f"score_max must be a positive number: {raw_max!r}")
     if abs(score) > score_max:
         return RowError(number, "score", f"score {score:g} outside [-{score_max:g}, {score_max:g}]")
-    return oriented(user, video_a, video_b, criterion, score, score_max)
+    try:
+        created_at = _week_start(raw_week)
+    except ValueError:
+        return RowError(number, "week_date", f"week_date is not a Monday YYYY-MM-DD: {raw_week!r}")
+    return oriented(user, video_a, video_b, criterion, score, score_max, created_at)
+
+
+_WEEK_STARTS: dict[str, datetime] = {}
+
+
+def _week_start(raw: str | None) -> datetime | None:
+    """The week's Monday at midnight UTC (stored as the comparison's creation time, which the
+    export writes back as its week); None when the row gives none; ValueError when not a Monday."""
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    start = _WEEK_STARTS.get(raw)
+    if start is None:
+        day = date.fromisoformat(raw)
+        if day.weekday() != 0:
+            raise ValueError(f"{raw} is not a Monday")
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        if len(_WEEK_STARTS) < 10_000:  # a dataset spans a few hundred weeks
+            _WEEK_STARTS[raw] = start
+    return start
 
 
 def _number(raw: str | None) -> float | None:
@@ -124,6 +148,8 @@ def format_number(value: float) -> str:
 
 
 def week_date(moment: datetime) -> str:
-    """Monday of the moment's week, the public dataset's `week_date`."""
+    """Monday of the moment's (UTC) week, the public dataset's `week_date`."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
     day: date = moment.date()
     return (day - timedelta(days=day.weekday())).isoformat()

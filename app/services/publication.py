@@ -101,15 +101,30 @@ def published_state(connection: Connection, *, criterion: str) -> bytes | None:
     return latest_state(connection, run_id=int(run_id), criterion=criterion, checkpoint=False)
 
 
+def published_criteria(connection: Connection) -> list[str]:
+    """Names of the criteria that have a published run."""
+    rows = connection.execute(
+        text("SELECT c.name FROM published_runs p JOIN criteria c ON c.id = p.criterion_id")
+    )
+    return sorted(str(name) for (name,) in rows)
+
+
 def publish(
-    connection: Connection, claim: Claim, outputs: Sequence[CriterionOutput], snapshot_at: datetime
+    connection: Connection,
+    claim: Claim,
+    outputs: Sequence[CriterionOutput],
+    snapshot_at: datetime,
+    *,
+    withdrawn: Sequence[int] = (),
 ) -> list[str]:
     """Write every criterion's scores and move its published pointer, then mark the run succeeded.
 
     Call inside one transaction: readers see the previous run's scores until it commits, then
     this run's, never a mix. The status moves first, so a run taken over by another worker
     writes nothing. A criterion whose published run read newer comparisons keeps it (a slower,
-    older run never replaces fresher scores); the names of the criteria published are returned.
+    older run never replaces fresher scores). The `withdrawn` criteria (ids), which had no
+    comparison left in the snapshot, are published empty: their pointer moves to this run, which
+    holds no scores for them. Returns the names of the criteria published.
     """
     if not finish(connection, claim, status="succeeded", unless_cancelled=True):
         raise LeaseLost(f"run {claim.run_id}: lease lost before publication")
@@ -126,6 +141,9 @@ def publish(
         _write_scores(connection, claim.run_id, output)
         if _move_pointer(connection, claim.run_id, output.criterion_id, snapshot_at):
             published.append(output.criterion)
+    for criterion_id in withdrawn:
+        if _move_pointer(connection, claim.run_id, criterion_id, snapshot_at):
+            published.append(_criterion_name(connection, criterion_id))
     connection.execute(
         text("DELETE FROM model_states WHERE run_id = :run AND is_checkpoint"),
         {"run": claim.run_id},
@@ -163,6 +181,13 @@ def _move_pointer(
         {"criterion": criterion_id, "run": run_id, "now": now},
     )
     return True
+
+
+def _criterion_name(connection: Connection, criterion_id: int) -> str:
+    name = connection.execute(
+        text("SELECT name FROM criteria WHERE id = :id"), {"id": criterion_id}
+    ).scalar_one()
+    return str(name)
 
 
 def _aware(value: Any) -> datetime:

@@ -173,12 +173,21 @@ EXPORT_QUERY = """
     JOIN videos va ON va.id = cmp.video_a_id
     JOIN videos vb ON vb.id = cmp.video_b_id
     JOIN criteria c ON c.id = cmp.criterion_id
-    ORDER BY cmp.id
+    ORDER BY u.external_id{collate}, va.external_id{collate}, vb.external_id{collate},
+        c.name{collate}
 """
 
 
+# SQLite compares text byte by byte, which for UTF-8 is code-point order; PostgreSQL needs "C".
+_CODE_POINT_ORDER = {"postgresql": ' COLLATE "C"', "sqlite": ""}
+
+
 def export_comparisons(engine: Engine, directory: Path) -> int:
-    """Write `comparisons.csv` in the public-dataset format; returns the number of rows."""
+    """Write `comparisons.csv` in the public-dataset format; returns the number of rows.
+
+    Rows come in code-point order of (user, video_a, video_b, criterion), not in storage order:
+    an import of the file stores them in another order (each batch is written in key order), and
+    only a canonical order makes export → import → export give the same bytes."""
     from datetime import datetime
 
     from sqlalchemy import text
@@ -192,7 +201,7 @@ def export_comparisons(engine: Engine, directory: Path) -> int:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(EXPORT_COLUMNS)
         result = connection.execution_options(stream_results=True, yield_per=10_000).execute(
-            text(EXPORT_QUERY)
+            text(EXPORT_QUERY.format(collate=_CODE_POINT_ORDER[engine.dialect.name]))
         )
         for user, a, b, criterion, score, score_max, created_at in result:
             if isinstance(created_at, str):  # SQLite hands back text through raw SQL

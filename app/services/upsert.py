@@ -37,6 +37,9 @@ class ComparisonRow(NamedTuple):
     criterion: str
     score: float
     score_max: float
+    # When the source says when the comparison was first made (the public dataset's
+    # `week_date`): the created_at of a row this write inserts. None means now.
+    created_at: datetime | None = None
 
     @property
     def key(self) -> ComparisonKey:
@@ -44,12 +47,20 @@ class ComparisonRow(NamedTuple):
 
 
 def oriented(
-    user: str, video_a: str, video_b: str, criterion: str, score: float, score_max: float
+    user: str,
+    video_a: str,
+    video_b: str,
+    criterion: str,
+    score: float,
+    score_max: float,
+    created_at: datetime | None = None,
 ) -> ComparisonRow:
     """The stored form of a comparison: the pair sorted, the score's sign following the swap."""
     if video_a > video_b:
         video_a, video_b, score = video_b, video_a, -score
-    return ComparisonRow(user, video_a, video_b, criterion, float(score) + 0.0, float(score_max))
+    return ComparisonRow(
+        user, video_a, video_b, criterion, float(score) + 0.0, float(score_max), created_at
+    )
 
 
 class UnknownCriteria(LookupError):
@@ -161,6 +172,9 @@ def _upsert_postgres(
     parameters["s"] = _number_array(r.score for r in batch)
     parameters["m"] = _number_array(r.score_max for r in batch)
     parameters["now"] = now
+    dated = not if_queued and any(r.created_at is not None for r in batch)
+    if dated:
+        parameters["t"] = _timestamp_array(r.created_at for r in batch)
     # Never run on a cached generic plan: one is made once per connection, from the table sizes of
     # that moment (a plan made on an empty database scans users sequentially forever after, 15 ms
     # a write at 90k users, when autovacuum is off), and it would also serve 10,000-row batches.
@@ -172,7 +186,7 @@ def _upsert_postgres(
     # connection, which takes `prepare`; it runs in the session's transaction all the same.
     fairy = session.connection().connection
     connection: Any = fairy.driver_connection
-    statement = _PG_UPSERT_IF_QUEUED if if_queued else _PG_UPSERT
+    statement = _PG_UPSERT_IF_QUEUED if if_queued else _PG_UPSERT_DATED if dated else _PG_UPSERT
     prepare = statuses and bool(fairy.info.get(CUSTOM_PLANS_ONLY))
     found, queued, resolved, inserted, updated, *ids = connection.execute(
         statement + (_PG_STATUSES if statuses else _PG_COUNTS), parameters, prepare=prepare
@@ -212,6 +226,10 @@ def _text_array(values: Iterable[str]) -> str:
 
 def _number_array(values: Iterable[float]) -> str:
     return "{" + ",".join(map(repr, values)) + "}"
+
+
+def _timestamp_array(values: Iterable[datetime | None]) -> str:
+    return "{" + ",".join("NULL" if v is None else f'"{v.isoformat()}"' for v in values) + "}"
 
 
 # Ids are gathered in the order of the name lists (sorted by code point, as COLLATE "C" sorts), so
@@ -297,6 +315,21 @@ _PG_UPSERT_IF_QUEUED = (
     .replace("{queued_column}", "(SELECT all_queued FROM queued)")
 )
 
+# Rows that say when they were first made (an import's `week_date`) are inserted with that time.
+_PG_UPSERT_DATED = _PG_UPSERT.replace(
+    """src.s, src.m,
+        %(now)s, %(now)s""",
+    """src.s, src.m,
+        COALESCE(src.t, %(now)s), %(now)s""",
+).replace(
+    """CAST(%(s)s AS float8[]), CAST(%(m)s AS float8[])
+    ) AS src(u, a, b, c, s, m)""",
+    """CAST(%(s)s AS float8[]), CAST(%(m)s AS float8[]),
+        CAST(%(t)s AS timestamptz[])
+    ) AS src(u, a, b, c, s, m, t)""",
+)
+assert _PG_UPSERT_DATED.count("src.t") == 1 and "AS src(u, a, b, c, s, m, t)" in _PG_UPSERT_DATED
+
 _PG_COUNTS = "FROM written"
 
 # Also the id arrays and the ids of the rows written, to tell each key's status.
@@ -328,6 +361,8 @@ def _upsert_sqlite(
                 criteria[r.criterion],
                 r.score,
                 r.score_max,
+                # The text sqlite3 makes of the `now` parameter below, so both read back alike.
+                None if r.created_at is None else r.created_at.isoformat(" "),
             ]
             for r in batch
         ]
@@ -405,14 +440,15 @@ def _insert_missing(
 
 _SQLITE_SOURCE = """(
     SELECT value->>0 AS u, value->>1 AS a, value->>2 AS b, value->>3 AS c,
-           value->>4 AS s, value->>5 AS m
+           value->>4 AS s, value->>5 AS m, value->>6 AS t
     FROM json_each(:rows)
 ) AS src"""
 
 _SQLITE_UPSERT = f"""
     INSERT INTO comparisons
         (user_id, video_a_id, video_b_id, criterion_id, score, score_max, created_at, updated_at)
-    SELECT src.u, src.a, src.b, src.c, src.s, src.m, :now, :now FROM {_SQLITE_SOURCE} WHERE true
+    SELECT src.u, src.a, src.b, src.c, src.s, src.m, COALESCE(src.t, :now), :now
+    FROM {_SQLITE_SOURCE} WHERE true
     ON CONFLICT (user_id, video_a_id, video_b_id, criterion_id) DO UPDATE
     SET score = excluded.score, score_max = excluded.score_max, updated_at = excluded.updated_at
     WHERE comparisons.score <> excluded.score OR comparisons.score_max <> excluded.score_max

@@ -126,10 +126,12 @@ def stored_scores(run_id: int) -> dict[str, float]:
     return {video: score for video, score in rows}
 
 
-def comparison(user: str, video_a: str, video_b: str, score: float) -> dict[str, Any]:
+def comparison(
+    user: str, video_a: str, video_b: str, score: float, criterion: str = "largely_recommended"
+) -> dict[str, Any]:
     return {
         "user_id": user,
         "video_a": video_a,
         "video_b": video_b,
-        "criteria_scores": [{"criterion": "largely_recommended", "score": score}],
+        "criteria_scores": [{"criterion": criterion, "score": score}],
     }
