@@ -163,14 +163,14 @@ def worker_command_cli(
     queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = "cpu",
     concurrency: Annotated[int, typer.Option(min=1)] = 1,
     pool: Annotated[str, typer.Option(help="prefork, solo or threads (solo for GPU).")] = "prefork",
-    loglevel: str = "INFO",
+    loglevel: Annotated[str | None, typer.Option(help="Default: LOG_LEVEL.")] = None,
 ) -> None:
     """Run a Celery worker on QUEUES."""
     import os
 
     from app.cli.supervisor import worker_command
 
-    command = worker_command(queues, concurrency, pool, loglevel)
+    command = worker_command(queues, concurrency, pool, loglevel or get_settings().log_level)
     os.execv(command[0], command)
 
 
@@ -199,7 +199,11 @@ def serve(
     if demo:
         _load_demo()
     run_worker = settings.is_embedded if worker is None else worker
-    supervisor = WorkerSupervisor(worker_command("cpu", 1, "prefork")) if run_worker else None
+    supervisor = (
+        WorkerSupervisor(worker_command("cpu", 1, "prefork", settings.log_level))
+        if run_worker
+        else None
+    )
     if supervisor:
         supervisor.start()
     out.print(
@@ -212,7 +216,7 @@ def serve(
             host=host,
             port=port,
             workers=workers,
-            log_level="info",
+            log_level=settings.log_level.lower(),
         )
     finally:
         if supervisor:

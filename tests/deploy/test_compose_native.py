@@ -1,0 +1,255 @@
+"""docker-compose.yml and the Dockerfile, exercised natively (Docker cannot run here): each
+service's command line runs with the environment compose gives it, its hosts mapped onto this
+machine's PostgreSQL and Redis, and the Dockerfile's own steps and health checks run as written."""
+
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import REPO, create_database, drop_database, redis_test_url, service_missing
+from tests.helpers import free_port, stop, wait_for
+
+COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+# The variables an operator exports before `docker compose up` (the file's header says which).
+OPERATOR = {"SECRET_KEY": "0123456789abcdef" * 4, "LOG_LEVEL": "WARNING"}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """Compose's `${NAME}`, `${NAME:-default}` and `${NAME:?message}`."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, kind, argument = match.groups()
+        if variables.get(name):
+            return variables[name]
+        if kind == "-":
+            return argument
+        raise ValueError(f"{name}: {argument or 'not set'}")
+
+    return _VARIABLE.sub(replace, value)
+
+
+def service_environment(service: str, variables: dict[str, str]) -> dict[str, str]:
+    environment = COMPOSE["services"][service].get("environment", {})
+    return {name: interpolate(str(value), variables) for name, value in environment.items()}
+
+
+def dockerfile_stage(target: str) -> list[str]:
+    """The instructions of one stage, continuation lines joined."""
+    text = DOCKERFILE.replace("\\\n", " ")
+    stage = re.split(r"^FROM ", text, flags=re.M)
+    for body in stage[1:]:
+        header, _, rest = body.partition("\n")
+        if header.split()[-1] == target:
+            return [line.strip() for line in rest.splitlines() if line.strip()]
+    raise AssertionError(f"no stage {target!r} in the Dockerfile")
+
+
+def stage_env(target: str) -> dict[str, str]:
+    """ENV of the base stage (every role's image inherits it)."""
+    found: dict[str, str] = {}
+    for line in dockerfile_stage("base"):
+        if line.startswith("ENV "):
+            found |= dict(part.split("=", 1) for part in shlex.split(line[4:]))
+    return found
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """What compose would give every service, with db:5432 and redis:6379 mapped here."""
+    url, admin = create_database("licchavi_compose")
+    redis_url = redis_test_url()
+    import redis
+
+    try:
+        redis.Redis.from_url(redis_url).flushdb()
+    except redis.RedisError as exc:
+        service_missing("Redis", exc)
+    environment = service_environment("api", OPERATOR)
+    assert environment["ENVIRONMENT"] == "production"
+    assert urlsplit(environment["DATABASE_URL"]).hostname == "db"
+    assert urlsplit(environment["CELERY_BROKER_URL"]).hostname == "redis"
+    image = stage_env("base")
+    mapped = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")},
+        **image,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "DATA_DIR": str(tmp_path / "data"),
+        **environment,
+        "DATABASE_URL": url,
+        "CELERY_BROKER_URL": redis_url,
+        "HOSTNAME": socket.gethostname(),
+    }
+    (tmp_path / "data").mkdir()
+    yield mapped
+    drop_database(url, admin)
+
+
+def command_of(service: str, port: int | None = None) -> list[str]:
+    """The service's command; its listening port (the container's) replaced by a free one here."""
+    command = [str(part) for part in COMPOSE["services"][service]["command"]]
+    if port is None:
+        return command
+    moved = []
+    for before, part in zip(["", *command[:-1]], command, strict=True):
+        if before == "--port":
+            part = str(port)
+        elif part.startswith("--port="):
+            part = f"--port={port}"
+        moved.append(part)
+    assert moved != command, f"{service} names no port"
+    return moved
+
+
+def test_every_compose_service_command_runs_with_its_environment(
+    deployment: dict[str, str], tmp_path: Path
+) -> None:
+    assert set(COMPOSE["services"]) == {
+        "db", "redis", "migrate", "api", "worker-cpu", "worker-gpu", "flower"
+    }  # fmt: skip
+    # Compose refuses to start without the secret, as the file promises.
+    with pytest.raises(ValueError, match="SECRET_KEY"):
+        service_environment("api", {})
+
+    migrate = subprocess.run(
+        command_of("migrate"), env=deployment, capture_output=True, text=True, timeout=120
+    )
+    assert migrate.returncode == 0, migrate.stderr
+
+    api_port, flower_port = free_port(), free_port()
+    api_log = open(tmp_path / "api.log", "wb")  # noqa: SIM115 (closed with the process)
+    processes = [
+        subprocess.Popen(
+            command_of("api", api_port),
+            env=deployment,
+            stderr=api_log,
+            start_new_session=True,
+        ),
+        subprocess.Popen(command_of("worker-cpu"), env=deployment, start_new_session=True),
+        subprocess.Popen(command_of("flower", flower_port), env=deployment, start_new_session=True),
+    ]
+    try:
+        base = f"http://127.0.0.1:{api_port}"
+        wait_for("the API's readiness", lambda: httpx.get(f"{base}/readyz").status_code == 200, 60)
+        # The image's and compose's health checks, as written, against the port used here.
+        api_check = COMPOSE["services"]["api"]["healthcheck"]["test"]
+        assert api_check[0] == "CMD"
+        check = [part.replace(":8000/", f":{api_port}/") for part in api_check[1:]]
+        assert subprocess.run(check, env=deployment, timeout=30).returncode == 0
+
+        created = subprocess.run(
+            ["licchavi", "api-key", "create", "--scopes", "admin"],
+            env=deployment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+            rows = [
+                {
+                    "user_id": f"u{i % 3}",
+                    "video_a": f"yt:v{i % 5}",
+                    "video_b": f"yt:v{i % 5 + 1}",
+                    "criteria_scores": [{"criterion": "largely_recommended", "score": i % 7 - 3}],
+                }
+                for i in range(12)
+            ]
+            assert client.post("/api/v1/comparisons/bulk", json=rows).status_code == 200
+            run = client.post("/api/v1/training-runs", json={"criteria": ["largely_recommended"]})
+            assert run.status_code == 202, run.text
+            finished = wait_for(
+                "the compose worker to train the run",
+                lambda: (
+                    (body := client.get(f"/api/v1/training-runs/{run.json()['id']}").json())[
+                        "status"
+                    ]
+                    in ("succeeded", "failed")
+                    and body
+                ),
+                120,
+            )
+            assert finished["status"] == "succeeded", finished["error"]
+
+        worker_check = _healthcheck("worker-cpu")
+        ping = subprocess.run(
+            ["sh", "-c", worker_check], env=deployment, capture_output=True, timeout=60
+        )
+        assert ping.returncode == 0, ping.stderr
+
+        flower = f"http://127.0.0.1:{flower_port}"
+        wait_for("flower", lambda: httpx.get(f"{flower}/healthcheck").text == "OK", 60)
+        assert all(process.poll() is None for process in processes)
+    finally:
+        for process in processes:
+            stop(process)
+        api_log.close()
+    # LOG_LEVEL=WARNING reached the API: none of uvicorn's start-up or access lines.
+    assert "INFO" not in (tmp_path / "api.log").read_text()
+
+
+def _healthcheck(target: str) -> str:
+    """The shell form of a stage's HEALTHCHECK CMD."""
+    for line in dockerfile_stage(target):
+        if line.startswith("HEALTHCHECK"):
+            return line.split(" CMD ", 1)[1]
+    raise AssertionError(f"stage {target} has no HEALTHCHECK")
+
+
+def test_dockerfile_requirement_steps_install_what_each_role_needs(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
+    steps = {
+        target: [line for line in dockerfile_stage(target) if line.startswith("RUN python -c")]
+        for target in ("base", "ml-base")
+    }
+    outputs = {}
+    for target, (step,) in steps.items():
+        # `RUN python -c "…" > FILE && …`: run the python part; it writes to stdout.
+        program = shlex.split(step[len("RUN ") :].split(" > ", 1)[0])
+        done = subprocess.run(
+            [sys.executable, *program[1:]], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[target] = done.stdout.split()
+    project = PYPROJECT["project"]
+    assert outputs["base"] == project["dependencies"] + project["optional-dependencies"]["sweeps"]
+    assert not any(line.startswith("torch") for line in outputs["ml-base"])
+    assert set(outputs["ml-base"]) | {"torch>=2.13,<2.15"} >= set(
+        project["optional-dependencies"]["ml"]
+    )
+    # The API image never gets torch, and the app never imports it (checked in a bare process).
+    assert not any(line.startswith("torch") for line in outputs["base"])
+    bare = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys, app.main; print(json.dumps('torch' in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert json.loads(bare.stdout) is False
+
+
+def test_the_flower_image_and_the_tested_flower_are_one_version() -> None:
+    (pinned,) = [d for d in PYPROJECT["project"]["optional-dependencies"]["dev"] if "flower" in d]
+    arguments = [line for line in dockerfile_stage("flower") if line.startswith("ARG ")]
+    assert f"ARG FLOWER_VERSION={pinned.split('==')[1]}" in arguments
