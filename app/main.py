@@ -10,8 +10,10 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from app.api.routes import catalog, comparisons, health, runs, scores, sweeps
 from app.api.single_write import SingleWriteFastPath
 from app.core.config import get_settings
+from app.core.db import get_engine
 from app.core.errors import install_error_handlers
 from app.core.limits import BodySizeLimit
+from app.services.operations import OperationsCollector
 
 API_PREFIX = "/api/v1"
 
@@ -39,6 +41,9 @@ def create_app() -> FastAPI:
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
+    registry.register(
+        OperationsCollector(get_engine, cache_seconds=settings.operations_metrics_cache_seconds)
+    )
     Instrumentator(excluded_handlers=["/metrics", "/healthz"], registry=registry).instrument(
         application
     ).expose(application, include_in_schema=False)

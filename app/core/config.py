@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Largest `limit` of a list endpoint."
     )
     readiness_timeout_seconds: float = Field(default=2.0, gt=0)
+    operations_metrics_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="How long one read of the operator gauges of /metrics serves every scrape.",
+    )
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
     log_level: str = "INFO"
