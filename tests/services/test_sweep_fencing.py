@@ -2,7 +2,6 @@
 every kind of write refused by the database, one frozen dataset per (sweep, seed) even for the
 NULL seed of live comparisons, and the migration that brings both to existing databases."""
 
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from alembic import command
 from app.core.config import get_settings
@@ -195,29 +194,6 @@ def test_a_pass_that_loses_the_lease_midway_is_abandoned(engine: Engine) -> None
     assert counts(engine, sweep_id) == before
     assert woken == []
     assert counts(engine, sweep_id)["status"] == "running"  # not failed by the refused pass
-
-
-@pytest.mark.parametrize("backend", ["postgres"])
-def test_a_holder_paused_inside_a_write_is_cut_off_after_a_lease(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SWEEP_SCHEDULER_LEASE_SECONDS", "1")
-    get_settings.cache_clear()
-    stale = SweepScheduler(engine, get_settings(), owner="stale", wake=lambda _id: None)
-    assert stale.tick()
-    lapse_lease(engine)
-    taken: list[int | None] = []
-    with pytest.raises(DBAPIError, match="idle-in-transaction"), stale.fenced() as connection:
-        # Paused here, inside a write, holding the lease row: a take-over waits for the row,
-        # and gets it once PostgreSQL has ended the idle session (its renewal rolled back).
-        follower = threading.Thread(
-            target=lambda: taken.append(acquire_lease(engine, owner="fresh", seconds=30))
-        )
-        follower.start()
-        follower.join(timeout=60)
-        assert not follower.is_alive(), "the take-over still waits on the paused holder"
-        connection.execute(text("SELECT 1"))  # the paused session is gone
-    assert taken == [2]
 
 
 def test_one_dataset_per_sweep_and_seed_even_for_live_comparisons(engine: Engine) -> None:

@@ -114,11 +114,6 @@ def hold_lease(connection: Connection, *, owner: str, epoch: int, seconds: float
     so no other scheduler can take the lease over while these writes, Optuna's included, are
     made; one that took it before makes this UPDATE match nothing.
     """
-    if connection.dialect.name == "postgresql":
-        # A holder paused inside this transaction keeps the row locked, and a take-over waiting:
-        # PostgreSQL ends its session once it has sat idle for a lease, which rolls it back.
-        timeout_ms = max(1000, int(seconds * 1000))
-        connection.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {timeout_ms}")
     held = connection.execute(
         update(Lease)
         .where(Lease.c.name == LEASE_NAME, Lease.c.owner == owner, Lease.c.epoch == epoch)
@@ -289,6 +284,9 @@ class SweepScheduler:
             datasets = [
                 (seed, frozen, frozen.to_bytes()) for seed, frozen in self._freeze(spec, live)
             ]
+            # Opening Optuna's storage (creating its tables the first time) is slow and writes
+            # no result: done before the fenced transaction, which it would otherwise lengthen.
+            storage = self.storage
         with self.fenced() as connection:
             started = connection.execute(
                 update(SweepTable)
@@ -319,7 +317,7 @@ class SweepScheduler:
                 )
             ).one()
             name = study_name(sweep_id, spec_hash)
-            load_study(self.storage, name, spec)
+            load_study(storage, name, spec)
             connection.execute(
                 update(SweepTable)
                 .where(SweepTable.c.id == sweep_id)
