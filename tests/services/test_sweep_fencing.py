@@ -2,6 +2,7 @@
 every kind of write refused by the database, one frozen dataset per (sweep, seed) even for the
 NULL seed of live comparisons, and the migration that brings both to existing databases."""
 
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -194,6 +195,25 @@ def test_a_pass_that_loses_the_lease_midway_is_abandoned(engine: Engine) -> None
     assert counts(engine, sweep_id) == before
     assert woken == []
     assert counts(engine, sweep_id)["status"] == "running"  # not failed by the refused pass
+
+
+def test_the_lease_is_renewed_during_long_work_and_lapses_after_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWEEP_SCHEDULER_LEASE_SECONDS", "1.5")
+    get_settings.cache_clear()
+    holder = SweepScheduler(engine, get_settings(), owner="holder", wake=lambda _id: None)
+    assert holder.tick()
+    with holder.lease_kept():  # work outside any transaction (a big freeze) lasting 4 leases
+        for _ in range(12):
+            time.sleep(0.5)
+            assert acquire_lease(engine, owner="follower", seconds=1.5) is None
+    time.sleep(2.0)  # nothing renews it now: it lapses, and the follower takes it over
+    assert acquire_lease(engine, owner="follower", seconds=1.5) == 2
+    with pytest.raises(LeaseLost), holder.lease_kept():
+        time.sleep(1.0)  # the renewal finds the epoch gone and stops; the next write is refused
+        with holder.fenced():
+            pass
 
 
 def test_one_dataset_per_sweep_and_seed_even_for_live_comparisons(engine: Engine) -> None:
