@@ -191,7 +191,7 @@ def test_a_pass_that_loses_the_lease_midway_is_abandoned(engine: Engine) -> None
     stale.reap_expired = taken_over_first  # type: ignore[method-assign]
     before = counts(engine, sweep_id)
     assert not stale.tick()
-    assert stale.epoch is None
+    assert stale.epoch is None and [f.epoch for f in fresh] == [2]
     assert counts(engine, sweep_id) == before
     assert woken == []
     assert counts(engine, sweep_id)["status"] == "running"  # not failed by the refused pass
