@@ -300,3 +300,12 @@ def test_jwt_settings_need_an_issuer_and_an_audience() -> None:
     with pytest.raises(ValidationError, match="JWT_ISSUER and JWT_AUDIENCE"):
         Settings(jwt_secret=SECRET, jwt_audience=AUDIENCE)
     assert Settings(jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER).jwt_enabled
+
+
+def test_an_unreadable_key_set_is_a_503_not_a_pass(
+    client: ApiClient, idp: IdentityProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(monkeypatch, jwt_jwks=str(tmp_path / "missing.json"))
+    response = client.post(URL, json=without_user(), headers=bearer(idp.rs256()))
+    assert_problem(response, 503)
+    assert client.get(URL).json()["total"] == 0
