@@ -8,7 +8,7 @@ oldest row is kept and the evaluations that pointed at a later copy point at it 
 evaluation keeps its own data and split fingerprints, so what it was trained on stays known).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-06 05:50:00.000000
 """
 
