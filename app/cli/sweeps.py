@@ -58,12 +58,16 @@ def submit(
 ) -> None:
     """Submit a sweep; a worker's scheduler freezes its data and runs it."""
     from app.services.sweeps import control
+    from app.services.sweeps.study import missing_extra
     from ml.sweep.spec import SpecError, load_spec
 
     try:
         spec = load_spec(spec_file)
     except SpecError as exc:
         raise fail(str(exc)) from exc
+    missing = missing_extra()
+    if missing is not None:
+        raise fail(missing)
     if dry_run:
         plan = control.dry_run(spec)
         if as_json:
