@@ -70,7 +70,10 @@ def _spec_content(body: bytes, media_type: str) -> Any:
     except SpecTooLarge as exc:
         raise PayloadTooLarge(str(exc)) from exc
     except SpecError as exc:
-        raise InvalidInput(f"Body is not valid {kind.upper()}: {exc}") from exc
+        raise InvalidInput(
+            f"Body is not valid {kind.upper()}: {exc}",
+            errors=[{"loc": [], "pointer": "/", "message": str(exc), "type": "unreadable_body"}],
+        ) from exc
 
 
 @router.post(
