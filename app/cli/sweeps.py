@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 sweep_cli = typer.Typer(help="Hyperparameter sweeps.", no_args_is_help=True)
@@ -23,7 +24,8 @@ FINAL = ("completed", "cancelled", "failed")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a message quoting the input ("licchavi[sweeps]", a tag) is not markup.
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
