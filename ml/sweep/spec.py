@@ -49,6 +49,7 @@ FIXED_SETTINGS = ("device",)
 MAX_SPEC_BYTES = 1_048_576  # a spec document, JSON or YAML
 MAX_GRID_TRIALS = 100_000  # grid points, and trials of any sweep
 MAX_VALUES = 1_000  # values or choices of one parameter
+MAX_TOTAL_VALUES = 2_000  # of all parameters: a stored spec stays tens of kilobytes
 MAX_PARALLEL = 256
 MAX_SEEDS = 100
 MAX_TAGS = 32
@@ -319,6 +320,12 @@ class SweepSpec(BaseModel):
             _check_against_setting(name, parameter)
             if self.method == "grid" and parameter.kind == "range" and parameter.step is None:
                 raise ValueError(f"parameters.{name}: a grid over a range needs a step")
+        listed = sum(
+            len(parameter.values or parameter.choices or ())
+            for parameter in self.parameters.values()
+        )
+        if listed > MAX_TOTAL_VALUES:
+            raise ValueError(f"parameters: {listed} values in all (at most {MAX_TOTAL_VALUES})")
         if self.method != "grid" and not self.parameters:
             raise ValueError("method: a sampler needs at least one parameter")
         if self.method == "cmaes":
