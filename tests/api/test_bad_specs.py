@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from app.models import Sweep, SweepEvaluation, SweepTrial
+from bench.spec_limits import BILLION_LAUGHS
 from ml.sweep.spec import MAX_SPEC_BYTES
 from tests.api.test_comparisons import assert_problem
 from tests.conftest import ApiClient
@@ -19,18 +20,6 @@ WRITE = ("sweeps:write", "runs:write")
 JSON = "application/json"
 YAML = "application/yaml"
 
-# The classic billion laughs: nine references per level, 9⁹ strings once expanded.
-BILLION_LAUGHS = "\n".join(
-    [
-        "name: laughs",
-        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
-        *(
-            f"{name}: &{name} [{','.join(['*' + previous] * 9)}]"
-            for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
-        ),
-        "parameters: {solver: {values: *i}}",
-    ]
-)
 # The report's 683-byte shape: anchors reused under values.
 ANCHORED_VALUES = "name: x\nv: &v [0.5, 1.0]\nparameters:\n  w: {values: *v}\n"
 MERGE_KEY = "name: x\nbase_defaults: &d {epochs: 5}\nbase:\n  <<: *d\n"
@@ -129,6 +118,14 @@ SPECS = [
     pytest.param(params(w={"values": "abc"}), JSON, "/parameters/w/values", id="values-text"),
     pytest.param(spec(tags=["ok", "a\x00b"]), JSON, "/tags", id="nul-in-tag"),
     pytest.param(spec(tags=["t"] * 100_000), JSON, "/tags", id="100000-tags"),
+    pytest.param(
+        params(
+            **{name: {"values": list(range(1, 1001))} for name in ("epochs", "gen_freq", "seed")}
+        ),
+        JSON,
+        "/parameters",
+        id="3000-values-in-all",
+    ),
     pytest.param(spec(name="a\x00b"), JSON, "/name", id="nul-in-name"),
     pytest.param(spec(name="n" * 600_000), JSON, "/name", id="600kB-name"),
     pytest.param(spec(criterion="a\x00b"), JSON, "/criterion", id="nul-in-criterion"),
@@ -184,6 +181,13 @@ SPECS = [
 ]
 
 
+def refused_at(response: Any, pointer: str) -> None:
+    """A 422 problem whose first error points at `pointer`, with a short one-line detail."""
+    problem = assert_problem(response, 422)
+    assert problem["errors"][0]["pointer"] == pointer, problem
+    assert "\n" not in problem["detail"] and len(problem["detail"]) < 1000
+
+
 def listing(client: ApiClient) -> Any:
     return client.get(SWEEPS, params={"limit": 100}).json()
 
@@ -211,10 +215,7 @@ def test_a_bad_spec_is_refused_with_a_pointer_and_stores_nothing(
         response = client.post(
             SWEEPS, content=body.encode(), headers=headers, params={"dry_run": dry_run}
         )
-        problem = assert_problem(response, 422)
-        first = problem["errors"][0]
-        assert first["pointer"] == pointer, problem
-        assert "\n" not in problem["detail"] and len(problem["detail"]) < 1000
+        refused_at(response, pointer)
     assert listing(client) == before
 
 
@@ -314,8 +315,7 @@ def test_a_bad_budget_change_is_refused_and_changes_nothing(
     response = client.patch(
         f"{SWEEPS}/{sweep_id}", content=body.encode(), headers={**auth, "Content-Type": JSON}
     )
-    problem = assert_problem(response, 422)
-    assert problem["errors"][0]["pointer"] == pointer, problem
+    refused_at(response, pointer)
     assert listing(client) == before
 
 
@@ -354,8 +354,7 @@ def test_bad_run_settings_are_refused_and_store_nothing(
 ) -> None:
     auth = client.key(*WRITE)
     response = client.post(RUNS, content=body.encode(), headers={**auth, "Content-Type": JSON})
-    problem = assert_problem(response, 422)
-    assert problem["errors"][0]["pointer"] == pointer, problem
+    refused_at(response, pointer)
     assert client.get(RUNS).json()["total"] == 0
 
 
