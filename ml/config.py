@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ml import bounded_yaml
+
 # Upper bounds of the settings, generous for any real run: beyond them a run would not finish
 # (epochs, iterations) or its numbers would overflow (weights, learning rates).
 MAX_EPOCHS = 100_000
@@ -123,8 +125,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"config file {path}: {error.strerror or error}") from error
     try:
-        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        content = json.loads(text) if path.suffix == ".json" else bounded_yaml.load(text)
+    except (ValueError, RecursionError, yaml.YAMLError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"config file {path}: cannot parse ({first_line})") from error
     if content is None:

@@ -48,6 +48,12 @@ SPECS = [
     pytest.param(MANY_NODES, YAML, "/", id="yaml-30000-nodes"),
     pytest.param(HUGE_INTEGER, YAML, "/", id="yaml-5000-digit-integer"),
     pytest.param("name: x\nbase: {w: .inf}\n", YAML, "/base/w", id="yaml-base-inf"),
+    pytest.param(
+        '{"name": "x", "base": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        JSON,
+        "/",
+        id="json-100000-deep",
+    ),
     pytest.param("name: x\nbase: {w0: .nan}\n", YAML, "/base/w0", id="yaml-base-nan"),
     pytest.param(
         "name: x\nmethod: random\nparameters: {w: {low: -.inf, high: 1}}\n",
