@@ -308,7 +308,9 @@ class SweepSpec(BaseModel):
     def _plain_tags(cls, tags: list[str]) -> list[str]:
         for tag in tags:
             if not tag or "," in tag or len(tag) > 64 or not re.fullmatch(PLAIN_TEXT, tag):
-                raise ValueError(f"tag {tag[:64]!r}: 1 to 64 characters, no comma")
+                raise ValueError(
+                    f"tag {tag[:64]!r}: 1 to 64 characters, no comma, no control character"
+                )
         return tags
 
     @model_validator(mode="after")
