@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ml.sweep.spec import MAX_GRID_TRIALS, MAX_PARALLEL, MAX_WALL_CLOCK_SECONDS
+
 SweepStatus = Literal["preparing", "running", "paused", "completed", "cancelled", "failed"]
 TrialStatus = Literal["pending", "running", "succeeded", "pruned", "failed", "cancelled"]
 
@@ -49,11 +51,14 @@ class SweepPublic(BaseModel):
 class SweepBudgetUpdate(BaseModel):
     """Change the budget of a live sweep (a completed one with room left runs on)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The spec's bounds: a budget changed later is held to what a submission may ask.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_trials: int | None = Field(default=None, ge=1)
-    max_parallel: int | None = Field(default=None, ge=1)
-    wall_clock_seconds: float | None = Field(default=None, gt=0)
+    max_trials: int | None = Field(default=None, ge=1, le=MAX_GRID_TRIALS)
+    max_parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    wall_clock_seconds: float | None = Field(
+        default=None, gt=0, le=MAX_WALL_CLOCK_SECONDS, description="at most a year"
+    )
 
 
 class TrialPublic(BaseModel):

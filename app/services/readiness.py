@@ -1,9 +1,16 @@
-"""Readiness probes: can we reach the database and the Celery broker right now?"""
+"""Readiness probes: can we reach the database and the Celery broker right now, and can
+sweeps run here?"""
 
 from sqlalchemy import create_engine, text
 
 from app.core.config import Settings
 from app.core.db import get_engine
+from app.services.sweeps.study import missing_extra
+
+
+def check_sweeps() -> str | None:
+    """None when sweeps can run here (their optional extra is installed), else why not."""
+    return missing_extra()
 
 
 def check_database() -> str | None:

@@ -30,7 +30,7 @@ def test_readyz_is_a_503_problem_when_the_broker_is_unreachable(
     with TestClient(create_app()) as client:
         problem = assert_problem(client.get("/readyz"), 503)
     assert "broker" in problem["detail"]
-    assert problem["checks"] == {"database": "ok", "broker": "error"}
+    assert problem["checks"] == {"database": "ok", "broker": "error", "sweeps": "ok"}
 
 
 def test_readyz_reports_an_unreachable_database(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,15 +1,18 @@
 """Sweeps: submit (or dry-run) a spec, steer it, and read trials, leaderboard, plots."""
 
-import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-import yaml
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.deps import PagingDep
 from app.core.db import SessionDep
-from app.core.errors import InvalidInput, UnsupportedMediaType
+from app.core.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from app.core.security import scoped
 from app.models import Sweep
 from app.schemas.common import Page
@@ -26,7 +29,8 @@ from app.schemas.sweeps import (
     TrialRerun,
 )
 from app.services.sweeps import control, promotion, results
-from ml.sweep.spec import SweepSpec
+from app.services.sweeps.study import missing_extra
+from ml.sweep.spec import SpecError, SpecTooLarge, SweepSpec, read_document
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 defaults_router = APIRouter(prefix="/training-defaults", tags=["sweeps"])
@@ -54,16 +58,22 @@ def spec_schema() -> dict[str, Any]:
 
 def _spec_content(body: bytes, media_type: str) -> Any:
     if media_type in YAML_TYPES:
-        try:
-            return yaml.safe_load(body)
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"Body is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if media_type in ("application/json", ""):
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise InvalidInput(f"Body is not valid JSON: {exc}") from exc
-    raise UnsupportedMediaType(f"Send application/json or application/yaml, not {media_type!r}.")
+        kind: Literal["json", "yaml"] = "yaml"
+    elif media_type in ("application/json", ""):
+        kind = "json"
+    else:
+        raise UnsupportedMediaType(
+            f"Send application/json or application/yaml, not {media_type!r}."
+        )
+    try:
+        return read_document(body, kind)
+    except SpecTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from exc
+    except SpecError as exc:
+        raise InvalidInput(
+            f"Body is not valid {kind.upper()}: {exc}",
+            errors=[{"loc": [], "pointer": "/", "message": str(exc), "type": "unreadable_body"}],
+        ) from exc
 
 
 @router.post(
@@ -89,7 +99,11 @@ async def submit_sweep(
     response: Response,
     dry_run: Annotated[bool, Query(description="validate and expand; run nothing")] = False,
 ) -> Any:
-    """Submit a sweep spec (JSON or YAML); with `?dry_run=true`, see what it would run."""
+    """Submit a sweep spec (JSON or YAML, at most 1 MiB); with `?dry_run=true`, see what it
+    would run. 503 when this installation cannot run sweeps (the `sweeps` extra is missing)."""
+    missing = missing_extra()
+    if missing is not None:
+        raise ServiceUnavailable(missing)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     content = _spec_content(await request.body(), media_type)
     spec = await run_in_threadpool(control.validate_spec, content)

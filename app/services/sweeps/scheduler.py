@@ -39,7 +39,7 @@ from app.services.sweeps.execution import record_event
 from app.services.sweeps.study import distributions, load_study, open_storage, study_name
 from ml.config import LicchaviConfig, config_hash
 from ml.sweep.datasets import FrozenDataset, freeze_holdout, freeze_synthetic
-from ml.sweep.spec import HoldoutEvaluation, SweepSpec
+from ml.sweep.spec import MAX_WALL_CLOCK_SECONDS, HoldoutEvaluation, SweepSpec
 
 if TYPE_CHECKING:
     import optuna
@@ -492,10 +492,10 @@ class SweepScheduler:
                 .select_from(Trial)
                 .where(Trial.c.sweep_id == sweep_id, Trial.c.source == "grid")
             ).scalar_one()
-            points = spec.grid()
-            if asked >= len(points):
+            # One point per ask, not the whole grid (up to 100,000 points) each time.
+            if asked >= spec.grid_size():
                 return False
-            study.enqueue_trial(points[asked])
+            study.enqueue_trial(spec.grid_point(asked))
             source = "grid"
         else:
             source = "sampler"
@@ -558,7 +558,10 @@ class SweepScheduler:
             return False
         started = as_aware(sweep.started_at)
         assert started is not None
-        return now_utc() >= started + timedelta(seconds=sweep.wall_clock_seconds)
+        # Bounded as the API now bounds it: a budget stored before that (1e14 s) would overflow
+        # the date and fail the sweep on every pass.
+        seconds = min(float(sweep.wall_clock_seconds), MAX_WALL_CLOCK_SECONDS)
+        return now_utc() >= started + timedelta(seconds=seconds)
 
     def _trial_counts(self, connection: Connection, sweep_id: int) -> dict[str, int]:
         active = func.count().filter(Trial.c.status.in_(ACTIVE_TRIAL))
