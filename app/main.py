@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from app.api.routes import api_keys, catalog, comparisons, health, runs, scores, sweeps
+from app.api.routes import api_keys, catalog, comparisons, health, me, runs, scores, sweeps
 from app.api.single_write import SingleWriteFastPath
 from app.core.config import get_settings
 from app.core.db import get_engine
@@ -36,6 +36,7 @@ def create_app() -> FastAPI:
     application.include_router(sweeps.router, prefix=API_PREFIX)
     application.include_router(sweeps.defaults_router, prefix=API_PREFIX)
     application.include_router(api_keys.router, prefix=API_PREFIX)
+    application.include_router(me.router, prefix=API_PREFIX)
     # Innermost of the middleware, so the Prometheus one and the body-size limit see its requests.
     application.add_middleware(SingleWriteFastPath, path=API_PREFIX + comparisons.router.prefix)
     # A registry per application: several apps in one process (tests) must not share counters.
