@@ -268,6 +268,7 @@ def serve(
     settings.ensure_data_dir()
     if settings.resolved_database_url.startswith("sqlite"):
         migrate()
+    signin = _demo_signin() if demo else None
     if demo:
         _load_demo()
     run_worker = settings.is_embedded if worker is None else worker
@@ -281,6 +282,12 @@ def serve(
     out.print(
         f"Licchavi scoring service on http://{host}:{port}  (API docs: http://{host}:{port}/docs)"
     )
+    if signin:
+        out.print(
+            f"Open http://{host}:{port}/#/signin?credential={signin}  (signed in as the demo user)",
+            highlight=False,
+            soft_wrap=True,
+        )
     try:
         uvicorn.run(
             "app.main:serve_app",
@@ -293,6 +300,34 @@ def serve(
     finally:
         if supervisor:
             supervisor.stop()
+
+
+DEMO_USER = "demo"
+DEMO_KEY_NAME = "demo sign-in"
+
+
+def _demo_signin() -> str:
+    """A fresh key of the demo user for the printed sign-in URL; the previous run's is revoked."""
+    from sqlmodel import Session, select
+
+    from app.core.db import get_engine
+    from app.core.security import create_api_key
+    from app.models import ApiKey
+    from app.services.api_keys import revoke_key
+
+    with Session(get_engine()) as session:
+        for old in session.exec(
+            select(ApiKey).where(ApiKey.name == DEMO_KEY_NAME, ApiKey.revoked_at.is_(None))  # type: ignore[union-attr]
+        ):
+            revoke_key(session, old.prefix)
+        _row, key = create_api_key(
+            session,
+            name=DEMO_KEY_NAME,
+            scopes=["comparisons:write", "scores:read_local", "runs:write", "sweeps:write"],
+            user_id=DEMO_USER,
+        )
+        session.commit()
+    return key
 
 
 def _load_demo() -> None:

@@ -31,9 +31,10 @@ SCOPES = {
     "sweeps:write": "submit and steer sweeps",
     "admin": "every scope",
 }
-# What a credential bound to one user may hold: it acts for that user alone, so scopes over the
-# whole service (training, sweeps, criteria, keys) stay with service keys.
-USER_SCOPES = frozenset({"comparisons:write", "scores:read_local"})
+# What a key bound to one user may hold: its own comparisons and local scores, and — when an
+# operator grants them, to a researcher say — training runs and sweeps, which publish or tune
+# everyone's scores but act for no other user. Criteria and keys stay with service keys.
+USER_SCOPES = frozenset({"comparisons:write", "scores:read_local", "runs:write", "sweeps:write"})
 # An `Authorization` header longer than this is refused before any parsing or decoding.
 MAX_CREDENTIAL_BYTES = 8192
 # The last-used time of a key is written at most this often.

@@ -143,7 +143,7 @@ def test_admin_api_creates_lists_and_revokes_keys(client: ApiClient) -> None:
     assert timedelta(days=29) < expires - datetime.now(UTC) <= timedelta(days=30)
     # A user key holds user scopes only; unknown scopes and past expiries are refused.
     for bad in (
-        {"scopes": ["runs:write"], "user_id": "alice"},
+        {"scopes": ["criteria:write"], "user_id": "alice"},
         {"scopes": ["nope"]},
         {"scopes": [WRITE], "expires_at": "2020-01-01T00:00:00Z"},
     ):
