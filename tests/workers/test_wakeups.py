@@ -2,7 +2,6 @@
 messages, and a run posted during the sweep starts after the evaluation in progress — on Redis
 and on the embedded SQLite broker, with a real worker process."""
 
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from sqlalchemy import bindparam, text
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.main import create_app
+from tests.broker_support import waiting_messages
 from tests.conftest import create_database, drop_database, migrate, reset_caches
 from tests.helpers import wait_for
 from tests.workers.training_support import (
@@ -85,28 +85,6 @@ def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
 
     dispose_engine()
     drop_database(url, admin)
-
-
-def waiting_messages() -> int:
-    """Messages in the worker queue not yet handed to a worker, read from the broker itself."""
-    settings = get_settings()
-    if settings.is_embedded:
-        path = settings.data_dir / "broker.sqlite3"
-        with sqlite3.connect(path) as connection:
-            row = connection.execute(
-                "SELECT count(*) FROM kombu_message m JOIN kombu_queue q ON q.id = m.queue_id"
-                " WHERE q.name = 'cpu' AND m.visible"
-            ).fetchone()
-        return int(row[0])
-    import redis
-
-    client = redis.Redis.from_url(settings.resolved_broker_url)
-    try:
-        # kombu keeps one list per priority level: "cpu", then "cpu\x06\x16<n>".
-        lists = [key for key in client.keys("cpu*") if client.type(key) == b"list"]
-        return sum(int(client.llen(key)) for key in lists)
-    finally:
-        client.close()
 
 
 def accepted(response: Any) -> int:
