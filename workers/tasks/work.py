@@ -57,9 +57,19 @@ def work(host: str) -> int:
     finally:
         # Stopped with work left (the time bound, or an error): hand it on, since the wake-ups
         # that brought it may all have been taken already.
-        if not drained and backlog(engine, limit=1):
-            wake_workers(reason="work left")
+        if not drained:
+            hand_on(engine)
     return done
+
+
+def hand_on(engine: Engine) -> None:
+    """Wake a worker for the work this loop leaves behind, if any."""
+    try:
+        if backlog(engine, limit=1):
+            wake_workers(reason="work left")
+    except Exception:
+        # Never mask the error that stopped the loop; recovery passes wake a worker later.
+        logger.exception("work left could not be handed on; run recovery and the scheduler will")
 
 
 def train_next(engine: Engine) -> bool:
