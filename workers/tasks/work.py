@@ -44,32 +44,18 @@ def work(host: str) -> int:
     owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     done = 0
-    drained = False
-    try:
-        while time.monotonic() - started < CLAIM_LOOP_SECONDS:
-            if backlog(engine, limit=2) > 1:
-                wake_workers(reason="work left")
-            if train_next(engine) or evaluate_next(owner):
-                done += 1
-                continue
-            drained = True
-            break
-    finally:
-        # Stopped with work left (the time bound, or an error): hand it on, since the wake-ups
-        # that brought it may all have been taken already.
-        if not drained:
-            hand_on(engine)
-    return done
-
-
-def hand_on(engine: Engine) -> None:
-    """Wake a worker for the work this loop leaves behind, if any."""
-    try:
-        if backlog(engine, limit=1):
+    while time.monotonic() - started < CLAIM_LOOP_SECONDS:
+        if backlog(engine, limit=2) > 1:
             wake_workers(reason="work left")
-    except Exception:
-        # Never mask the error that stopped the loop; recovery passes wake a worker later.
-        logger.exception("work left could not be handed on; run recovery and the scheduler will")
+        if not (train_next(engine) or evaluate_next(owner)):
+            return done
+        done += 1
+    # Stopped by the time bound with work maybe left: hand it on, since the wake-ups that
+    # brought it may all have been taken. (Not after an error: a failure that repeats would
+    # wake worker after worker; run recovery and the scheduler's re-sends wake one later.)
+    if backlog(engine, limit=1):
+        wake_workers(reason="work left")
+    return done
 
 
 def train_next(engine: Engine) -> bool:
