@@ -10,7 +10,12 @@ from app.core.config import get_settings
 
 celery_app = Celery(
     "licchavi",
-    include=["workers.tasks.maintenance", "workers.tasks.sweeps", "workers.tasks.training"],
+    include=[
+        "workers.tasks.maintenance",
+        "workers.tasks.sweeps",
+        "workers.tasks.training",
+        "workers.tasks.work",
+    ],
 )
 
 

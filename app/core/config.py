@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     run_resend_after_seconds: float = Field(
         default=30.0, gt=0, description="A queued run not started this long is sent again."
     )
+    wakeup_max_pending: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Undelivered wake-ups allowed in the broker queue; a woken worker claims the next"
+            " work from the database and wakes a peer while more is left."
+        ),
+    )
     score_runs_kept: int = Field(
         default=20, ge=1, description="Succeeded runs whose scores are kept besides published ones."
     )
