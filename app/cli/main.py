@@ -1,5 +1,6 @@
 """`licchavi`: serve the API, run workers, migrate, import/export comparisons, manage API keys."""
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -200,6 +201,12 @@ def serve(
         _load_demo()
     run_worker = settings.is_embedded if worker is None else worker
     supervisor = WorkerSupervisor(worker_command("cpu", 1, "prefork")) if run_worker else None
+    # uvicorn handles SIGTERM and SIGINT while it serves, then restores the handlers found here
+    # and raises the signal again: with the default SIGTERM handler that killed this process
+    # before the worker was stopped, leaving it running as an orphan. Raising SystemExit instead
+    # unwinds to the `finally` below.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     if supervisor:
         supervisor.start()
     out.print(
@@ -217,6 +224,10 @@ def serve(
     finally:
         if supervisor:
             supervisor.stop()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _load_demo() -> None:
