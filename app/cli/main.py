@@ -223,6 +223,9 @@ def serve(
         )
     finally:
         if supervisor:
+            # A second signal must not interrupt the stop, which is bounded (SIGKILL after 20 s).
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
             supervisor.stop()
 
 
