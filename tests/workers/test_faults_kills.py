@@ -67,6 +67,7 @@ class Writer(threading.Thread):
         self.attempted: set[str] = set()
         self.acknowledged: set[str] = set()
         self.runs: set[int] = set()
+        self.run_requests = 0
 
     def _post(self, path: str, body: object, headers: dict[str, str]) -> httpx.Response | None:
         while not self.stopping.is_set():
@@ -93,6 +94,7 @@ class Writer(threading.Thread):
                 self.acknowledged.add(video)
             if number % 15 == 0:
                 headers = {**self.headers, "Idempotency-Key": f"faults-run-{number}"}
+                self.run_requests += 1
                 created = self._post("/api/v1/training-runs", RUN, headers)
                 if created is not None:
                     assert created.status_code in (200, 202), created.text
@@ -148,11 +150,18 @@ def test_random_kills_and_stops_of_api_and_worker_lose_and_double_nothing(
                 )
             ).all()
             runs = connection.execute(text("SELECT id, status, epoch FROM training_runs")).all()
+            manual = {
+                int(row[0])
+                for row in connection.execute(
+                    text("SELECT id FROM training_runs WHERE trigger = 'manual'")
+                )
+            }
         counts = dict(stored)
         assert writer.acknowledged and writer.runs
         assert writer.acknowledged <= set(counts) <= writer.attempted
         assert all(count == 1 for count in counts.values())
-        assert writer.runs <= {run_id for run_id, _status, _epoch in runs}
+        # A request retried after a kill (same Idempotency-Key) never makes a second run.
+        assert writer.runs <= manual and len(manual) <= writer.run_requests
         for run_id, status, epoch in runs:
             assert status == "succeeded", (run_id, status)
             per_epoch = metrics_per_epoch(run_id)
