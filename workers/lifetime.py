@@ -19,7 +19,10 @@ logger = logging.getLogger(__name__)
 PARENT_ENV = "LICCHAVI_WORKER_PARENT_PID"  # the name app/cli/supervisor.py sets
 # Sent by the worker's main process to its pool processes at a warm shutdown, and delivered by the
 # kernel to a pool process whose main process died: a run in training checkpoints and hands off.
-HANDOFF_SIGNAL = signal.SIGUSR2
+# SIGURG because its default action is to do nothing, and billiard leaves it alone: with a
+# synchronous broker (the embedded one) it points SIGUSR1, SIGUSR2 and most others at its own
+# exit handler after our initialisation ran.
+HANDOFF_SIGNAL = signal.SIGURG
 PR_SET_PDEATHSIG = 1
 
 handoff_requested = threading.Event()

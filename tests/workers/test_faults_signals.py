@@ -113,11 +113,12 @@ def test_sigterm_to_a_worker_mid_run_checkpoints_and_hands_the_run_off(
 
 
 def start_serve(port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--demo"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with Path("serve.log").open("ab") as log:  # in the test's directory
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--demo"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def serve_with_worker(port: int) -> tuple[subprocess.Popen[bytes], list[int]]:
@@ -147,6 +148,48 @@ def test_serve_stopped_by_a_signal_leaves_no_process_behind(signum: int) -> None
         )
     finally:
         stop(server)
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_stopped_mid_run_hands_the_run_to_the_next_serve(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The embedded default end to end: SQLite, the embedded broker, the worker beside the API."""
+    monkeypatch.setenv("AUTO_TRAIN_ENABLED", "false")
+    monkeypatch.setenv("RUN_CHECKPOINT_EVERY_SECONDS", "30")
+    reset_caches()
+    port = free_port()
+    server, started = serve_with_worker(port)
+    try:
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/training-runs",
+            json={"config": {"epochs": 20_000, "precision": 1.0}, "warm_start": False},
+            headers=admin_headers(),
+        )
+        assert created.status_code == 202, created.text
+        run_id = created.json()["id"]
+        wait_for("training to go on", lambda: run_row(run_id)["epoch"] > 30, 120, 0.1)
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        assert server.returncode == 0
+        wait_for("serve's processes to exit", lambda: not any(map(alive, started)), 60)
+        handed = run_row(run_id)
+        assert handed["status"] == "running" and handed["lease_owner"] is None
+        stopped_at = max(checkpoints(run_id))
+        assert 30 < stopped_at < 20_000
+
+        server, started = serve_with_worker(port)  # one worker again, which resumes the run
+        wait_for("the run to resume", lambda: run_row(run_id)["attempt"] == 2, 120, 0.2)
+        assert len(descendants(server.pid)) == 2  # the new worker and its pool process
+        per_epoch = metrics_per_epoch(run_id)
+        assert all(count == 1 for _epoch, count, _attempt in per_epoch)
+        assert {attempt for epoch, _c, attempt in per_epoch if epoch <= stopped_at} == {1}
+        assert {attempt for epoch, _c, attempt in per_epoch if epoch > stopped_at} <= {2}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
         for pid in started:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
