@@ -1,5 +1,6 @@
 """`licchavi`: serve the API, run workers, migrate, import/export comparisons, manage API keys."""
 
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -277,6 +278,12 @@ def serve(
         if run_worker
         else None
     )
+    # uvicorn handles SIGTERM and SIGINT while it serves, then restores the handlers found here
+    # and raises the signal again: with the default SIGTERM handler that killed this process
+    # before the worker was stopped, leaving it running as an orphan. Raising SystemExit instead
+    # unwinds to the `finally` below.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     if supervisor:
         supervisor.start()
     out.print(
@@ -299,6 +306,9 @@ def serve(
         )
     finally:
         if supervisor:
+            # A second signal must not interrupt the stop, which is bounded (SIGKILL after 20 s).
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
             supervisor.stop()
 
 
@@ -328,6 +338,10 @@ def _demo_signin() -> str:
         )
         session.commit()
     return key
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _load_demo() -> None:

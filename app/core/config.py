@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         ge=0,
         description="And at least this long between two checkpoints (a big state costs seconds).",
     )
+    broker_reconnect_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="While the broker is unreachable, a worker tries to reconnect this often.",
+    )
     run_recovery_interval_seconds: float = Field(
         default=10.0,
         gt=0,

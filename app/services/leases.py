@@ -141,6 +141,17 @@ def record_snapshot(
         raise LeaseLost(f"run {claim.run_id}: lease lost")
 
 
+def hand_off(connection: Connection, claim: Claim) -> bool:
+    """Give our run up at once (the worker is stopping): its lease ends now, so the next wake-up's
+    claim takes it over and resumes from its checkpoint instead of waiting for the lease to
+    expire. The run stays `running` until then, which keeps an auto run's one-queued-per-scope
+    rule intact. False when the run was no longer ours."""
+    result = connection.execute(
+        update(Run).where(_owned(claim)).values(lease_owner=None, lease_expires_at=now_utc())
+    )
+    return bool(result.rowcount)
+
+
 class CancelledBeforePublication(Exception):
     """A cancel arrived after the last epoch but before the scores were published."""
 
