@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import JsonSettings, Text
+
 SweepStatus = Literal["preparing", "running", "paused", "completed", "cancelled", "failed"]
 TrialStatus = Literal["pending", "running", "succeeded", "pruned", "failed", "cancelled"]
 
@@ -79,7 +81,7 @@ class TrialRerun(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    overrides: JsonSettings = Field(default_factory=dict)
 
 
 class RetryResult(BaseModel):
@@ -90,7 +92,7 @@ class PromotionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trial_id: int | None = Field(default=None, description="default: the best succeeded trial")
-    note: str | None = Field(default=None, max_length=2000)
+    note: Text | None = Field(default=None, max_length=2000)
 
 
 class TrainingDefaultsPublic(BaseModel):

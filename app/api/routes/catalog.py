@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
 from app.core.db import SessionDep
 from app.core.security import scoped
@@ -12,7 +13,7 @@ from app.schemas.common import CriterionName, Page, UserId
 from app.schemas.comparisons import ComparisonPublic
 from app.services import catalog, comparisons
 
-router = APIRouter(tags=["catalogue"])
+router = APIRouter(tags=["catalogue"], route_class=AuthFirstRoute)
 
 
 @router.get("/videos", response_model=Page[VideoPublic])

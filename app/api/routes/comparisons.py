@@ -1,7 +1,6 @@
 """Comparison endpoints: write one, write many (JSON or CSV), list, read and delete a pair."""
 
 import io
-import json
 from typing import Annotated, Any, NoReturn
 
 from anyio import CapacityLimiter, to_thread
@@ -11,10 +10,12 @@ from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
 from app.core.config import get_settings
 from app.core.db import SessionDep, commit_request, is_request_session
 from app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, validation_errors
+from app.core.json_body import parse_json
 from app.core.security import scoped
 from app.schemas.common import CriterionName, Page, UserId, VideoId
 from app.schemas.comparisons import (
@@ -30,7 +31,7 @@ from app.services import comparisons as service
 from app.services.dataset_csv import CsvHeaderError, RowError, parse_rows
 from app.services.upsert import ComparisonRow, oriented
 
-router = APIRouter(prefix="/comparisons", tags=["comparisons"])
+router = APIRouter(prefix="/comparisons", tags=["comparisons"], route_class=AuthFirstRoute)
 WRITE_SCOPE = "comparisons:write"
 
 MAX_LISTED_ERRORS = 100
@@ -129,10 +130,7 @@ def _too_many(count: int) -> None:
 
 
 def _rows_from_json(session: Any, body: bytes) -> list[ComparisonRow]:
-    try:
-        raw = json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"Body is not valid JSON: {exc}") from exc
+    raw = parse_json(body)
     if not isinstance(raw, list):
         raise InvalidInput("Body must be a JSON list of comparisons.")
     _too_many(len(raw))

@@ -4,18 +4,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
 from app.core.db import SessionDep
 from app.core.security import scoped
-from app.schemas.common import CriterionName, Page
+from app.schemas.common import CriterionName, Page, Text
 from app.schemas.runs import RunCreate, RunMetrics, RunPublic, RunStatus, RunTrigger
 from app.services import plots
 from app.services import runs as service
 
-router = APIRouter(prefix="/training-runs", tags=["training runs"])
+router = APIRouter(prefix="/training-runs", tags=["training runs"], route_class=AuthFirstRoute)
 
 IdempotencyKey = Annotated[
-    str | None,
+    Text | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,

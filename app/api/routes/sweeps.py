@@ -1,18 +1,19 @@
 """Sweeps: submit (or dry-run) a spec, steer it, and read trials, leaderboard, plots."""
 
-import json
 from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
+from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
 from app.core.db import SessionDep
 from app.core.errors import InvalidInput, UnsupportedMediaType
+from app.core.json_body import parse_json
 from app.core.security import scoped
 from app.models import Sweep
-from app.schemas.common import Page
+from app.schemas.common import Page, Text
 from app.schemas.sweeps import (
     PromotionCreate,
     RetryResult,
@@ -28,8 +29,10 @@ from app.schemas.sweeps import (
 from app.services.sweeps import control, promotion, results
 from ml.sweep.spec import SweepSpec
 
-router = APIRouter(prefix="/sweeps", tags=["sweeps"])
-defaults_router = APIRouter(prefix="/training-defaults", tags=["sweeps"])
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], route_class=AuthFirstRoute)
+defaults_router = APIRouter(
+    prefix="/training-defaults", tags=["sweeps"], route_class=AuthFirstRoute
+)
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
@@ -59,10 +62,7 @@ def _spec_content(body: bytes, media_type: str) -> Any:
         except yaml.YAMLError as exc:
             raise InvalidInput(f"Body is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if media_type in ("application/json", ""):
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise InvalidInput(f"Body is not valid JSON: {exc}") from exc
+        return parse_json(body)
     raise UnsupportedMediaType(f"Send application/json or application/yaml, not {media_type!r}.")
 
 
@@ -106,7 +106,7 @@ def list_sweeps(
     session: SessionDep,
     paging: PagingDep,
     status: Annotated[SweepStatus | None, Query()] = None,
-    tag: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> Page[SweepPublic]:
     """Sweeps, newest first."""
     sweeps, total = control.list_sweeps(
@@ -175,7 +175,7 @@ def list_trials(
     session: SessionDep,
     paging: PagingDep,
     filter: Annotated[
-        str | None,
+        Text | None,
         Query(
             max_length=2000,
             description="e.g. `params.w >= 0.5 AND (metrics.heldout_accuracy > 0.7 OR tag IN"
@@ -183,7 +183,7 @@ def list_trials(
         ),
     ] = None,
     sort: Annotated[
-        str | None, Query(max_length=500, description="e.g. `-objective,params.w`")
+        Text | None, Query(max_length=500, description="e.g. `-objective,params.w`")
     ] = None,
 ) -> Page[TrialPublic]:
     """Trials filtered (AND/OR/NOT, IN, BETWEEN over params., metrics., tag, status,
@@ -241,7 +241,7 @@ def leaderboard(
     sweep_id: int,
     session: SessionDep,
     paging: PagingDep,
-    metric: Annotated[str | None, Query(max_length=64)] = None,
+    metric: Annotated[Text | None, Query(max_length=64)] = None,
     direction: Annotated[str | None, Query(pattern="^(maximize|minimize)$")] = None,
     confidence: Annotated[float, Query(gt=0.5, lt=1)] = 0.95,
 ) -> dict[str, Any]:
@@ -280,9 +280,9 @@ def plot_data(
     sweep_id: int,
     name: str,
     session: SessionDep,
-    metric: Annotated[str | None, Query(max_length=64)] = None,
-    x: Annotated[str | None, Query(max_length=64)] = None,
-    series: Annotated[str | None, Query(max_length=64)] = None,
+    metric: Annotated[Text | None, Query(max_length=64)] = None,
+    x: Annotated[Text | None, Query(max_length=64)] = None,
+    series: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """The numbers of a plot: loss-curves, metric-vs-parameter (?metric=&x=&series=),
     parallel-coordinates, importances."""
@@ -294,9 +294,9 @@ def plot_png(
     sweep_id: int,
     name: str,
     session: SessionDep,
-    metric: Annotated[str | None, Query(max_length=64)] = None,
-    x: Annotated[str | None, Query(max_length=64)] = None,
-    series: Annotated[str | None, Query(max_length=64)] = None,
+    metric: Annotated[Text | None, Query(max_length=64)] = None,
+    x: Annotated[Text | None, Query(max_length=64)] = None,
+    series: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> Response:
     """The same plot drawn as PNG."""
     data = results.plot_data(session, sweep_id, name, metric=metric, x=x, series=series)
