@@ -91,7 +91,9 @@ class RetryResult(BaseModel):
 class PromotionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    trial_id: int | None = Field(default=None, description="default: the best succeeded trial")
+    trial_id: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="default: the best succeeded trial"
+    )
     note: Text | None = Field(default=None, max_length=2000)
 
 

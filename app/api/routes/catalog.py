@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, status
 
 from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
+from app.api.openapi import problems
 from app.core.db import SessionDep
 from app.core.security import scoped
 from app.schemas.catalog import CriterionCreate, CriterionPublic, VideoPublic
@@ -58,6 +59,7 @@ def list_criteria(session: SessionDep) -> list[CriterionPublic]:
     response_model=CriterionPublic,
     status_code=status.HTTP_201_CREATED,
     dependencies=[scoped("criteria:write")],
+    responses=problems(409),
 )
 def create_criterion(payload: CriterionCreate, session: SessionDep) -> CriterionPublic:
     return catalog.create_criterion(session, payload=payload)

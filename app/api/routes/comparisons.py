@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
+from app.api.openapi import problems
 from app.core.config import get_settings
 from app.core.db import SessionDep, commit_request, is_request_session
 from app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, validation_errors
@@ -92,6 +93,7 @@ def write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonW
     "/bulk",
     response_model=BulkResult,
     dependencies=[scoped(WRITE_SCOPE)],
+    responses=problems(415),
     openapi_extra={
         "requestBody": {
             "content": {
