@@ -159,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
-        refused = _refused_value(exc)
+        refused = refused_value(exc)
         if refused is None:
             return await _unexpected(request, exc)
         # A value the database cannot store: the request is at fault, and nothing was written.
@@ -203,7 +203,7 @@ _REFUSED_SQLSTATES = {
 }
 
 
-def _refused_value(exc: BaseException) -> str | None:
+def refused_value(exc: BaseException) -> str | None:
     """What to tell the client about a value the database refused; None for any other error."""
     if isinstance(exc, OverflowError):
         return _REFUSED_SQLSTATES["22003"]

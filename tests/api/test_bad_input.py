@@ -304,3 +304,21 @@ def test_public_error_leaves_out_the_statement_and_its_parameters(
     message = public_error(caught.value)
     assert message == "OperationalError: no such table: no_such_table"
     assert "SELECT" not in message and "hunter2" not in message
+
+
+def test_text_postgresql_cannot_store_is_refused_as_a_client_error(postgres_engine: Any) -> None:
+    """The net under the text rule: a NUL that reached the database is a 422 message, not a 500
+    (psycopg refuses it before sending; an escaped \\u0000 in jsonb is SQLSTATE 22P05)."""
+    from sqlalchemy.exc import DataError
+
+    from app.core.errors import refused_value
+
+    for statement, value in (
+        ("SELECT CAST(:v AS text)", "a\x00b"),
+        ("SELECT CAST(:v AS jsonb)", '{"a": "\\u0000"}'),
+    ):
+        with postgres_engine.connect() as connection, pytest.raises(DataError) as caught:
+            connection.execute(text(statement), {"v": value})
+        assert refused_value(caught.value) == (
+            "Text in the request holds characters the service cannot store."
+        ), caught.value
