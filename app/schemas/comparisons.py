@@ -42,7 +42,19 @@ class CriterionScore(BaseModel):
 class ComparisonCreate(BaseModel):
     """What the frontend posts: one pair of videos, scored on one or more criteria."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "alice",
+                    "video_a": "yt:dQw4w9WgXcQ",
+                    "video_b": "yt:9bZkp7q19f0",
+                    "criteria_scores": [{"criterion": "largely_recommended", "score": 6}],
+                }
+            ]
+        },
+    )
 
     user_id: UserId
     video_a: VideoId
