@@ -159,7 +159,10 @@ def import_command(
         except SQLAlchemyError as exc:
             raise database_failure(exc) from exc
     for rejection in report.rejections[:20]:
-        err.print(f"row {rejection.row}: {rejection.field}: {rejection.message}", highlight=False)
+        where = (
+            f"row {rejection.row}: {rejection.field}" if rejection.field else f"row {rejection.row}"
+        )
+        err.print(f"{where}: {rejection.message}", highlight=False)
     if report.rejected > 20:
         err.print(f"… and {report.rejected - 20} more rejected rows", highlight=False)
     stored = "nothing stored (--strict)" if strict and report.rejected else "stored"
