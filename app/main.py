@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from app.api.openapi import install_openapi
 from app.api.routes import api_keys, catalog, comparisons, health, me, runs, scores, sweeps
 from app.api.single_write import SingleWriteFastPath
 from app.core.config import get_settings
@@ -28,6 +29,7 @@ def create_app() -> FastAPI:
         docs_url="/docs",
     )
     install_error_handlers(application)
+    install_openapi(application)
     application.include_router(health.router)
     application.include_router(comparisons.router, prefix=API_PREFIX)
     application.include_router(catalog.router, prefix=API_PREFIX)

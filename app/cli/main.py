@@ -62,6 +62,22 @@ def migrate(revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
+def prepare_database() -> None:
+    """The embedded default sets itself up (data directory, schema) as `serve` does; a server
+    database is migrated by its operator (`licchavi db upgrade`)."""
+    settings = get_settings()
+    settings.ensure_data_dir()
+    if settings.resolved_database_url.startswith("sqlite"):
+        migrate()
+
+
+def database_failure(exc: Exception) -> typer.Exit:
+    """A database error as a one-line message (the statement stays out of it)."""
+    from app.core.errors import public_error
+
+    return fail(f"database error: {public_error(exc)} (is it migrated? `licchavi db upgrade`)")
+
+
 @db_cli.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: head)."""
@@ -89,6 +105,7 @@ def api_key_create(
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
     from pydantic import TypeAdapter, ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
@@ -100,6 +117,7 @@ def api_key_create(
     try:
         user_id = None if user is None else TypeAdapter(UserId).validate_python(user)
         expires_at = None if expires_in is None else parse_expiry(expires_in)
+        prepare_database()
         with Session(get_engine()) as session:
             _row, key = create_api_key(
                 session, name=name, scopes=wanted, user_id=user_id, expires_at=expires_at
@@ -109,6 +127,8 @@ def api_key_create(
         raise fail(f"invalid user id {user!r}: {exc.errors()[0]['msg']}") from exc
     except (UnknownScope, ValueError) as exc:
         raise fail(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
     typer.echo(key)
 
 
@@ -174,6 +194,7 @@ def import_command(
 ) -> None:
     """Import comparisons (streamed, in batches); invalid rows are reported and skipped."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from app.core.db import get_engine
     from app.services.transfer import ImportSourceError, import_comparisons, source_size
@@ -184,6 +205,10 @@ def import_command(
         total = source_size(file)
     except ImportSourceError as exc:
         raise fail(str(exc)) from exc
+    try:
+        prepare_database()
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -204,8 +229,13 @@ def import_command(
             )
         except ImportSourceError as exc:
             raise fail(str(exc)) from exc
+        except SQLAlchemyError as exc:
+            raise database_failure(exc) from exc
     for rejection in report.rejections[:20]:
-        err.print(f"row {rejection.row}: {rejection.field}: {rejection.message}", highlight=False)
+        where = (
+            f"row {rejection.row}: {rejection.field}" if rejection.field else f"row {rejection.row}"
+        )
+        err.print(f"{where}: {rejection.message}", highlight=False)
     if report.rejected > 20:
         err.print(f"… and {report.rejected - 20} more rejected rows", highlight=False)
     stored = "nothing stored (--strict)" if strict and report.rejected else "stored"
@@ -221,13 +251,18 @@ def import_command(
 @cli.command("export")
 def export_command(directory: Annotated[Path, typer.Argument(help="Output directory.")]) -> None:
     """Write every comparison as comparisons.csv in the public-dataset format."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from app.core.db import get_engine
     from app.services.transfer import export_comparisons
 
     try:
+        prepare_database()
         count = export_comparisons(get_engine(), directory)
     except OSError as exc:
         raise fail(f"{directory}: {exc.strerror or exc}") from exc
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
     out.print(f"exported {count} comparisons to {directory / 'comparisons.csv'}")
 
 
@@ -266,9 +301,7 @@ def serve(
     from app.cli.supervisor import WorkerSupervisor, worker_command
 
     settings = get_settings()
-    settings.ensure_data_dir()
-    if settings.resolved_database_url.startswith("sqlite"):
-        migrate()
+    prepare_database()
     signin = _demo_signin() if demo else None
     if demo:
         _load_demo()

@@ -10,6 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PLACEHOLDER_SECRET = "changethis"
 
 
+# The largest score bound a comparison may carry, whichever way it arrives (JSON or CSV).
+SCORE_MAX_LIMIT = 1000.0
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Unset database and broker URLs mean the embedded default."""
 
@@ -28,7 +32,12 @@ class Settings(BaseSettings):
         default=PLACEHOLDER_SECRET,
         description="Pepper for API key hashes; must be changed in production.",
     )
-    score_max: float = Field(default=10.0, gt=0, description="Default score bound of a comparison.")
+    score_max: float = Field(
+        default=10.0,
+        gt=0,
+        le=SCORE_MAX_LIMIT,
+        description="Default score bound of a comparison.",
+    )
     bulk_max_rows: int = Field(
         default=10_000, ge=1, description="Rows accepted by one bulk request."
     )

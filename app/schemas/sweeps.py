@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import JsonSettings, Text
 from ml.sweep.spec import MAX_GRID_TRIALS, MAX_PARALLEL, MAX_WALL_CLOCK_SECONDS
 
 SweepStatus = Literal["preparing", "running", "paused", "completed", "cancelled", "failed"]
@@ -84,7 +85,7 @@ class TrialRerun(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    overrides: JsonSettings = Field(default_factory=dict)
 
 
 class RetryResult(BaseModel):
@@ -94,8 +95,10 @@ class RetryResult(BaseModel):
 class PromotionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    trial_id: int | None = Field(default=None, description="default: the best succeeded trial")
-    note: str | None = Field(default=None, max_length=2000)
+    trial_id: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="default: the best succeeded trial"
+    )
+    note: Text | None = Field(default=None, max_length=2000)
 
 
 class TrainingDefaultsPublic(BaseModel):

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from app.core.config import SCORE_MAX_LIMIT
 from app.schemas.common import is_user_id, is_video_id
 from app.services.upsert import ComparisonRow, oriented
 
@@ -58,7 +59,12 @@ def parse_rows(
     week_at = position.get("week_date")
     width = len(header)
     number = 0
-    for record in reader:
+    for record in _records(reader):
+        if isinstance(record, csv.Error):
+            # The reader drops the rest of the line it failed on and goes on with the next one.
+            number += 1
+            yield RowError(number, "", f"unreadable CSV row: {record}")
+            continue
         if not record:
             continue
         number += 1
@@ -81,6 +87,18 @@ def parse_rows(
             criteria,
             default_score_max,
         )
+
+
+def _records(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
+    """The reader's records, and in place of a record it cannot read (a field longer than
+    `csv.field_size_limit()`, 131,072 characters) the error, so it is reported with its row."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield exc
 
 
 def _parse_record(
@@ -114,8 +132,12 @@ def _parse_record(
         return RowError(number, "score", f"score is not a number: {raw_score!r}")
     raw_max = (raw_max or "").strip()
     score_max = default_score_max if raw_max == "" else _number(raw_max)
-    if score_max is None or score_max <= 0:
-        return RowError(number, "score_max", f"score_max must be a positive number: {raw_max!r}")
+    if score_max is None or not 0 < score_max <= SCORE_MAX_LIMIT:
+        return RowError(
+            number,
+            "score_max",
+            f"score_max must be a number in (0, {SCORE_MAX_LIMIT:g}]: {raw_max!r}",
+        )
     if abs(score) > score_max:
         return RowError(number, "score", f"score {score:g} outside [-{score_max:g}, {score_max:g}]")
     try:

@@ -4,7 +4,6 @@ import logging
 import os
 import socket
 import threading
-import traceback
 import uuid
 from typing import Any
 
@@ -12,6 +11,7 @@ from celery.signals import worker_process_init
 
 from app.core.config import get_settings
 from app.core.db import get_engine
+from app.core.errors import public_error
 from app.services import leases
 from app.services.wakeups import Wakeup, send_wakeup
 from workers import lifetime
@@ -58,9 +58,8 @@ def train_run(self: Any, run_id: int) -> str:
         return "cancelled"
     except Exception as exc:
         logger.exception("run %s failed", run_id)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        with engine.begin() as connection:
-            leases.finish(connection, claim, status="failed", error=detail)
+        with engine.begin() as connection:  # the traceback is in the log above
+            leases.finish(connection, claim, status="failed", error=public_error(exc))
         return "failed"
     finally:
         lifetime.training.clear()

@@ -1,7 +1,6 @@
 """Comparison endpoints: write one, write many (JSON or CSV), list, read and delete a pair."""
 
 import io
-import json
 from typing import Annotated, Any, NoReturn
 
 from anyio import CapacityLimiter, to_thread
@@ -11,7 +10,9 @@ from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
+from app.api.openapi import problems
 from app.core.config import get_settings
 from app.core.db import SessionDep, commit_request, is_request_session
 from app.core.errors import (
@@ -21,7 +22,8 @@ from app.core.errors import (
     UnsupportedMediaType,
     validation_errors,
 )
-from app.core.security import Principal, require_scope
+from app.core.json_body import parse_json
+from app.core.security import Principal, require_scope, scoped
 from app.schemas.common import CriterionName, Page, UserId, VideoId
 from app.schemas.comparisons import (
     BulkResult,
@@ -36,7 +38,7 @@ from app.services import comparisons as service
 from app.services.dataset_csv import CsvHeaderError, RowError, parse_rows
 from app.services.upsert import ComparisonRow, oriented
 
-router = APIRouter(prefix="/comparisons", tags=["comparisons"])
+router = APIRouter(prefix="/comparisons", tags=["comparisons"], route_class=AuthFirstRoute)
 WRITE_SCOPE = "comparisons:write"
 Writer = Annotated[Principal, Depends(require_scope(WRITE_SCOPE))]
 
@@ -67,6 +69,8 @@ _bulk_adapter = TypeAdapter(list[ComparisonFields])
         200: {"description": "Every score already stored or replaced"},
         201: {"description": "At least one new row"},
     },
+    # Checked before the body is read (AuthFirstRoute); the principal is then a cache hit.
+    dependencies=[scoped(WRITE_SCOPE)],
 )
 async def create_comparison(
     payload: ComparisonCreate, session: SessionDep, response: Response, principal: Writer
@@ -116,6 +120,8 @@ def write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonW
 @router.post(
     "/bulk",
     response_model=BulkResult,
+    dependencies=[scoped(WRITE_SCOPE)],
+    responses=problems(415),
     openapi_extra={
         "requestBody": {
             "content": {
@@ -159,10 +165,7 @@ def _too_many(count: int) -> None:
 
 
 def _rows_from_json(session: Any, body: bytes, principal: Principal) -> list[ComparisonRow]:
-    try:
-        raw = json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"Body is not valid JSON: {exc}") from exc
+    raw = parse_json(body)
     if not isinstance(raw, list):
         raise InvalidInput("Body must be a JSON list of comparisons.")
     _too_many(len(raw))

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api.openapi import problems
 from app.core.config import get_settings
 from app.core.errors import problem_response
 from app.services.readiness import check_broker, check_database, check_sweeps
@@ -19,7 +20,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=problems(503))
 async def readyz(request: Request) -> Any:
     settings = get_settings()
     checks = {

@@ -5,7 +5,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import PagingDep
+from app.api.deps import MAX_ID, PagingDep
+from app.api.openapi import problems
 from app.core.db import SessionDep
 from app.core.security import Principal, require_scope
 from app.schemas.common import CriterionName, UserId, VideoId
@@ -16,7 +17,9 @@ from app.services import scores as service
 router = APIRouter(tags=["scores"])
 
 
-@router.get("/scores", response_model=ScorePage, response_class=Response)
+@router.get(
+    "/scores", response_model=ScorePage, response_class=Response, responses=problems(404, 409, 410)
+)
 async def list_scores(
     session: SessionDep,
     paging: PagingDep,
@@ -24,9 +27,10 @@ async def list_scores(
         CriterionName | None, Query(description="Default: the main criterion.")
     ] = None,
     order: Annotated[Literal["desc", "asc"], Query()] = "desc",
-    min_contributors: Annotated[int, Query(ge=0)] = 0,
+    min_contributors: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     run_id: Annotated[
-        int | None, Query(description="Read this succeeded run instead of the published one.")
+        int | None,
+        Query(ge=1, le=MAX_ID, description="Read this succeeded run instead of the published one."),
     ] = None,
 ) -> Response:
     """Global scores ranked by score (video id breaks ties); every item is from one run."""

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
+from app.core.errors import public_error
 from app.models import Criterion as CriterionModel
 from app.models import (
     SchedulerLease,
@@ -252,7 +253,7 @@ class SweepScheduler:
                 # A transient error (the database restarting) is retried by the next pass; one
                 # that keeps coming back would keep the sweep running forever, so it fails it.
                 if status == "preparing" or failures >= MAX_CONSECUTIVE_FAILURES:
-                    self._fail(sweep_id, f"{type(exc).__name__}: {exc}")
+                    self._fail(sweep_id, public_error(exc))
                     self._failures.pop(sweep_id, None)
             else:
                 self._failures.pop(sweep_id, None)
