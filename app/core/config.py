@@ -39,6 +39,14 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Largest `limit` of a list endpoint."
     )
     readiness_timeout_seconds: float = Field(default=2.0, gt=0)
+    sqlite_busy_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Embedded default: how long a write waits for another process's write to end before"
+            " the API answers 503 with Retry-After."
+        ),
+    )
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
     log_level: str = "INFO"

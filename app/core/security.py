@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
-from app.core.db import SessionDep
+from app.core.db import SessionDep, get_engine, is_request_session, read_only
 from app.core.errors import Forbidden, NotAuthenticated
 from app.models import ApiKey
 
@@ -122,6 +122,16 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     return principal
 
 
+def _authenticate_apart(session: Session, authorization: str | None) -> Principal:
+    """`authenticate` in a read-only transaction of its own, not in the request's: on SQLite the
+    request's transaction takes the write lock, which must wait for the write's turn (the
+    single-write limiter), not be held while the key is checked and the turn awaited."""
+    if not is_request_session(session):
+        return authenticate(session, authorization)  # a caller's or a test's own transaction
+    with Session(read_only(get_engine())) as own:
+        return authenticate(own, authorization)
+
+
 def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
     """Dependency factory: the caller must hold `scope` (or `admin`)."""
 
@@ -132,7 +142,7 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
         # lookup in the database runs in the threadpool.
         principal = cached_principal(authorization)
         if principal is None:
-            principal = await run_in_threadpool(authenticate, session, authorization)
+            principal = await run_in_threadpool(_authenticate_apart, session, authorization)
         if not principal.has(scope):
             raise Forbidden(f"This API key lacks the `{scope}` scope.")
         return principal
