@@ -1,6 +1,9 @@
 """Database engine, and the request session that commits on success and rolls back on error."""
 
 import contextlib
+import os
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -24,10 +27,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     transactions for writers and lock-free snapshots for readers, UTC-aware timestamps."""
     if url.startswith("sqlite"):
         timeout = get_settings().sqlite_busy_timeout_seconds
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": timeout}, **kwargs
-        )
-        _configure_sqlite(engine, busy_timeout_ms=int(timeout * 1000))
+        connect_args = {
+            "check_same_thread": False,
+            "timeout": timeout,
+            "factory": _SQLiteConnection,
+        }
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+        _configure_sqlite(engine, timeout=timeout)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
@@ -56,30 +62,96 @@ def _configure_postgres(engine: Engine) -> None:
         record.info[CUSTOM_PLANS_ONLY] = True
 
 
-def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
+# One write gate per SQLite database per process (see `_configure_sqlite`). A forked child starts
+# with none held, whatever its parent's threads held when it forked.
+_write_gates: "dict[str, threading.Lock]" = {}
+os.register_at_fork(after_in_child=_write_gates.clear)
+
+
+class _SQLiteConnection(sqlite3.Connection):
+    """A SQLite connection that begins its own transactions: deferred when they only read,
+    immediate behind its process's write gate when they may write; the gate is handed back when
+    the transaction ends, however it ends (commit, rollback, the pool's reset, close)."""
+
+    gate_key = ""
+    gate_timeout = 0.0
+    reads_only = False  # set by the engine's "begin" event for the transaction about to begin
+    gate: "threading.Lock | None" = None
+
+    def begin(self) -> None:
+        if self.reads_only:
+            # A deferred transaction reads a WAL snapshot and never takes the write lock, so a
+            # reader neither waits for writers nor makes them wait.
+            self.execute("BEGIN")
+            return
+        gate = _write_gates.setdefault(self.gate_key, threading.Lock())
+        if not gate.acquire(timeout=self.gate_timeout):
+            raise sqlite3.OperationalError("database is locked")
+        self.gate = gate
+        try:
+            # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
+            # when another writer committed meanwhile; taking the write lock up front makes it
+            # wait instead.
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release_gate()
+            raise
+
+    def _release_gate(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._release_gate()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._release_gate()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._release_gate()
+
+
+def _configure_sqlite(engine: Engine, *, timeout: float) -> None:
     utc_timestamps(engine)
+    # SQLite lets one transaction write at a time. Threads of one process queue for it on a lock
+    # (the write gate) rather than in SQLite's busy handler, which polls with sleeps growing to
+    # 100 ms: under many writers those sleeps, not the writes, made the latency. Other processes
+    # (the worker beside the API) still meet in the busy handler. Both waits are bounded by
+    # `timeout`; one that runs out raises "database is locked".
+    gate_key = str(engine.url)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when a transaction begins.
         dbapi_connection.isolation_level = None
+        dbapi_connection.gate_key = gate_key
+        dbapi_connection.gate_timeout = timeout
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        if connection.get_execution_options().get(READ_ONLY):
-            # A deferred transaction reads a WAL snapshot and never takes the write lock, so a
-            # reader neither waits for writers nor makes them wait.
-            connection.exec_driver_sql("BEGIN")
-            return
-        # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when
-        # another writer committed meanwhile; taking the write lock up front makes it wait instead.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reads_only = bool(connection.get_execution_options().get(READ_ONLY))
+        connection.connection.dbapi_connection.reads_only = reads_only
+
+    # The dialect's own BEGIN does nothing on pysqlite; ours runs where SQLAlchemy expects the
+    # DBAPI to begin, so that a lock wait that runs out is reported as any database error is.
+    dialect: Any = engine.dialect
+    dialect.do_begin = lambda proxied: proxied.dbapi_connection.begin()
 
 
 class _UtcDateTime(sqlite.DATETIME):
