@@ -148,7 +148,12 @@ async def start_failing_run(base: str, headers: dict[str, str], after: float) ->
         return int(answer.json()["id"])
 
 
-async def measured(base: str, key: str, load: Any, *, fail_after: float) -> tuple[Any, int | str]:
+async def measured(
+    base: str, key: str, load: Any, *, fail_after: float, start_run: bool
+) -> tuple[Any, int | str]:
+    """The load's outcome, with the failing run started during it (when `start_run`)."""
+    if not start_run:
+        return await load, "not started: no worker"
     headers = {"Authorization": f"Bearer {key}"}
     outcome, run_id = await asyncio.gather(load, start_failing_run(base, headers, fail_after))
     return outcome, run_id
@@ -175,6 +180,13 @@ def runs_settled(client: httpx.Client, timeout: float) -> dict[str, int]:
     return wait_until("every run to end", settled, timeout, every=1.0)
 
 
+def api_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by the API process (`licchavi serve` itself, not its worker)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return round((int(fields[11]) + int(fields[12])) / ticks, 1)  # utime + stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--writers", type=int, default=32)
@@ -183,6 +195,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=70.0, help="client timeout per request")
     parser.add_argument("--settle", type=float, default=300.0, help="wait for runs to end")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument(
+        "--no-worker", action="store_true", help="serve without the worker (no run is checked)"
+    )
     args = parser.parse_args()
 
     data_dir = Path(tempfile.mkdtemp(prefix="licchavi-embedded-"))
@@ -191,7 +206,15 @@ def main() -> None:
     log_path = data_dir / "serve.log"
     log = open(log_path, "w")  # noqa: SIM115
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "serve",
+            "--port",
+            str(port),
+            *(["--no-worker"] if args.no_worker else []),
+        ],
         env=env,
         cwd=REPO,
         stdout=log,
@@ -224,7 +247,7 @@ def main() -> None:
             timeout=args.timeout,
         )
         report["closed_loop"], closed_run = run(
-            measured(base, key, load, fail_after=args.seconds / 3)
+            measured(base, key, load, fail_after=args.seconds / 3, start_run=not args.no_worker)
         )
         print("closed loop:", json.dumps(report["closed_loop"]), flush=True)
 
@@ -238,14 +261,19 @@ def main() -> None:
             timeout=args.timeout,
             warm_up=[writes.next() for _ in range(args.writers)],
         )
-        result, open_run = run(measured(base, key, fixed_rate, fail_after=args.seconds / 3))
+        result, open_run = run(
+            measured(
+                base, key, fixed_rate, fail_after=args.seconds / 3, start_run=not args.no_worker
+            )
+        )
         report["open_loop"] = summary(result.statuses, result.latencies, result.elapsed)
         print("open loop:", json.dumps(report["open_loop"]), flush=True)
 
         try:
-            report["runs"] = runs_settled(client, args.settle)
+            report["runs"] = None if args.no_worker else runs_settled(client, args.settle)
         except TimeoutError as exc:
             report["runs"] = str(exc)
+        report["api_cpu_seconds"] = api_cpu_seconds(server.pid)
         report["failing_runs"] = [
             client.get(f"/api/v1/training-runs/{run_id}").json()["status"]
             if isinstance(run_id, int)

@@ -3,13 +3,13 @@
 from sqlalchemy import create_engine, text
 
 from app.core.config import Settings
-from app.core.db import get_engine
+from app.core.db import get_engine, read_only
 
 
 def check_database() -> str | None:
     """None when the database answers, else a one-line reason."""
     try:
-        with get_engine().connect() as connection:
+        with read_only(get_engine()).connect() as connection:  # never waits for a writer
             connection.execute(text("SELECT 1"))
     except Exception as exc:
         return f"database: {type(exc).__name__}: {exc}".splitlines()[0]

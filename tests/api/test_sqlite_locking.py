@@ -71,6 +71,9 @@ def test_reads_and_key_checks_take_no_write_lock(client: TestClient, database: P
     with write_lock_held(database):
         assert client.get("/api/v1/criteria").status_code == 200
         assert client.get("/api/v1/training-runs").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        # No run published yet: the published pointer is read, and found empty.
+        assert client.get("/api/v1/scores").json()["run_id"] is None
         # The key is looked up, then the user (unknown here): both are reads.
         answer = client.get("/api/v1/users/alice/scores", headers=headers)
         assert answer.status_code == 404 and answer.json()["type"].endswith("/not-found")
