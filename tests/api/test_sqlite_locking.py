@@ -90,17 +90,20 @@ def test_a_write_key_is_checked_without_the_write_lock(client: TestClient, datab
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("path", "body", "key_verified"),
     [
-        ("/api/v1/comparisons", COMPARISON),
-        ("/api/v1/comparisons/bulk", [COMPARISON]),
-        ("/api/v1/training-runs", {}),
+        ("/api/v1/comparisons", COMPARISON, False),  # through the route
+        ("/api/v1/comparisons", COMPARISON, True),  # through the single-write fast path
+        ("/api/v1/comparisons/bulk", [COMPARISON], False),
+        ("/api/v1/training-runs", {}, False),
     ],
 )
 def test_a_write_that_cannot_get_the_lock_is_a_503_and_stores_nothing(
-    client: TestClient, database: Path, path: str, body: object
+    client: TestClient, database: Path, path: str, body: object, key_verified: bool
 ) -> None:
     headers = new_key("admin")
+    if key_verified:
+        assert client.get("/api/v1/users/alice/scores", headers=headers).status_code == 404
     with write_lock_held(database):
         answer = client.post(path, json=body, headers=headers)
         assert answer.status_code == 503, answer.text
