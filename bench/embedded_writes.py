@@ -9,13 +9,15 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -27,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 CRITERION = "largely_recommended"
 EMPTY_CRITERION = "bench_never_compared"  # a run on it fails: it has no comparisons
 VIDEOS = 2_000
+T = TypeVar("T")
 
 
 def embedded_env(data_dir: Path) -> dict[str, str]:
@@ -159,6 +162,15 @@ async def measured(
     return outcome, run_id
 
 
+async def finished_within(seconds: float, load: Coroutine[Any, Any, T]) -> T | None:
+    """The load's outcome, or None when it has not finished after `seconds` (a stalled server
+    answers too slowly for a fixed-rate load ever to end)."""
+    try:
+        return await asyncio.wait_for(load, seconds)
+    except TimeoutError:
+        return None
+
+
 def runs_settled(client: httpx.Client, timeout: float) -> dict[str, int]:
     """Wait until no run is queued or running; the count of runs by status."""
 
@@ -252,21 +264,28 @@ def main() -> None:
         print("closed loop:", json.dumps(report["closed_loop"]), flush=True)
 
         requests = [writes.next() for _ in range(int(args.rate * args.seconds))]
-        fixed_rate = open_loop(
-            "127.0.0.1",
-            port,
-            requests,
-            rate=args.rate,
-            connections=args.writers,
-            timeout=args.timeout,
-            warm_up=[writes.next() for _ in range(args.writers)],
+        fixed_rate = finished_within(
+            args.seconds + 2 * args.timeout,
+            open_loop(
+                "127.0.0.1",
+                port,
+                requests,
+                rate=args.rate,
+                connections=args.writers,
+                timeout=args.timeout,
+                warm_up=[writes.next() for _ in range(args.writers)],
+            ),
         )
         result, open_run = run(
             measured(
                 base, key, fixed_rate, fail_after=args.seconds / 3, start_run=not args.no_worker
             )
         )
-        report["open_loop"] = summary(result.statuses, result.latencies, result.elapsed)
+        report["open_loop"] = (
+            summary(result.statuses, result.latencies, result.elapsed)
+            if result is not None
+            else f"did not finish within {args.seconds + 2 * args.timeout:.0f} s"
+        )
         print("open loop:", json.dumps(report["open_loop"]), flush=True)
 
         try:
@@ -301,8 +320,6 @@ def main() -> None:
         locked = log_path.read_text(errors="replace").count("database is locked")
         report["log_database_is_locked"] = locked
         if not args.keep:
-            import shutil
-
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             report["data_dir"] = str(data_dir)
