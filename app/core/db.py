@@ -186,6 +186,7 @@ def utc_timestamps(engine: Engine) -> None:
     dialect.colspecs = {**dialect.colspecs, DateTime: _UtcDateTime}
 
 
+@lru_cache(maxsize=16)  # one per engine: building it costs as much as a small query
 def read_only(engine: Engine) -> Engine:
     """`engine` for transactions that only read: on SQLite they take no write lock (a write in
     one fails when another writer is busy); elsewhere nothing changes."""
