@@ -11,6 +11,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
+from app.core.db import read_only
 from app.models import TrainingMetric, TrainingRun
 from app.services import leases, publication
 from app.services.snapshot import ComparisonSnapshot, load_snapshot
@@ -145,7 +146,9 @@ class TrainingExecution:
         from ml.data import ComparisonDataset
         from ml.licchavi.problem import data_fingerprint
 
-        with self.engine.connect() as connection:
+        # Reads take no write lock on SQLite: API writes go on while the snapshot loads.
+        reader = read_only(self.engine)
+        with reader.connect() as connection:
             row = connection.execute(
                 select(Run.c.criteria, Run.c.config, Run.c.warm_start, Run.c.trigger).where(
                     Run.c.id == self.claim.run_id
@@ -153,7 +156,7 @@ class TrainingExecution:
             ).one()
         criteria, config_values, warm_start, trigger = row
         started = time.perf_counter()
-        with self.engine.begin() as connection:
+        with reader.begin() as connection:
             snapshot = load_snapshot(connection, criteria=criteria)
         dataset = ComparisonDataset.from_frame(snapshot.frame)
         with self.engine.connect() as connection:

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
         le=3600,
         description="How long one read of the operator gauges of /metrics serves every scrape.",
     )
+    sqlite_busy_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Embedded default: how long a write waits for another process's write to end before"
+            " the API answers 503 with Retry-After."
+        ),
+    )
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
     log_level: str = "INFO"

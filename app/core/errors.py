@@ -1,6 +1,7 @@
 """Domain errors and their rendering as RFC 9457 `application/problem+json` responses."""
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -8,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, StatementError
+from sqlalchemy.exc import DataError, OperationalError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -169,12 +170,43 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OverflowError, _out_of_range)
     app.add_exception_handler(DataError, _out_of_range)
 
+    async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+        if not database_busy(exc):
+            return await _unexpected(request, exc)
+        # SQLite's bounded wait for another process's write ran out; the transaction was rolled
+        # back, so the request can be sent again as it was.
+        return problem_response(
+            request,
+            status=503,
+            slug="service-unavailable",
+            detail="The database is busy with other writes; nothing was changed. Retry shortly.",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+        )
+
+    app.add_exception_handler(OperationalError, _database_busy)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(
             request, status=500, slug="internal-error", detail="An unexpected error occurred."
         )
+
+
+# SQLite's SQLITE_BUSY and SQLITE_LOCKED, the primary codes of "database is locked" errors.
+_SQLITE_BUSY_CODES = frozenset({5, 6})
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
+def database_busy(exc: BaseException) -> bool:
+    """True when `exc` is SQLite giving up on a lock another connection holds."""
+    original = getattr(exc, "orig", exc)
+    if not isinstance(original, sqlite3.OperationalError):
+        return False
+    code = getattr(original, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_BUSY_CODES
+    return "locked" in str(original)
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")

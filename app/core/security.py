@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
-from app.core.db import SessionDep, is_request_session
+from app.core.db import SessionDep, get_engine, is_read_only, is_request_session, read_only
 from app.core.errors import Forbidden, NotAuthenticated, ServiceUnavailable
 from app.core.tokens import InvalidToken, KeySetUnavailable, forget_key_sets, verify_token
 from app.models import ApiKey
@@ -231,7 +231,7 @@ def _touch(session: Session, key_id: int, now: datetime) -> None:
     if last is not None and time.monotonic() - last < LAST_USED_EVERY.total_seconds():
         return
     _touched[key_id] = time.monotonic()
-    session.execute(
+    statement = (
         sa.update(ApiKey)
         .where(
             col(ApiKey.id) == key_id,
@@ -244,11 +244,28 @@ def _touch(session: Session, key_id: int, now: datetime) -> None:
         # The row just read stays as read: no evaluation of the condition on loaded objects.
         .execution_options(synchronize_session=False)
     )
+    if is_read_only(session):
+        # The key was read outside the request's transaction (see `_authenticate_apart`): the
+        # use is recorded in a short write transaction of its own, committed at once.
+        with get_engine().begin() as connection:
+            connection.execute(statement)
+        return
+    session.execute(statement)
     if is_request_session(session):
         # Committed now, so that a request failing later still records the use and no other
         # process waits on the row for the length of this request. Nothing else is written yet:
         # credentials are checked before the route runs.
         session.commit()
+
+
+def _authenticate_apart(session: Session, authorization: str | None) -> Principal:
+    """`authenticate` in a read-only transaction of its own, not in the request's: on SQLite the
+    request's transaction takes the write lock, which must wait for the write's turn (the
+    single-write limiter), not be held while the key is checked and the turn awaited."""
+    if not is_request_session(session):
+        return authenticate(session, authorization)  # a caller's or a test's own transaction
+    with Session(read_only(get_engine())) as own:
+        return authenticate(own, authorization)
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
@@ -261,7 +278,7 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
         # a lookup in the database or a key set runs in the threadpool.
         principal = cached_principal(authorization)
         if principal is None:
-            principal = await run_in_threadpool(authenticate, session, authorization)
+            principal = await run_in_threadpool(_authenticate_apart, session, authorization)
         if not principal.has(scope):
             raise Forbidden(f"This credential lacks the `{scope}` scope.")
         return principal

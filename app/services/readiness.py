@@ -4,7 +4,7 @@ sweeps run here?"""
 from sqlalchemy import create_engine, text
 
 from app.core.config import Settings
-from app.core.db import get_engine
+from app.core.db import get_engine, read_only
 from app.services.sweeps.study import missing_extra
 
 
@@ -16,7 +16,7 @@ def check_sweeps() -> str | None:
 def check_database() -> str | None:
     """None when the database answers, else a one-line reason."""
     try:
-        with get_engine().connect() as connection:
+        with read_only(get_engine()).connect() as connection:  # never waits for a writer
             connection.execute(text("SELECT 1"))
     except Exception as exc:
         return f"database: {type(exc).__name__}: {exc}".splitlines()[0]
