@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -245,10 +246,11 @@ def _touch(session: Session, key_id: int, now: datetime) -> None:
         .execution_options(synchronize_session=False)
     )
     if is_read_only(session):
-        # The key was read outside the request's transaction (see `_authenticate_apart`): the
-        # use is recorded in a short write transaction of its own, committed at once.
-        with get_engine().begin() as connection:
-            connection.execute(statement)
+        # The key was read outside the request's transaction (see `_authenticate_apart`), which
+        # must not wait for a write lock: the use is recorded apart, or skipped while another
+        # write holds SQLite's lock (the next request of the key records it).
+        if not _record_use_apart(statement, key_id, now):
+            _touched.pop(key_id, None)
         return
     session.execute(statement)
     if is_request_session(session):
@@ -256,6 +258,35 @@ def _touch(session: Session, key_id: int, now: datetime) -> None:
         # process waits on the row for the length of this request. Nothing else is written yet:
         # credentials are checked before the route runs.
         session.commit()
+
+
+def _record_use_apart(statement: Any, key_id: int, now: datetime) -> bool:
+    """Run the last-use update in a short transaction of its own; False when SQLite's write lock
+    is held elsewhere (no wait: a read request never queues behind a write)."""
+    engine = get_engine()
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            connection.execute(statement)
+        return True
+    stored = sa.DateTime().dialect_impl(engine.dialect).bind_processor(engine.dialect)
+    moments = [now, now - LAST_USED_EVERY]
+    when, before = (stored(m) for m in moments) if stored else moments
+    raw = sqlite3.connect(str(engine.url.database), timeout=0, isolation_level=None)
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute(
+            "UPDATE api_keys SET last_used_at = ? WHERE id = ?"
+            " AND (last_used_at IS NULL OR last_used_at < ?)",
+            (when, key_id, before),
+        )
+        raw.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        return False
+    finally:
+        raw.close()
+    return True
 
 
 def _authenticate_apart(session: Session, authorization: str | None) -> Principal:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import text
+from sqlalchemy import DateTime, text
 from sqlmodel import Session
 
 from app.core.db import CUSTOM_PLANS_ONLY
@@ -352,6 +352,13 @@ def _upsert_sqlite(
     users = _insert_missing(session, "users", wanted["users"], found["users"], now)
     videos = _insert_missing(session, "videos", wanted["videos"], found["videos"], now)
     names = _Names(users, videos, criteria)
+    # Stored as the `now` parameter below is (the column type's own text), so both read back alike.
+    dialect = session.get_bind().dialect
+    process = DateTime().dialect_impl(dialect).bind_processor(dialect)
+
+    def stored_time(moment: datetime) -> Any:
+        return process(moment) if process else moment
+
     source = json.dumps(
         [
             [
@@ -361,8 +368,7 @@ def _upsert_sqlite(
                 criteria[r.criterion],
                 r.score,
                 r.score_max,
-                # The text sqlite3 makes of the `now` parameter below, so both read back alike.
-                None if r.created_at is None else r.created_at.isoformat(" "),
+                None if r.created_at is None else stored_time(r.created_at),
             ]
             for r in batch
         ]
