@@ -45,6 +45,23 @@ class TrainingCancelled(Exception):
         self.state = state
 
 
+class NotConverged(RuntimeError):
+    """Raised when the converged solver stops above its stated tolerance: its scores are not
+    the minimum of J and must not be published."""
+
+    def __init__(
+        self, criterion: str, stationarity: float, tolerance: float, iterations: int
+    ) -> None:
+        super().__init__(
+            f"{criterion}: the converged solver did not converge: stationarity "
+            f"{stationarity:.3g} above the tolerance {tolerance:.3g} after {iterations} iterations"
+        )
+        self.criterion = criterion
+        self.stationarity = stationarity
+        self.tolerance = tolerance
+        self.iterations = iterations
+
+
 @dataclass
 class EpochReport:
     """What a callback sees after each epoch (faithful) or iteration (converged)."""
@@ -132,14 +149,24 @@ def _warm_epochs(
     return config.warm_epochs
 
 
-def _prepared(data: CriterionComparisons, config: LicchaviConfig) -> tuple[LicchaviConfig, Problem]:
+def _prepared(
+    data: CriterionComparisons, config: LicchaviConfig
+) -> tuple[LicchaviConfig, CriterionComparisons, Problem]:
     """The config as it runs (device resolved; the converged solver works in float64, its
-    tolerance being below float32 resolution) and the problem on the kernels it runs on."""
+    tolerance being below float32 resolution), the comparisons in the order it sums them and
+    the problem on the kernels it runs on.
+
+    The converged solver takes the comparisons in canonical order, so the same comparisons give
+    the same scores whatever order the file or the database gave them in. The faithful solver
+    keeps the input order within each user, as v1 did (its results depend on it).
+    """
     device = resolve_device(config.device)
     dtype: DTypeName = "float64" if config.solver == "converged" else config.dtype
     resolved = config.model_copy(update={"device": device, "dtype": dtype})
     kernels = kernels_for(device, resolved.solver)
-    return resolved, Problem.build(data, kernels, dtype)
+    if resolved.solver == "converged":
+        data = data.canonical()
+    return resolved, data, Problem.build(data, kernels, dtype)
 
 
 def train_criterion(
@@ -155,7 +182,7 @@ def train_criterion(
     where it stopped; any other state (a finished run, or different data) is a warm start.
     callback: called after every epoch/iteration; returning False raises TrainingCancelled.
     """
-    resolved, problem = _prepared(data, config)
+    resolved, data, problem = _prepared(data, config)
     with problem.kernels.compute_scope():
         return _train_criterion(data, resolved, problem, initial_state, callback)
 
@@ -166,7 +193,7 @@ def finished_result(
     """The result of a finished training on `data` with `config`, rebuilt from its final state
     without training (scores, uncertainties, stationarity); ValueError if the state belongs to
     other data or settings, or did not finish."""
-    resolved, problem = _prepared(data, config)
+    resolved, data, problem = _prepared(data, config)
     with problem.kernels.compute_scope():
         if (
             not state.finished
@@ -263,6 +290,10 @@ def _train_criterion(
         final_stationarity = stationarity(problem, final, resolved.w, resolved.w0, True)
     else:
         final_stationarity = solver.stationarity
+        if not progress.converged:
+            raise NotConverged(
+                data.criterion, final_stationarity, resolved.tolerance, progress.epoch
+            )
     return _result(data, resolved, problem, final, progress, final_stationarity, snapshot)
 
 
