@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from ml.config import LicchaviConfig, load_config  # noqa: E402
 from ml.data import ComparisonDataset  # noqa: E402
-from ml.licchavi.trainer import CriterionResult, train_criterion  # noqa: E402
+from ml.licchavi.trainer import CriterionResult, NotConverged, train_criterion  # noqa: E402
 from ml.metrics import mean_user_spearman, spearman  # noqa: E402
+from ml.resample import resample_contributors  # noqa: E402
 from ml.sybil import sybil_attack  # noqa: E402
 from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate  # noqa: E402
 
@@ -115,26 +116,67 @@ def _local(result: CriterionResult) -> pd.DataFrame:
     )
 
 
-def coverage(result: CriterionResult, truth: pd.Series) -> dict[str, float]:
+def coverage(
+    result: CriterionResult, truth: pd.Series, spread: np.ndarray | None = None, name: str = ""
+) -> dict[str, float]:
     """95 % interval coverage by contributor bucket and Spearman(uncertainty, |error|).
 
     Scores are on their own scale: the truth is first mapped onto it by the least-squares line
-    score ≈ a·truth + b, and the error is score − (a·truth + b).
+    score ≈ a·truth + b, and the error is score − (a·truth + b). ``spread`` defaults to the
+    served global uncertainty; videos with no finite spread are left out.
     """
     scores = result.global_scores
     true = truth.reindex(result.video_ids.astype(str)).to_numpy()
     slope, intercept = np.polyfit(true, scores, 1)
     error = np.abs(scores - (slope * true + intercept))
-    spread = result.global_uncertainty
-    out = {"unc_spearman": spearman(spread, error)}
+    spread = result.global_uncertainty if spread is None else spread
+    known = np.isfinite(spread)
+    prefix = f"{name} " if name else ""
+    out = {f"{prefix}unc_spearman": spearman(spread[known], error[known])}
     for low, high, label in BUCKETS:
-        inside = (result.n_contributors >= low) & (result.n_contributors <= high)
+        inside = known & (result.n_contributors >= low) & (result.n_contributors <= high)
         covered = error[inside] <= Z95 * spread[inside]
-        out[f"cov {label}"] = float(covered.mean()) if inside.any() else float("nan")
+        out[f"{prefix}cov {label}"] = float(covered.mean()) if inside.any() else float("nan")
     return out
 
 
-def measure(truth: Truth, config: LicchaviConfig, seed: int) -> dict[str, object]:
+def curvature_spread(result: CriterionResult) -> np.ndarray:
+    """1 / sqrt(2·w0 + Σ over raters of the fit's curvature along θ_nv): a Laplace-style
+    spread that lets every rater's curvature reach ρ_v (as if θ_nv moved with ρ_v)."""
+    curvature = np.bincount(
+        result.local_video_index,
+        weights=result.local_uncertainty**-2.0,
+        minlength=len(result.video_ids),
+    )
+    return np.asarray((2 * result.config.w0 + curvature) ** -0.5)
+
+
+def bootstrap_spread(
+    frame: pd.DataFrame, config: LicchaviConfig, video_ids: np.ndarray, repeats: int, seed: int
+) -> tuple[np.ndarray, int]:
+    """Standard deviation of each video's global score over trainings on contributor resamples
+    (NaN for a video in fewer than two of them), and how many resamples trained."""
+    rng = np.random.default_rng(seed)
+    quiet = config.model_copy(update={"compute_uncertainty": False})
+    columns = []
+    for _ in range(repeats):
+        try:
+            result, _ = train_frame(resample_contributors(frame, rng), quiet)
+        except NotConverged:
+            continue
+        columns.append(_global(result).reindex(video_ids.astype(str)).to_numpy())
+    if not columns:
+        return np.full(len(video_ids), np.nan), 0
+    table = np.column_stack(columns)
+    present = np.isfinite(table).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.nanstd(table, axis=1, ddof=1)
+    return np.where(present >= 2, spread, np.nan), len(columns)
+
+
+def measure(
+    truth: Truth, config: LicchaviConfig, seed: int, bootstrap: int = 0
+) -> dict[str, object]:
     """Every figure of one (set, settings) cell."""
     result, seconds = train_frame(truth.comparisons, config)
     shuffled = truth.comparisons.sample(frac=1.0, random_state=seed).reset_index(drop=True)
@@ -170,6 +212,12 @@ def measure(truth: Truth, config: LicchaviConfig, seed: int) -> dict[str, object
         "seconds": seconds,
         "max |Δρ| shuffled": float(np.abs(scores - _global(again).reindex(scores.index)).max()),
     }
+    if bootstrap:
+        figures.update(coverage(result, truth.global_truth, curvature_spread(result), "curv"))
+        spread, trained = bootstrap_spread(
+            truth.comparisons, config, result.video_ids, bootstrap, seed
+        )
+        figures.update(coverage(result, truth.global_truth, spread, f"boot{trained}"))
     return figures
 
 
@@ -189,7 +237,8 @@ def _cell(value: object) -> str:
 
 def table(rows: list[dict[str, object]]) -> str:
     columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    header = [column.replace("|", "\\|") for column in columns]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -207,6 +256,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--run", action="append", help="NAME:key=value,... (repeatable)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        help="also measure two candidate uncertainties: the fit's curvature and the spread over "
+        "this many contributor resamples",
+    )
     args = parser.parse_args(argv)
     runs = [parse_run(text) for text in (args.run or DEFAULT_RUNS)]
     rows = []
@@ -216,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         truth = build_set(name, args.comparisons, args.seed)
         for run_name, config in runs:
             try:
-                figures = measure(truth, config, args.seed)
+                figures = measure(truth, config, args.seed, args.bootstrap)
             except RuntimeError as error:  # a solver that refuses to publish says why
                 figures = {"error": str(error)}
             rows.append({"set": name, "run": run_name, **figures})
