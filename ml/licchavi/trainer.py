@@ -25,7 +25,11 @@ from ml.licchavi.state import (
     restored_progress,
 )
 from ml.licchavi.subgradient import stationarity
-from ml.licchavi.uncertainty import global_uncertainty, local_uncertainty
+from ml.licchavi.uncertainty import (
+    curvature_global_uncertainty,
+    global_uncertainty,
+    local_uncertainty,
+)
 
 if TYPE_CHECKING:
     # The converged solver is written in torch: imported only when a run uses it.
@@ -309,7 +313,10 @@ def _result(
     n_videos = problem.n_videos
     if config.compute_uncertainty:
         local_spread = local_uncertainty(problem, parameters.theta, parameters.s)
-        global_spread = global_uncertainty(problem, parameters.theta, parameters.rho)
+        if config.solver == "converged":
+            global_spread = curvature_global_uncertainty(problem, local_spread, config.w0)
+        else:  # v1's formula, as the reference solver published it
+            global_spread = global_uncertainty(problem, parameters.theta, parameters.rho)
     else:  # the original reported 0 when uncertainty was not computed
         local_spread = np.zeros(problem.n_pairs)
         global_spread = np.zeros(n_videos)

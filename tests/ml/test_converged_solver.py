@@ -22,9 +22,13 @@ def sparse_set(seed: int = 7) -> pd.DataFrame:
 
 
 def config(**changes: object) -> LicchaviConfig:
-    values: dict[str, object] = {"solver": "converged", "device": "cpu"}
+    values: dict[str, object] = {
+        "solver": "converged",
+        "device": "cpu",
+        "compute_uncertainty": False,
+    }
     values.update(changes)
-    return LicchaviConfig.model_validate({**values, "compute_uncertainty": False})
+    return LicchaviConfig.model_validate(values)
 
 
 @pytest.mark.parametrize("w", [0.2, 0.5])
@@ -65,3 +69,22 @@ def test_a_run_short_of_its_tolerance_raises_not_converged() -> None:
     assert error.iterations == 2 and error.tolerance == 1e-5 and error.stationarity > 1e-5
     assert str(error).startswith(f"{MAIN_CRITERION}: the converged solver did not converge")
     assert "after 2 iterations" in str(error)
+
+
+def test_global_uncertainty_covers_the_truth_where_videos_have_six_contributors_or_more() -> None:
+    data = generate(SyntheticParams(n_users=100, n_videos=900, n_comparisons=10000, seed=11))
+    result = train_criterion(criterion(data.comparisons), config(compute_uncertainty=True))
+    truth = data.truth_global.set_index(data.truth_global.video.astype(str))["true_score"]
+    true = truth.reindex(result.video_ids.astype(str)).to_numpy()
+    # Scores have their own scale: map the truth onto it before asking for coverage.
+    slope, intercept = np.polyfit(true, result.global_scores, 1)
+    error = np.abs(result.global_scores - (slope * true + intercept))
+    covered = error <= 1.96 * result.global_uncertainty
+    several = result.n_contributors >= 6
+    assert several.sum() >= 100
+    assert 0.8 <= covered[several].mean() <= 0.99
+    # Wider where comparisons are fewer.
+    spread_vs_data = pd.Series(result.global_uncertainty).corr(
+        pd.Series(result.n_comparisons), method="spearman"
+    )
+    assert spread_vs_data < -0.8
