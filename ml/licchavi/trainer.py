@@ -153,24 +153,21 @@ def _warm_epochs(
     return config.warm_epochs
 
 
-def _prepared(
-    data: CriterionComparisons, config: LicchaviConfig
-) -> tuple[LicchaviConfig, CriterionComparisons, Problem]:
+def _prepared(data: CriterionComparisons, config: LicchaviConfig) -> tuple[LicchaviConfig, Problem]:
     """The config as it runs (device resolved; the converged solver works in float64, its
-    tolerance being below float32 resolution), the comparisons in the order it sums them and
-    the problem on the kernels it runs on.
+    tolerance being below float32 resolution) and the problem on the kernels it runs on.
 
-    The converged solver takes the comparisons in canonical order, so the same comparisons give
-    the same scores whatever order the file or the database gave them in. The faithful solver
-    keeps the input order within each user, as v1 did (its results depend on it).
+    The converged solver's problem is built from the comparisons in canonical order, so the same
+    comparisons give the same scores whatever order the file or the database gave them in. The
+    faithful solver keeps the input order within each user, as v1 did (its results depend on
+    it). States keep the fingerprint of the data as given, which callers compare with their own.
     """
     device = resolve_device(config.device)
     dtype: DTypeName = "float64" if config.solver == "converged" else config.dtype
     resolved = config.model_copy(update={"device": device, "dtype": dtype})
     kernels = kernels_for(device, resolved.solver)
-    if resolved.solver == "converged":
-        data = data.canonical()
-    return resolved, data, Problem.build(data, kernels, dtype)
+    ordered = data.canonical() if resolved.solver == "converged" else data
+    return resolved, Problem.build(ordered, kernels, dtype)
 
 
 def train_criterion(
@@ -186,7 +183,7 @@ def train_criterion(
     where it stopped; any other state (a finished run, or different data) is a warm start.
     callback: called after every epoch/iteration; returning False raises TrainingCancelled.
     """
-    resolved, data, problem = _prepared(data, config)
+    resolved, problem = _prepared(data, config)
     with problem.kernels.compute_scope():
         return _train_criterion(data, resolved, problem, initial_state, callback)
 
@@ -197,7 +194,7 @@ def finished_result(
     """The result of a finished training on `data` with `config`, rebuilt from its final state
     without training (scores, uncertainties, stationarity); ValueError if the state belongs to
     other data or settings, or did not finish."""
-    resolved, data, problem = _prepared(data, config)
+    resolved, problem = _prepared(data, config)
     with problem.kernels.compute_scope():
         if (
             not state.finished

@@ -7,7 +7,8 @@ import pytest
 
 from ml.config import LicchaviConfig
 from ml.data import ComparisonDataset, CriterionComparisons
-from ml.licchavi import NotConverged, train_criterion
+from ml.licchavi import NotConverged, finished_result, train_criterion
+from ml.licchavi.problem import data_fingerprint
 from ml.sybil import sybil_attack
 from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate
 
@@ -59,7 +60,13 @@ def test_row_order_and_orientation_do_not_change_the_scores() -> None:
     np.testing.assert_array_equal(first.video_ids, again.video_ids)
     np.testing.assert_array_equal(first.global_scores, again.global_scores)
     np.testing.assert_array_equal(first.local_scores, again.local_scores)
-    assert first.state.data_fingerprint == again.state.data_fingerprint
+    # States still carry the fingerprint of the data as given: the worker compares it with its
+    # own to resume a crashed run or reuse a criterion an earlier attempt finished.
+    swapped_data = criterion(swapped)
+    assert again.state.data_fingerprint == data_fingerprint(swapped_data)
+    assert finished_result(swapped_data, config(w=0.5), again.state).global_scores.tolist() == (
+        again.global_scores.tolist()
+    )
 
 
 def test_a_run_short_of_its_tolerance_raises_not_converged() -> None:
