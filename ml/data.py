@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,28 @@ class CriterionComparisons:
     @property
     def n_videos(self) -> int:
         return int(self.video_ids.shape[0])
+
+    def canonical(self) -> CriterionComparisons:
+        """The same comparisons in an order that does not depend on the input's row order.
+
+        Each comparison is written with the lower video index on side a (the rating's sign
+        flipped when swapped: J is unchanged) and sorted by (user, video a, video b), unique once
+        duplicates are resolved. Sums over comparisons then run in one order, so the same
+        comparisons give the same bits whatever order they were stored or sent in.
+        """
+        swap = self.video_a_index > self.video_b_index
+        low = np.where(swap, self.video_b_index, self.video_a_index)
+        high = np.where(swap, self.video_a_index, self.video_b_index)
+        order = np.lexsort((high, low, self.user_index))
+        # + 0.0 turns the −0.0 of a flipped neutral rating into 0.0.
+        ratings = np.where(swap, -self.ratings, self.ratings) + 0.0
+        return replace(
+            self,
+            user_index=self.user_index[order],
+            video_a_index=low[order],
+            video_b_index=high[order],
+            ratings=np.ascontiguousarray(ratings[order]),
+        )
 
     def subset(self, mask: np.ndarray) -> CriterionComparisons:
         """The comparisons selected by a boolean mask, re-indexed over the users/videos left."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +57,13 @@ class SyntheticParams(BaseModel):
     fraction_adversarial: float = Field(0.0, ge=0, le=1)
     adversarial_mode: Literal["reverse", "promote"] = "reverse"
     n_targets: int = Field(5, ge=1, description="videos pushed by adversaries in 'promote' mode")
+    fraction_niche: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the non-adversarial users who share one niche taste: their personal "
+        "scores follow a second, independent truth (one per criterion) instead of the global one",
+    )
     score_max: int = Field(10, ge=1)
     first_week: dt.date = dt.date(2021, 1, 4)
     n_weeks: int = Field(208, ge=1)
@@ -70,6 +77,8 @@ class SyntheticParams(BaseModel):
             raise ValueError("n_users × n_videos² is too large for the pair keys")
         if self.n_comparisons_main < self.n_users:
             raise ValueError("need at least one comparison per user")
+        if self.fraction_adversarial + self.fraction_niche > 1:
+            raise ValueError("fraction_adversarial + fraction_niche must be at most 1")
         return self
 
     @property
@@ -89,6 +98,8 @@ class SyntheticData:
     truth_individual: pd.DataFrame  # public_username, video, criteria, true_score (compared ones)
     adversarial_users: list[str]
     target_videos: list[str]
+    niche_users: list[str] = field(default_factory=list)
+    truth_niche: pd.DataFrame | None = None  # video, criteria, true_score of the niche taste
 
     def meta(self) -> dict[str, object]:
         main_rows = self.comparisons[self.comparisons["criteria"] == self.params.criteria[0]]
@@ -181,6 +192,9 @@ def generate(params: SyntheticParams) -> SyntheticData:
     uv_user, uv_video = user_video_keys // n_videos, user_video_keys % n_videos
 
     truth = _global_truth(params, rng)
+    # Niche users and their taste come from a stream of their own, so the other draws (and every
+    # set generated without niche users) stay as they were.
+    is_niche, niche_truth = _niche(params, is_adversarial)
     names_users = user_names(n_users)
     names_videos = video_names(n_videos)
     weeks = [
@@ -189,6 +203,8 @@ def generate(params: SyntheticParams) -> SyntheticData:
     comparison_frames, individual_frames, global_frames = [], [], []
     for c in range(len(params.criteria)):
         personal = truth[c][uv_video] + params.indiv_noise * rng.standard_normal(len(uv_video))
+        niche_uv = is_niche[uv_user]
+        personal[niche_uv] += niche_truth[c][uv_video[niche_uv]] - truth[c][uv_video[niche_uv]]
         adversarial_uv = is_adversarial[uv_user]
         if params.adversarial_mode == "reverse":
             personal[adversarial_uv] = -personal[adversarial_uv]
@@ -242,7 +258,30 @@ def generate(params: SyntheticParams) -> SyntheticData:
         truth_individual=pd.concat(individual_frames, ignore_index=True),
         adversarial_users=[names_users[i] for i in np.flatnonzero(is_adversarial)],
         target_videos=[] if targets is None else [names_videos[i] for i in targets],
+        niche_users=[names_users[i] for i in np.flatnonzero(is_niche)],
+        truth_niche=pd.DataFrame(
+            {
+                "video": np.repeat(np.asarray(names_videos), len(params.criteria)),
+                "criteria": np.tile(np.asarray(params.criteria), n_videos),
+                "true_score": np.stack(niche_truth, axis=1).ravel(),
+            }
+        )
+        if is_niche.any()
+        else None,
     )
+
+
+def _niche(
+    params: SyntheticParams, is_adversarial: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Which users share the niche taste, and that taste per criterion (independent normals)."""
+    is_niche = np.zeros(params.n_users, dtype=bool)
+    n_niche = round(params.fraction_niche * params.n_users)
+    if n_niche == 0:
+        return is_niche, [np.zeros(params.n_videos) for _ in params.criteria]
+    rng = np.random.default_rng([params.seed, 1])
+    is_niche[rng.choice(np.flatnonzero(~is_adversarial), n_niche, replace=False)] = True
+    return is_niche, [rng.standard_normal(params.n_videos) for _ in params.criteria]
 
 
 def split_heldout(

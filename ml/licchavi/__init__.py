@@ -4,6 +4,7 @@ from ml.licchavi.state import LicchaviState
 from ml.licchavi.trainer import (
     CriterionResult,
     EpochReport,
+    NotConverged,
     TrainingCancelled,
     finished_result,
     train,
@@ -14,6 +15,7 @@ __all__ = [
     "CriterionResult",
     "EpochReport",
     "LicchaviState",
+    "NotConverged",
     "TrainingCancelled",
     "finished_result",
     "train",

@@ -36,6 +36,13 @@ IterationCallback = Callable[[dict[str, float]], bool]
 
 
 CURVATURE_FLOOR = 1e-3
+# Levenberg–Marquardt damping of the Newton system, times min(1, stationarity). The smooth part
+# is flat along shifting all of one user's x by the same amount (the fit only sees differences):
+# while all of a user's x are free the system is singular, the L1 term's slope w·Σsign(x) lies
+# along that flat direction, and undamped CG ran off to steps of 1e32 that no backtracking
+# recovers (the solver stopped after 1 to 5 iterations, far from stationary). The damping bounds
+# the step there; shrinking with stationarity keeps Newton's fast convergence near the optimum.
+DAMPING = 1e-2
 
 
 def inverse_curvature(layout: PackedLayout, z: torch.Tensor, w0: float) -> torch.Tensor:
@@ -109,7 +116,8 @@ class ConvergedSolver:
     ) -> torch.Tensor:
         """Approximately solve ∇²F·d = −pg on the free coordinates by preconditioned CG.
 
-        Free: ρ, and every x that is non-zero or may leave 0 (pg ≠ 0); s is held fixed.
+        Free: ρ, and every x that is non-zero or may leave 0 (pg ≠ 0); s is held fixed. The
+        system is damped (DAMPING) so that it has a bounded solution.
         """
         layout, problem, w0 = self.layout, self.problem, self.config.w0
         n, n_videos = layout.n_pairs, layout.n_videos
@@ -122,6 +130,8 @@ class ConvergedSolver:
         free[:n] = ((x != 0) | (pg[:n] != 0)).to(z.dtype)
         free[n + n_videos :] = 0.0
 
+        damping = DAMPING * min(1.0, float(pg.abs().max()))
+
         def hessian_times(vector: torch.Tensor) -> torch.Tensor:
             vector = vector * free
             d_rho = vector[n : n + n_videos]
@@ -133,9 +143,10 @@ class ConvergedSolver:
             out = torch.zeros_like(vector)
             out[:n] = per_pair
             out[n : n + n_videos] = problem.sum_per_video(per_pair) + 2 * w0 * d_rho
+            out.add_(vector, alpha=damping)
             return out * free
 
-        preconditioner = metric * free
+        preconditioner = free / (metric.reciprocal() + damping)
         residual = -pg * free
         direction = torch.zeros_like(z)
         preconditioned = preconditioner * residual

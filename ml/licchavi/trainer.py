@@ -25,7 +25,11 @@ from ml.licchavi.state import (
     restored_progress,
 )
 from ml.licchavi.subgradient import stationarity
-from ml.licchavi.uncertainty import global_uncertainty, local_uncertainty
+from ml.licchavi.uncertainty import (
+    curvature_global_uncertainty,
+    global_uncertainty,
+    local_uncertainty,
+)
 
 if TYPE_CHECKING:
     # The converged solver is written in torch: imported only when a run uses it.
@@ -43,6 +47,23 @@ class TrainingCancelled(Exception):
         self.criterion = criterion
         self.epoch = epoch
         self.state = state
+
+
+class NotConverged(RuntimeError):
+    """Raised when the converged solver stops above its stated tolerance: its scores are not
+    the minimum of J and must not be published."""
+
+    def __init__(
+        self, criterion: str, stationarity: float, tolerance: float, iterations: int
+    ) -> None:
+        super().__init__(
+            f"{criterion}: the converged solver did not converge: stationarity "
+            f"{stationarity:.3g} above the tolerance {tolerance:.3g} after {iterations} iterations"
+        )
+        self.criterion = criterion
+        self.stationarity = stationarity
+        self.tolerance = tolerance
+        self.iterations = iterations
 
 
 @dataclass
@@ -134,12 +155,19 @@ def _warm_epochs(
 
 def _prepared(data: CriterionComparisons, config: LicchaviConfig) -> tuple[LicchaviConfig, Problem]:
     """The config as it runs (device resolved; the converged solver works in float64, its
-    tolerance being below float32 resolution) and the problem on the kernels it runs on."""
+    tolerance being below float32 resolution) and the problem on the kernels it runs on.
+
+    The converged solver's problem is built from the comparisons in canonical order, so the same
+    comparisons give the same scores whatever order the file or the database gave them in. The
+    faithful solver keeps the input order within each user, as v1 did (its results depend on
+    it). States keep the fingerprint of the data as given, which callers compare with their own.
+    """
     device = resolve_device(config.device)
     dtype: DTypeName = "float64" if config.solver == "converged" else config.dtype
     resolved = config.model_copy(update={"device": device, "dtype": dtype})
     kernels = kernels_for(device, resolved.solver)
-    return resolved, Problem.build(data, kernels, dtype)
+    ordered = data.canonical() if resolved.solver == "converged" else data
+    return resolved, Problem.build(ordered, kernels, dtype)
 
 
 def train_criterion(
@@ -263,6 +291,10 @@ def _train_criterion(
         final_stationarity = stationarity(problem, final, resolved.w, resolved.w0, True)
     else:
         final_stationarity = solver.stationarity
+        if not progress.converged:
+            raise NotConverged(
+                data.criterion, final_stationarity, resolved.tolerance, progress.epoch
+            )
     return _result(data, resolved, problem, final, progress, final_stationarity, snapshot)
 
 
@@ -278,7 +310,10 @@ def _result(
     n_videos = problem.n_videos
     if config.compute_uncertainty:
         local_spread = local_uncertainty(problem, parameters.theta, parameters.s)
-        global_spread = global_uncertainty(problem, parameters.theta, parameters.rho)
+        if config.solver == "converged":
+            global_spread = curvature_global_uncertainty(problem, local_spread, config.w0)
+        else:  # v1's formula, as the reference solver published it
+            global_spread = global_uncertainty(problem, parameters.theta, parameters.rho)
     else:  # the original reported 0 when uncertainty was not computed
         local_spread = np.zeros(problem.n_pairs)
         global_spread = np.zeros(n_videos)

@@ -4,6 +4,10 @@ Local:  Δθ_nv = (s_n² Σ_{comparisons of n involving v} f''(t))^(-1/2), the c
         fit term along θ_nv (the |·| coupling has no curvature).
 Global: Δρ_v = median({|θ_nv − ρ_v| over raters} ∪ {4, 4, 4, 4, 4}) / sqrt(#raters), i.e. the
         raters' spread with a prior of five pseudo-observations at 4.
+Global, converged solver: Δρ_v = (2·w0 + Σ_n Δθ_nv^(−2))^(−1/2), the curvature of the fit
+        passed on to ρ_v from every rater (docs/solvers.md, "Uncertainty": at the default w its
+        95 % intervals cover 86–99 % of true scores for videos with ≥ 6 contributors, where the
+        v1 formula's covered 0–1 % with this solver).
 """
 
 from __future__ import annotations
@@ -62,3 +66,18 @@ def global_uncertainty(problem: Problem, theta: Array, rho: Array) -> np.ndarray
     median = (lower + upper) / 2
     with np.errstate(divide="ignore"):
         return np.asarray(median / np.sqrt(raters))
+
+
+def curvature_global_uncertainty(
+    problem: Problem, local_spread: np.ndarray, w0: float
+) -> np.ndarray:
+    """Δρ per video from the curvature of the fit: (2·w0 + Σ over raters of Δθ_nv^(−2))^(−1/2).
+
+    A Laplace approximation that lets every rater's curvature reach ρ_v, as if their θ moved
+    with it; it ignores the coupling's kink and the correlations between videos. Its width
+    grows as a video's comparisons get fewer, and stays finite (the w0 prior) for any video.
+    """
+    with np.errstate(divide="ignore"):
+        precision = np.asarray(local_spread, dtype=np.float64) ** -2.0
+    per_video = np.bincount(problem.pair_video_np, weights=precision, minlength=problem.n_videos)
+    return np.asarray((2.0 * w0 + per_video) ** -0.5)

@@ -158,6 +158,10 @@ def test_warm_start_from_a_saved_state(workspace: Path, tmp_path: Path) -> None:
         (["--solver", "magic"], "solver"),
         (["--criteria", "nope"], "unknown criterion nope"),
         (["--warm-start", "/does/not/exist.pt"], "warm-start file not found"),
+        (
+            ["--solver", "converged", "--set", "max_iterations=1"],
+            "did not converge: stationarity",
+        ),
     ],
 )
 def test_bad_train_input_is_one_line_and_exit_2(

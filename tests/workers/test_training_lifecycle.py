@@ -1,5 +1,5 @@
-"""Cancel a queued and a running run, and a failing run: each ends recorded, and the published
-scores stay those of the last successful run."""
+"""Cancel a queued and a running run, and failing runs (nothing to train, not converged): each
+ends recorded, and the published scores stay those of the last successful run."""
 
 from pathlib import Path
 
@@ -63,6 +63,14 @@ def test_cancel_queued_and_running_runs_and_a_failure_keep_published_scores(
             failed = wait_for_run(client, failing["id"], 60)
             assert failed["status"] == "failed"
             assert "no comparisons for criterion pedagogy" in failed["error"]
+
+            # The converged solver stopped short of its tolerance: failed, saying so.
+            short = client.post(
+                RUNS, json={"config": {"solver": "converged", "max_iterations": 1}}, headers=headers
+            ).json()["id"]
+            unfinished = wait_for_run(client, short, 120)
+            assert unfinished["status"] == "failed"
+            assert "did not converge: stationarity" in unfinished["error"]
 
             assert run_row(queued)["attempt"] == 0  # never started
             assert published_run() == good and stored_scores(good) == published_scores
