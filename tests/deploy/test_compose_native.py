@@ -89,13 +89,13 @@ def deployment(tmp_path: Path) -> Iterator[dict[str, str]]:
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")},
         **image,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "DATA_DIR": str(tmp_path / "data"),
+        "DATA_DIR": str(tmp_path / "compose-data"),
         **environment,
         "DATABASE_URL": url,
         "CELERY_BROKER_URL": redis_url,
         "HOSTNAME": socket.gethostname(),
     }
-    (tmp_path / "data").mkdir()
+    (tmp_path / "compose-data").mkdir()
     yield mapped
     drop_database(url, admin)
 
