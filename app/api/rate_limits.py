@@ -71,8 +71,12 @@ def rate_limit_keys(principal: Principal | None, request: Request) -> list[str]:
     if principal is None:
         host = request.client.host if request.client is not None else "unknown"
         return [f"address:{host}"]
-    # `credential` and `user_id` come with user-bound credentials; a service key has neither.
-    keys = [f"credential:{getattr(principal, 'credential', f'key:{principal.key_id}')}"]
+    # Principals that name their credential and user (`credential`, `user_id`) are keyed by
+    # them; one that has only its API key's id, by that id.
+    credential = getattr(principal, "credential", None)
+    if credential is None:
+        credential = f"key:{getattr(principal, 'key_id')}"  # noqa: B009
+    keys = [f"credential:{credential}"]
     user = getattr(principal, "user_id", None)
     if user is not None:
         keys.append(f"user:{user}")
