@@ -1,5 +1,6 @@
 """Service settings read from the environment and `.env`, shared by the API, the CLI and workers."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -147,7 +148,13 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         # A comma-separated list reads better in an environment variable than JSON.
         if isinstance(value, str):
-            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+            value = [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        if isinstance(value, list):
+            # An origin is what a browser sends in `Origin`: scheme, host and port, no path; an
+            # entry of another form would never match, silently.
+            bad = [o for o in value if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o)]
+            if bad:
+                raise ValueError(f"not origins like https://app.example.org or *: {bad}")
         return value
 
     @field_validator("rate_limit_writes", "rate_limit_expensive", "rate_limit_anonymous_expensive")

@@ -196,3 +196,13 @@ def test_origins_setting_takes_a_comma_separated_list(monkeypatch: pytest.Monkey
     monkeypatch.setenv("CORS_ALLOW_ORIGINS", " http://a.example/ , https://b.example,")
     reset_caches()
     assert get_settings().cors_allow_origins == ["http://a.example", "https://b.example"]
+
+
+def test_an_entry_that_is_no_origin_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from app.core.config import Settings
+
+    with monkeypatch.context() as patched, pytest.raises(ValidationError, match="localhost:3000"):
+        patched.setenv("CORS_ALLOW_ORIGINS", "https://ok.example,localhost:3000")
+        Settings()
