@@ -18,6 +18,7 @@ from app.core.db import get_engine
 from app.core.errors import install_error_handlers
 from app.core.limits import BodySizeLimit
 from app.services.operations import OperationsCollector
+from app.web.routes import install_web_app
 
 API_PREFIX = "/api/v1"
 
@@ -49,6 +50,7 @@ def create_app() -> FastAPI:
     application.state.rate_limits = install_rate_limits(settings)
     install_error_handlers(application)
     install_docs(application)
+    install_web_app(application)
     application.include_router(health.router)
     application.include_router(comparisons.router, prefix=API_PREFIX)
     application.include_router(catalog.router, prefix=API_PREFIX)

@@ -76,7 +76,7 @@ def test_redoc_shows_the_operations_offline(
 
 def test_the_vendored_assets_are_those_the_script_pinned() -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "vendor_docs_assets.py"), "--check"],
+        [sys.executable, str(REPO / "scripts" / "vendor_assets.py"), "--check"],
         capture_output=True,
         text=True,
     )

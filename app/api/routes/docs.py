@@ -1,5 +1,5 @@
 """API documentation pages that work offline: Swagger UI (`/docs`) and ReDoc (`/redoc`) from
-assets vendored under app/static/docs (scripts/vendor_docs_assets.py), and the OpenAPI's bearer
+assets vendored under app/static/docs (scripts/vendor_assets.py), and the OpenAPI's bearer
 security scheme, which gives `/docs` its Authorize button."""
 
 from pathlib import Path
