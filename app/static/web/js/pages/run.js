@@ -92,7 +92,8 @@ function drawCurves(container, history, previous) {
   }
   const plots = [];
   for (const [criterion, items] of byCriterion) {
-    const names = [...new Set(items.flatMap((item) => Object.keys(item.values)))].sort();
+    // Wall-clock time is not a loss term: it would flatten the curves on a shared axis.
+    const names = [...new Set(items.flatMap((item) => Object.keys(item.values)))].filter((name) => name !== "elapsed").sort();
     const data = [items.map((item) => item.epoch), ...names.map((name) => items.map((item) => item.values[name] ?? null))];
     const box = el("div", { class: "chart", role: "img", "aria-label": `Loss terms of ${criterion} over ${items.length} epochs: ${names.join(", ")}` });
     container.append(el("h3", {}, criterion), box);
