@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
+# Where `make run` listens: `make run PORT=8001 HOST=0.0.0.0`.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: install install-dev run test lint
 
@@ -19,7 +22,7 @@ install-dev: install
 	$(PIP) install -q -e '.[ml,sweeps,dev]'
 
 run: install
-	$(VENV)/bin/licchavi serve --demo
+	$(VENV)/bin/licchavi serve --demo --host $(HOST) --port $(PORT)
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -8,8 +8,9 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp
 
+from app.api.openapi import install_openapi
 from app.api.rate_limits import enforce_rate_limits, install_rate_limits
-from app.api.routes import catalog, comparisons, health, runs, scores, sweeps
+from app.api.routes import api_keys, catalog, comparisons, health, me, runs, scores, sweeps
 from app.api.routes.docs import install_docs
 from app.api.single_write import SingleWriteFastPath
 from app.core.config import get_settings
@@ -49,6 +50,7 @@ def create_app() -> FastAPI:
     application.cors_allow_origins = tuple(settings.cors_allow_origins)
     application.state.rate_limits = install_rate_limits(settings)
     install_error_handlers(application)
+    install_openapi(application)
     install_docs(application)
     install_web_app(application)
     application.include_router(health.router)
@@ -58,6 +60,8 @@ def create_app() -> FastAPI:
     application.include_router(scores.router, prefix=API_PREFIX)
     application.include_router(sweeps.router, prefix=API_PREFIX)
     application.include_router(sweeps.defaults_router, prefix=API_PREFIX)
+    application.include_router(api_keys.router, prefix=API_PREFIX)
+    application.include_router(me.router, prefix=API_PREFIX)
     # Innermost of the middleware, so the Prometheus one and the body-size limit see its requests.
     application.add_middleware(SingleWriteFastPath, path=API_PREFIX + comparisons.router.prefix)
     # A registry per application: several apps in one process (tests) must not share counters.

@@ -11,50 +11,85 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ml import bounded_yaml
+
+# Upper bounds of the settings, generous for any real run: beyond them a run would not finish
+# (epochs, iterations) or its numbers would overflow (weights, learning rates).
+MAX_EPOCHS = 100_000
+MAX_ITERATIONS = 10_000_000
+MAX_GEN_FREQ = 1_000
+MAX_WEIGHT = 1e6
+# Seeds are stored in 32-bit integer columns.
+MAX_SEED = 2**31 - 1
+
 
 class ConfigError(ValueError):
     """A configuration file or override could not be turned into a valid LicchaviConfig."""
 
 
 class LicchaviConfig(BaseModel):
-    """All settings of one training run; defaults are the original `hyperparameters.gin`."""
+    """All settings of one training run; defaults are the original `hyperparameters.gin`.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Every number is finite and bounded: a setting is stored in JSON (PostgreSQL refuses
+    Infinity) and drives loops and allocations, so an absurd value must be refused here, where
+    the request that carries it can still be answered, not later by a worker.
+    """
 
-    epochs: int = Field(60, ge=1, description="maximum epochs (faithful solver)")
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    epochs: int = Field(60, ge=1, le=MAX_EPOCHS, description="maximum epochs (faithful solver)")
     warm_epochs: int | None = Field(
         10,
         ge=1,
+        le=MAX_EPOCHS,
         description="faithful solver, warm start: from the saved scores, run only the"
         " schedule's last warm_epochs epochs, with the learning rates a cold run has there,"
         " unless over 10% of the (user, video) pairs are new (None: always the whole schedule,"
         " as the original's load_and_update)",
     )
-    w: float = Field(1.0, gt=0, description="weight of the L1 coupling between local and global")
-    w0: float = Field(1.0, gt=0, description="weight of the global regularisation w0·Σρ²")
-    lr_node: float = Field(0.9, gt=0, description="SGD learning rate of the local scores θ")
-    lr_s: float = Field(0.1, gt=0, description="SGD learning rate of s_n, divided by |D_n|")
-    lr_gen: float = Field(0.09, gt=0, description="SGD learning rate of the global scores ρ")
-    gen_freq: int = Field(1, ge=1, description="global steps per epoch")
-    lr_rush_duration: int = Field(8, ge=0, description="epochs of the rush phase")
+    w: float = Field(
+        1.0, gt=0, le=MAX_WEIGHT, description="weight of the L1 coupling between local and global"
+    )
+    w0: float = Field(
+        1.0, gt=0, le=MAX_WEIGHT, description="weight of the global regularisation w0·Σρ²"
+    )
+    lr_node: float = Field(
+        0.9, gt=0, le=MAX_WEIGHT, description="SGD learning rate of the local scores θ"
+    )
+    lr_s: float = Field(
+        0.1, gt=0, le=MAX_WEIGHT, description="SGD learning rate of s_n, divided by |D_n|"
+    )
+    lr_gen: float = Field(
+        0.09, gt=0, le=MAX_WEIGHT, description="SGD learning rate of the global scores ρ"
+    )
+    gen_freq: int = Field(1, ge=1, le=MAX_GEN_FREQ, description="global steps per epoch")
+    lr_rush_duration: int = Field(8, ge=0, le=MAX_EPOCHS, description="epochs of the rush phase")
     decay_rush: float = Field(0.97, gt=0, le=1, description="learning-rate decay per rush epoch")
     decay_fine: float = Field(0.9, gt=0, le=1, description="decay every second epoch afterwards")
-    min_lr_fine: float = Field(0.001, ge=0, description="decay stops once lr_node is below this")
+    min_lr_fine: float = Field(
+        0.001, ge=0, le=MAX_WEIGHT, description="decay stops once lr_node is below this"
+    )
     precision: float = Field(0.97, gt=0, le=1, description="equilibrium fraction that stops")
-    epsilon: float = Field(0.1, gt=0, description="perturbation of the equilibrium test")
+    epsilon: float = Field(
+        0.1, gt=0, le=MAX_WEIGHT, description="perturbation of the equilibrium test"
+    )
     solver: Literal["faithful", "converged"] = Field(
         "faithful", description="'faithful' replays v1's SGD; 'converged' minimises J to tolerance"
     )
     tolerance: float = Field(
-        1e-5, gt=0, description="converged solver: max |minimal-norm subgradient| to stop"
+        1e-5, gt=0, le=1, description="converged solver: max |minimal-norm subgradient| to stop"
     )
-    max_iterations: int = Field(3000, ge=1, description="converged solver: iteration budget")
+    max_iterations: int = Field(
+        3000, ge=1, le=MAX_ITERATIONS, description="converged solver: iteration budget"
+    )
     optimise_s: bool = Field(
         False,
         description="converged solver: also minimise over s_n (by default s_n stays at its"
         " starting value: 1, or the warm-start state's; see docs/solvers.md)",
     )
-    seed: int = Field(0, ge=0, description="seed of the equilibrium test's random draws")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seed of the equilibrium test's random draws"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     compute_uncertainty: bool = True
@@ -90,8 +125,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"config file {path}: {error.strerror or error}") from error
     try:
-        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        content = json.loads(text) if path.suffix == ".json" else bounded_yaml.load(text)
+    except (ValueError, RecursionError, yaml.YAMLError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"config file {path}: cannot parse ({first_line})") from error
     if content is None:

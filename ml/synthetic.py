@@ -31,7 +31,8 @@ MAX_DRAW_ROUNDS = 200
 class SyntheticParams(BaseModel):
     """Parameters of the generator; the defaults mirror the reference sets' generator."""
 
-    model_config = ConfigDict(extra="forbid")
+    # An infinite rate or size would overflow the counts derived from it.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n_users: int = Field(1000, ge=1)
     n_videos: int = Field(9000, ge=2)

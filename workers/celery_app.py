@@ -7,10 +7,16 @@ from celery.signals import worker_process_init
 from kombu import Queue
 
 from app.core.config import get_settings
+from workers import lifetime  # noqa: F401  (its signal handlers: parent death, hand-off)
 
 celery_app = Celery(
     "licchavi",
-    include=["workers.tasks.maintenance", "workers.tasks.sweeps", "workers.tasks.training"],
+    include=[
+        "workers.tasks.maintenance",
+        "workers.tasks.sweeps",
+        "workers.tasks.training",
+        "workers.tasks.work",
+    ],
 )
 
 
@@ -34,16 +40,27 @@ def celery_config() -> dict[str, Any]:
     settings.ensure_data_dir()
     broker_url = settings.resolved_broker_url
     transport_options: dict[str, Any] = {}
+    transport = None  # from the URL's scheme
     if broker_url.startswith(("redis://", "rediss://")):
         # Our own leases decide when work is redone; a short visibility timeout would make Redis
         # hand a long training task to a second worker while the first is still running it.
         transport_options["visibility_timeout"] = 24 * 3600
+        transport = "workers.broker:Transport"  # survives an outage while consuming
     # (kombu's SQLAlchemy transport hands every transport option to create_engine, so the
     # embedded broker keeps its default one-second polling interval.)
     return dict(
         broker_url=broker_url,
+        broker_transport=transport,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        # Celery's default gives up after 100 attempts (about 48 minutes with its growing waits)
+        # and the worker exits for good; the broker coming back hours later must still be seen.
+        broker_connection_max_retries=None,
+        worker_consumer="workers.consumer:SteadyReconnectConsumer",
+        # A run keeps training through a broker outage: its lease, not the broker connection,
+        # says who owns it (this is also Celery 5's default, which warns until it is set).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         result_backend=None,
         task_ignore_result=True,
         task_acks_late=True,

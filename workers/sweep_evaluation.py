@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-import traceback
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
+from app.core.errors import public_error
 from app.core.version import code_version, git_commit
 from app.models import SweepDataset
 from app.services.sweeps import execution
@@ -111,14 +111,15 @@ class EvaluationRunner:
             )
             return "cancelled" if ended else "lost"
         except Exception as exc:
+            # The traceback goes to the log; the public fields get a clean one-line message.
             logger.exception("evaluation %s failed", claim.evaluation_id)
-            error = "".join(traceback.format_exception(exc))[-10_000:]
+            error = public_error(exc)
             ended = execution.finish(
                 self.engine,
                 claim,
                 status="failed",
                 values={"error": error, "log": capture.text()},
-                detail="".join(traceback.format_exception_only(exc)).strip(),
+                detail=error,
             )
             return "failed" if ended else "lost"
         finally:

@@ -11,9 +11,11 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
+from app.core.db import read_only
 from app.models import TrainingMetric, TrainingRun
 from app.services import leases, publication
 from app.services.snapshot import ComparisonSnapshot, load_snapshot
+from workers import lifetime
 
 if TYPE_CHECKING:
     from ml.data import CriterionComparisons
@@ -29,10 +31,17 @@ class NothingToTrain(ValueError):
     """The run names a criterion that has no comparisons."""
 
 
+class HandedOff(Exception):
+    """The worker is stopping: the run checkpointed and must be given to another worker."""
+
+
 class ProgressReporter:
     """The engine's callback: buffers metrics, and every few seconds writes them with the
     progress, renews the lease and reads the cancel flag; checkpoints every few epochs, and
-    no more often than every few seconds, so saving a large state stays a small overhead."""
+    no more often than every few seconds, so saving a large state stays a small overhead.
+    The first checkpoint of a criterion comes after its first few epochs, with no wait, so a
+    run killed early does not start over. Stops the engine when the worker asks runs to hand
+    off."""
 
     def __init__(self, engine: Engine, claim: leases.Claim, settings: Settings, n_criteria: int):
         self.engine = engine
@@ -48,12 +57,13 @@ class ProgressReporter:
         self.progress = 0.0
         self.epoch = 0
         self.max_epochs: int | None = None
+        self.handing_off = False
 
     def start_criterion(self, index: int, criterion: str, resumed_epoch: int) -> None:
         self.index = index
         self.criterion = criterion
         self.last_checkpoint_epoch = resumed_epoch
-        self.last_checkpoint_at = time.monotonic()
+        self.last_checkpoint_at = -math.inf
 
     def __call__(self, report: "EpochReport") -> bool:
         self.epoch = report.epoch
@@ -72,6 +82,11 @@ class ProgressReporter:
                         "attempt": self.claim.attempt,
                     }
                 )
+        if lifetime.handoff_requested.is_set():
+            # The engine stops after this epoch and raises TrainingCancelled with its state,
+            # which is checkpointed with the metrics buffered up to here.
+            self.handing_off = True
+            return False
         checkpoint = None
         settings = self.settings
         if (
@@ -129,10 +144,11 @@ class TrainingExecution:
     def run(self) -> list[str]:
         from ml.config import LicchaviConfig
         from ml.data import ComparisonDataset
-        from ml.licchavi import train_criterion
         from ml.licchavi.problem import data_fingerprint
 
-        with self.engine.connect() as connection:
+        # Reads take no write lock on SQLite: API writes go on while the snapshot loads.
+        reader = read_only(self.engine)
+        with reader.connect() as connection:
             row = connection.execute(
                 select(Run.c.criteria, Run.c.config, Run.c.warm_start, Run.c.trigger).where(
                     Run.c.id == self.claim.run_id
@@ -140,7 +156,7 @@ class TrainingExecution:
             ).one()
         criteria, config_values, warm_start, trigger = row
         started = time.perf_counter()
-        with self.engine.begin() as connection:
+        with reader.begin() as connection:
             snapshot = load_snapshot(connection, criteria=criteria)
         dataset = ComparisonDataset.from_frame(snapshot.frame)
         with self.engine.connect() as connection:
@@ -174,9 +190,7 @@ class TrainingExecution:
             if result is None:
                 initial, resumed_epoch = self._initial_state(name, fingerprints[name], warm_start)
                 reporter.start_criterion(index, name, resumed_epoch)
-                result = train_criterion(
-                    dataset.criteria[name], config, initial_state=initial, callback=reporter
-                )
+                result = self._train(dataset.criteria[name], config, initial, reporter)
                 if reporter.flush():
                     from ml.licchavi import TrainingCancelled
 
@@ -202,6 +216,26 @@ class TrainingExecution:
             time.perf_counter() - trained,
         )
         return published
+
+    def _train(
+        self,
+        data: "CriterionComparisons",
+        config: Any,
+        initial: "LicchaviState | None",
+        reporter: ProgressReporter,
+    ) -> "CriterionResult":
+        """Train one criterion; on a hand-off, checkpoint where the engine stopped, then raise
+        HandedOff."""
+        from ml.licchavi import TrainingCancelled, train_criterion
+
+        try:
+            return train_criterion(data, config, initial_state=initial, callback=reporter)
+        except TrainingCancelled as stopped:
+            if not reporter.handing_off or stopped.state is None:
+                raise
+            reporter.flush(stopped.state)
+            message = f"run {self.claim.run_id}: handed off at epoch {stopped.epoch}"
+            raise HandedOff(message) from None
 
     def _keep_finished(
         self, criterion: str, result: "CriterionResult", reporter: ProgressReporter

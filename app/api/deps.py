@@ -1,12 +1,16 @@
-"""Route dependencies shared by resources: paging parameters."""
+"""Route parameters shared by resources: paging, and the ids of stored resources."""
 
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query
+from fastapi import Depends, Path, Query
 
 from app.core.config import get_settings
 from app.core.errors import InvalidInput
+
+# Ids are positive 64-bit integers (PostgreSQL's bigint, SQLite's integer).
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,7 @@ class Paging:
 
 async def paging(
     limit: Annotated[int, Query(ge=1, description="Page size (capped by PAGE_MAX_LIMIT).")] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> Paging:
     cap = get_settings().page_max_limit
     if limit > cap:

@@ -1,6 +1,8 @@
 """`licchavi`: serve the API, run workers, migrate, import/export comparisons, manage API keys."""
 
+import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +62,22 @@ def migrate(revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
+def prepare_database() -> None:
+    """The embedded default sets itself up (data directory, schema) as `serve` does; a server
+    database is migrated by its operator (`licchavi db upgrade`)."""
+    settings = get_settings()
+    settings.ensure_data_dir()
+    if settings.resolved_database_url.startswith("sqlite"):
+        migrate()
+
+
+def database_failure(exc: Exception) -> typer.Exit:
+    """A database error as a one-line message (the statement stays out of it)."""
+    from app.core.errors import public_error
+
+    return fail(f"database error: {public_error(exc)} (is it migrated? `licchavi db upgrade`)")
+
+
 @db_cli.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: head)."""
@@ -76,21 +94,96 @@ def api_key_create(
         list[str], typer.Option("--scopes", "-s", help="Scope(s); repeat or comma-separate.")
     ],
     name: Annotated[str, typer.Option(help="What the key is for.")] = "cli",
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Bind the key to this user id (user scopes only)."),
+    ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option("--expires-in", help="Expiry: a duration (30d, 12h, 2w) or an ISO date."),
+    ] = None,
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
+    from pydantic import TypeAdapter, ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
     from app.core.security import UnknownScope, create_api_key
+    from app.schemas.common import UserId
+    from app.services.api_keys import parse_expiry
 
     wanted = [s.strip() for item in scopes for s in item.split(",") if s.strip()]
     try:
+        user_id = None if user is None else TypeAdapter(UserId).validate_python(user)
+        expires_at = None if expires_in is None else parse_expiry(expires_in)
+        prepare_database()
         with Session(get_engine()) as session:
-            _row, key = create_api_key(session, name=name, scopes=wanted)
+            _row, key = create_api_key(
+                session, name=name, scopes=wanted, user_id=user_id, expires_at=expires_at
+            )
             session.commit()
-    except UnknownScope as exc:
+    except ValidationError as exc:
+        raise fail(f"invalid user id {user!r}: {exc.errors()[0]['msg']}") from exc
+    except (UnknownScope, ValueError) as exc:
         raise fail(str(exc)) from exc
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
     typer.echo(key)
+
+
+@api_key_cli.command("list")
+def api_key_list() -> None:
+    """List keys: prefix, name, scopes, user, created, last used, expiry, status."""
+    from sqlmodel import Session
+
+    from app.core.db import get_engine
+    from app.services.api_keys import aware, key_status, list_keys
+
+    def when(moment: datetime | None) -> str:
+        return "-" if moment is None else f"{aware(moment):%Y-%m-%dT%H:%MZ}"
+
+    lines = [("prefix", "name", "scopes", "user", "created", "last used", "expires", "status")]
+    with Session(get_engine()) as session:
+        rows, _total = list_keys(session)
+        lines += [
+            (
+                row.prefix,
+                row.name,
+                ",".join(row.scopes.split()),
+                row.user_id or "-",
+                when(row.created_at),
+                when(row.last_used_at),
+                when(row.expires_at),
+                key_status(row),
+            )
+            for row in rows
+        ]
+    # Plain aligned columns, never wrapped or cut, so that scripts can read them.
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
+
+
+@api_key_cli.command("revoke")
+def api_key_revoke(
+    key_or_prefix: Annotated[str, typer.Argument(help="The key itself or its prefix.")],
+) -> None:
+    """Revoke a key: every API process refuses it within seconds."""
+    from sqlmodel import Session
+
+    from app.core.db import get_engine
+    from app.services.api_keys import UnknownKey, revoke_key
+
+    try:
+        with Session(get_engine()) as session:
+            row = revoke_key(session, key_or_prefix)
+            shown = f"{row.prefix} ({row.name})"
+            session.commit()
+    except UnknownKey as exc:
+        raise fail(str(exc), code=1) from exc
+    out.print(f"revoked {shown}", highlight=False)
 
 
 @cli.command("import")
@@ -101,6 +194,7 @@ def import_command(
 ) -> None:
     """Import comparisons (streamed, in batches); invalid rows are reported and skipped."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from app.core.db import get_engine
     from app.services.transfer import ImportSourceError, import_comparisons, source_size
@@ -111,6 +205,10 @@ def import_command(
         total = source_size(file)
     except ImportSourceError as exc:
         raise fail(str(exc)) from exc
+    try:
+        prepare_database()
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -131,8 +229,13 @@ def import_command(
             )
         except ImportSourceError as exc:
             raise fail(str(exc)) from exc
+        except SQLAlchemyError as exc:
+            raise database_failure(exc) from exc
     for rejection in report.rejections[:20]:
-        err.print(f"row {rejection.row}: {rejection.field}: {rejection.message}", highlight=False)
+        where = (
+            f"row {rejection.row}: {rejection.field}" if rejection.field else f"row {rejection.row}"
+        )
+        err.print(f"{where}: {rejection.message}", highlight=False)
     if report.rejected > 20:
         err.print(f"… and {report.rejected - 20} more rejected rows", highlight=False)
     stored = "nothing stored (--strict)" if strict and report.rejected else "stored"
@@ -148,13 +251,18 @@ def import_command(
 @cli.command("export")
 def export_command(directory: Annotated[Path, typer.Argument(help="Output directory.")]) -> None:
     """Write every comparison as comparisons.csv in the public-dataset format."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from app.core.db import get_engine
     from app.services.transfer import export_comparisons
 
     try:
+        prepare_database()
         count = export_comparisons(get_engine(), directory)
     except OSError as exc:
         raise fail(f"{directory}: {exc.strerror or exc}") from exc
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
     out.print(f"exported {count} comparisons to {directory / 'comparisons.csv'}")
 
 
@@ -193,9 +301,8 @@ def serve(
     from app.cli.supervisor import WorkerSupervisor, worker_command
 
     settings = get_settings()
-    settings.ensure_data_dir()
-    if settings.resolved_database_url.startswith("sqlite"):
-        migrate()
+    prepare_database()
+    signin = _demo_signin() if demo else None
     if demo:
         _load_demo()
     run_worker = settings.is_embedded if worker is None else worker
@@ -204,11 +311,23 @@ def serve(
         if run_worker
         else None
     )
+    # uvicorn handles SIGTERM and SIGINT while it serves, then restores the handlers found here
+    # and raises the signal again: with the default SIGTERM handler that killed this process
+    # before the worker was stopped, leaving it running as an orphan. Raising SystemExit instead
+    # unwinds to the `finally` below.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     if supervisor:
         supervisor.start()
     out.print(
         f"Licchavi scoring service on http://{host}:{port}  (API docs: http://{host}:{port}/docs)"
     )
+    if signin:
+        out.print(
+            f"Open http://{host}:{port}/#/signin?credential={signin}  (signed in as the demo user)",
+            highlight=False,
+            soft_wrap=True,
+        )
     try:
         uvicorn.run(
             "app.main:serve_app",
@@ -220,7 +339,42 @@ def serve(
         )
     finally:
         if supervisor:
+            # A second signal must not interrupt the stop, which is bounded (SIGKILL after 20 s).
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
             supervisor.stop()
+
+
+DEMO_USER = "demo"
+DEMO_KEY_NAME = "demo sign-in"
+
+
+def _demo_signin() -> str:
+    """A fresh key of the demo user for the printed sign-in URL; the previous run's is revoked."""
+    from sqlmodel import Session, select
+
+    from app.core.db import get_engine
+    from app.core.security import create_api_key
+    from app.models import ApiKey
+    from app.services.api_keys import revoke_key
+
+    with Session(get_engine()) as session:
+        for old in session.exec(
+            select(ApiKey).where(ApiKey.name == DEMO_KEY_NAME, ApiKey.revoked_at.is_(None))  # type: ignore[union-attr]
+        ):
+            revoke_key(session, old.prefix)
+        _row, key = create_api_key(
+            session,
+            name=DEMO_KEY_NAME,
+            scopes=["comparisons:write", "scores:read_local", "runs:write", "sweeps:write"],
+            user_id=DEMO_USER,
+        )
+        session.commit()
+    return key
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _load_demo() -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 sweep_cli = typer.Typer(help="Hyperparameter sweeps.", no_args_is_help=True)
@@ -23,7 +24,8 @@ FINAL = ("completed", "cancelled", "failed")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a message quoting the input ("licchavi[sweeps]", a tag) is not markup.
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -58,12 +60,16 @@ def submit(
 ) -> None:
     """Submit a sweep; a worker's scheduler freezes its data and runs it."""
     from app.services.sweeps import control
+    from app.services.sweeps.study import missing_extra
     from ml.sweep.spec import SpecError, load_spec
 
     try:
         spec = load_spec(spec_file)
     except SpecError as exc:
         raise fail(str(exc)) from exc
+    missing = missing_extra()
+    if missing is not None:
+        raise fail(missing)
     if dry_run:
         plan = control.dry_run(spec)
         if as_json:

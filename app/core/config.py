@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PLACEHOLDER_SECRET = "changethis"
 
 
+# The largest score bound a comparison may carry, whichever way it arrives (JSON or CSV).
+SCORE_MAX_LIMIT = 1000.0
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Unset database and broker URLs mean the embedded default."""
 
@@ -29,7 +33,12 @@ class Settings(BaseSettings):
         default=PLACEHOLDER_SECRET,
         description="Pepper for API key hashes; must be changed in production.",
     )
-    score_max: float = Field(default=10.0, gt=0, description="Default score bound of a comparison.")
+    score_max: float = Field(
+        default=10.0,
+        gt=0,
+        le=SCORE_MAX_LIMIT,
+        description="Default score bound of a comparison.",
+    )
     bulk_max_rows: int = Field(
         default=10_000, ge=1, description="Rows accepted by one bulk request."
     )
@@ -45,6 +54,14 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="How long one read of the operator gauges of /metrics serves every scrape.",
+    )
+    sqlite_busy_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Embedded default: how long a write waits for another process's write to end before"
+            " the API answers 503 with Retry-After."
+        ),
     )
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
@@ -69,6 +86,12 @@ class Settings(BaseSettings):
         ge=0,
         description="And at least this long between two checkpoints (a big state costs seconds).",
     )
+    broker_reconnect_interval_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="While the broker is unreachable, a worker tries to reconnect this often.",
+    )
     run_recovery_interval_seconds: float = Field(
         default=10.0,
         gt=0,
@@ -80,6 +103,14 @@ class Settings(BaseSettings):
     )
     run_resend_after_seconds: float = Field(
         default=30.0, gt=0, description="A queued run not started this long is sent again."
+    )
+    wakeup_max_pending: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Undelivered wake-ups allowed in the broker queue; a woken worker claims the next"
+            " work from the database and wakes a peer while more is left."
+        ),
     )
     score_runs_kept: int = Field(
         default=20, ge=1, description="Succeeded runs whose scores are kept besides published ones."
@@ -114,6 +145,41 @@ class Settings(BaseSettings):
     )
     sweep_log_max_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Captured log kept per sweep evaluation."
+    )
+    jwt_secret: str | None = Field(
+        default=None, description="HS256 secret of the identity provider's bearer tokens."
+    )
+    jwt_jwks: str | None = Field(
+        default=None,
+        description="RS256/ES256 key set (JWKS) of the identity provider: a file path or a URL.",
+    )
+    jwt_issuer: str | None = Field(
+        default=None, description="The `iss` a bearer token must carry (needed with JWT on)."
+    )
+    jwt_audience: str | None = Field(
+        default=None, description="The `aud` a bearer token must carry (needed with JWT on)."
+    )
+    jwt_user_claim: str = Field(
+        default="sub", min_length=1, description="The token claim holding the user id."
+    )
+    jwt_leeway_seconds: float = Field(
+        default=10.0, ge=0, le=300, description="Clock skew allowed on `exp`, `nbf` and `iat`."
+    )
+    jwt_grantable_scopes: str = Field(
+        default="comparisons:write scores:read_local",
+        description="Space-separated scopes a token's `scope` claim may grant; others are ignored.",
+    )
+    jwt_default_scopes: str = Field(
+        default="comparisons:write scores:read_local",
+        description="Space-separated scopes of a token without a `scope` claim.",
+    )
+    jwt_jwks_cache_seconds: float = Field(
+        default=300.0, gt=0, description="How long a fetched key set is used before re-fetching."
+    )
+    jwt_jwks_refetch_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Least time between two fetches of the key set (an unknown `kid` re-fetches).",
     )
     code_version: str | None = Field(
         default=None, description="Recorded on every run; defaults to the package version."
@@ -179,6 +245,17 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.secret_key == PLACEHOLDER_SECRET:
             raise ValueError("SECRET_KEY must be set to a real secret when ENVIRONMENT=production")
         return self
+
+    @model_validator(mode="after")
+    def _jwt_needs_issuer_and_audience(self) -> "Settings":
+        # A token minted for another service of the same provider must not be accepted here.
+        if (self.jwt_secret or self.jwt_jwks) and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError("JWT_ISSUER and JWT_AUDIENCE must be set with JWT_SECRET or JWT_JWKS")
+        return self
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_jwks)
 
     @property
     def resolved_database_url(self) -> str:

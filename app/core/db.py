@@ -1,26 +1,39 @@
 """Database engine, and the request session that commits on success and rolls back on error."""
 
 import contextlib
+import os
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import Depends
-from sqlalchemy import event
+from fastapi import Depends, Request
+from sqlalchemy import DateTime, event
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
 
+# An execution option: the transactions of a connection carrying it only read (see `read_only`).
+READ_ONLY = "licchavi_read_only"
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine tuned for its dialect: SQLite gets WAL, a busy timeout, immediate transactions."""
+    """An engine tuned for its dialect: SQLite gets WAL, a bounded busy timeout, immediate
+    transactions for writers and lock-free snapshots for readers, UTC-aware timestamps."""
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 60}, **kwargs
-        )
-        _configure_sqlite(engine)
+        timeout = get_settings().sqlite_busy_timeout_seconds
+        connect_args = {
+            "check_same_thread": False,
+            "timeout": timeout,
+            "factory": _SQLiteConnection,
+        }
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+        _configure_sqlite(engine, timeout=timeout)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
@@ -49,23 +62,140 @@ def _configure_postgres(engine: Engine) -> None:
         record.info[CUSTOM_PLANS_ONLY] = True
 
 
-def _configure_sqlite(engine: Engine) -> None:
+# One write gate per SQLite database per process (see `_configure_sqlite`). A forked child starts
+# with none held, whatever its parent's threads held when it forked.
+_write_gates: "dict[str, threading.Lock]" = {}
+os.register_at_fork(after_in_child=_write_gates.clear)
+
+
+class _SQLiteConnection(sqlite3.Connection):
+    """A SQLite connection that begins its own transactions: deferred when they only read,
+    immediate behind its process's write gate when they may write; the gate is handed back when
+    the transaction ends, however it ends (commit, rollback, the pool's reset, close)."""
+
+    gate_key = ""
+    gate_timeout = 0.0
+    reads_only = False  # set by the engine's "begin" event for the transaction about to begin
+    gate: "threading.Lock | None" = None
+
+    def begin(self) -> None:
+        if self.reads_only:
+            # A deferred transaction reads a WAL snapshot and never takes the write lock, so a
+            # reader neither waits for writers nor makes them wait.
+            self.execute("BEGIN")
+            return
+        gate = _write_gates.setdefault(self.gate_key, threading.Lock())
+        if not gate.acquire(timeout=self.gate_timeout):
+            raise sqlite3.OperationalError("database is locked")
+        self.gate = gate
+        try:
+            # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
+            # when another writer committed meanwhile; taking the write lock up front makes it
+            # wait instead.
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._release_gate()
+            raise
+
+    def _release_gate(self) -> None:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._release_gate()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._release_gate()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._release_gate()
+
+
+def _configure_sqlite(engine: Engine, *, timeout: float) -> None:
+    utc_timestamps(engine)
+    # SQLite lets one transaction write at a time. Threads of one process queue for it on a lock
+    # (the write gate) rather than in SQLite's busy handler, which polls with sleeps growing to
+    # 100 ms: under many writers those sleeps, not the writes, made the latency. Other processes
+    # (the worker beside the API) still meet in the busy handler. Both waits are bounded by
+    # `timeout`; one that runs out raises "database is locked".
+    gate_key = str(engine.url)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when a transaction begins.
         dbapi_connection.isolation_level = None
+        dbapi_connection.gate_key = gate_key
+        dbapi_connection.gate_timeout = timeout
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when
-        # another writer committed meanwhile; taking the write lock up front makes it wait instead.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reads_only = bool(connection.get_execution_options().get(READ_ONLY))
+        connection.connection.dbapi_connection.reads_only = reads_only
+
+    # The dialect's own BEGIN does nothing on pysqlite; ours runs where SQLAlchemy expects the
+    # DBAPI to begin, so that a lock wait that runs out is reported as any database error is.
+    dialect: Any = engine.dialect
+    dialect.do_begin = lambda proxied: proxied.dbapi_connection.begin()
+
+
+class _UtcDateTime(sqlite.DATETIME):
+    """SQLite keeps a timestamp as text without an offset: stored in UTC, read back as UTC, as
+    PostgreSQL's `timestamptz` is."""
+
+    def bind_processor(self, dialect: Any) -> Any:
+        process = super().bind_processor(dialect)
+
+        def bind(value: Any) -> Any:
+            if isinstance(value, datetime) and value.tzinfo is not None:
+                value = value.astimezone(UTC)
+            return process(value) if process else value
+
+        return bind
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        process = super().result_processor(dialect, coltype)
+
+        def result(value: Any) -> Any:
+            value = process(value) if process else value
+            if isinstance(value, datetime) and value.tzinfo is None:
+                return value.replace(tzinfo=UTC)
+            return value
+
+        return result
+
+
+def utc_timestamps(engine: Engine) -> None:
+    """Make `engine` (SQLite) read every timestamp column back timezone-aware, in UTC."""
+    dialect: Any = engine.dialect
+    dialect.colspecs = {**dialect.colspecs, DateTime: _UtcDateTime}
+
+
+@lru_cache(maxsize=16)  # one per engine: building it costs as much as a small query
+def read_only(engine: Engine) -> Engine:
+    """`engine` for transactions that only read: on SQLite they take no write lock (a write in
+    one fails when another writer is busy); elsewhere nothing changes."""
+    return engine.execution_options(**{READ_ONLY: True})
+
+
+def is_read_only(session: Session) -> bool:
+    """Whether the session is bound to a `read_only` engine."""
+    return bool(session.get_bind().get_execution_options().get(READ_ONLY))
 
 
 def background_engine(url: str) -> Engine:
@@ -100,14 +230,14 @@ def dispose_engine(*, close: bool = True) -> None:
 
 
 @contextlib.asynccontextmanager
-async def request_transaction() -> AsyncIterator[Session]:
+async def request_transaction(*, reads_only: bool = False) -> AsyncIterator[Session]:
     """A request session that commits when the block ends normally and rolls back when it raises.
 
     Async so that opening it costs no thread hop (a Session connects only when first used), and
     a request that never touches the database pays nothing; commit and rollback, which do I/O,
-    run in the threadpool.
+    run in the threadpool. `reads_only`: see `read_only`.
     """
-    session = request_session()
+    session = request_session(reads_only=reads_only)
     try:
         yield session
         if session.in_transaction():
@@ -121,18 +251,23 @@ async def request_transaction() -> AsyncIterator[Session]:
         session.close()
 
 
-async def get_session() -> AsyncIterator[Session]:
+# Methods that never change anything (RFC 9110, section 9.2.1): their sessions only read.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """Request session dependency: commit when the handler returns, roll back when it raises."""
-    async with request_transaction() as session:
+    async with request_transaction(reads_only=request.method in SAFE_METHODS) as session:
         yield session
 
 
 _REQUEST_SESSION = "licchavi_request_session"
 
 
-def request_session() -> Session:
+def request_session(*, reads_only: bool = False) -> Session:
     """A session as `get_session` opens it (its owner commits or rolls back, then closes it)."""
-    session = Session(get_engine(), expire_on_commit=False)
+    engine = get_engine()
+    session = Session(read_only(engine) if reads_only else engine, expire_on_commit=False)
     session.info[_REQUEST_SESSION] = True
     return session
 

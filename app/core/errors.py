@@ -1,6 +1,7 @@
 """Domain errors and their rendering as RFC 9457 `application/problem+json` responses."""
 
 import logging
+import sqlite3
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -8,8 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://licchavi.dev/problems/"
@@ -148,28 +150,44 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only; a path served by
+            # several routes (GET and POST /comparisons) allows all of theirs.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return problem_response(
             request,
             status=exc.status_code,
             slug=_slug_for_status(exc.status_code),
             detail=str(exc.detail),
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
-        if not _number_out_of_range(exc):
+        refused = refused_value(exc)
+        if refused is None:
             return await _unexpected(request, exc)
-        # An id or count beyond the database's integer range (PostgreSQL raises 22003, SQLite's
-        # driver OverflowError): the request is at fault, and nothing was written.
-        return problem_response(
-            request,
-            status=422,
-            slug="validation-error",
-            detail="A number in the request is outside the range the service stores.",
-        )
+        # A value the database cannot store: the request is at fault, and nothing was written.
+        logger.info("refused value on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(request, status=422, slug="validation-error", detail=refused)
 
     app.add_exception_handler(OverflowError, _out_of_range)
     app.add_exception_handler(DataError, _out_of_range)
+
+    async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+        if not database_busy(exc):
+            return await _unexpected(request, exc)
+        # SQLite's bounded wait for another process's write ran out; the transaction was rolled
+        # back, so the request can be sent again as it was.
+        return problem_response(
+            request,
+            status=503,
+            slug="service-unavailable",
+            detail="The database is busy with other writes; nothing was changed. Retry shortly.",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+        )
+
+    app.add_exception_handler(OperationalError, _database_busy)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -179,8 +197,70 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _number_out_of_range(exc: BaseException) -> bool:
+# SQLite's SQLITE_BUSY and SQLITE_LOCKED, the primary codes of "database is locked" errors.
+_SQLITE_BUSY_CODES = frozenset({5, 6})
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
+def database_busy(exc: BaseException) -> bool:
+    """True when `exc` is SQLite giving up on a lock another connection holds."""
+    original = getattr(exc, "orig", exc)
+    if not isinstance(original, sqlite3.OperationalError):
+        return False
+    code = getattr(original, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_BUSY_CODES
+    return "locked" in str(original)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the application serves on the request's path."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+
+
+# SQLSTATEs of values the database refuses to store, with what the client is told.
+_REFUSED_SQLSTATES = {
+    # an id or count beyond the integer range (SQLite's driver raises OverflowError instead)
+    "22003": "A number in the request is outside the range the service stores.",
+    # text the database's encoding cannot hold (NUL, \u0000 in JSON): the schemas refuse control
+    # characters first; this is the net under anything they do not cover
+    "22021": "Text in the request holds characters the service cannot store.",
+    "22P05": "Text in the request holds characters the service cannot store.",
+}
+
+
+def refused_value(exc: BaseException) -> str | None:
+    """What to tell the client about a value the database refused; None for any other error."""
     if isinstance(exc, OverflowError):
-        return True
+        return _REFUSED_SQLSTATES["22003"]
     original = getattr(exc, "orig", None)
-    return getattr(original, "sqlstate", None) == "22003"
+    sqlstate = getattr(original, "sqlstate", None)
+    if sqlstate in _REFUSED_SQLSTATES:
+        return _REFUSED_SQLSTATES[sqlstate]
+    if sqlstate is None and "NUL" in str(original):
+        # psycopg refuses a NUL byte in a text parameter before sending it
+        return _REFUSED_SQLSTATES["22021"]
+    return None
+
+
+def public_error(exc: BaseException) -> str:
+    """A failure as stored and served in public `error` fields: the exception's class and the
+    first line of its message, never a database statement or its parameters (those go to the
+    logs, with the traceback)."""
+    original = getattr(exc, "orig", None)
+    if isinstance(exc, StatementError) and original is not None:
+        # SQLAlchemy's message carries the statement and its parameters after the driver's own.
+        exc = original
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return f"{name}: {message}"[:500] if message else name

@@ -57,7 +57,11 @@ class SweepDataset(SQLModel, table=True):
     generated comparisons with their truth (synthetic), with the stored split."""
 
     __tablename__ = "sweep_datasets"
-    __table_args__ = (sa.UniqueConstraint("sweep_id", "seed", name="uq_sweep_dataset_seed"),)
+    # One dataset per (sweep, seed), the live comparisons' NULL seed included: a plain unique
+    # constraint treats NULLs as distinct, so it is an index over COALESCE (PostgreSQL, SQLite).
+    __table_args__ = (
+        sa.Index("uq_sweep_dataset_seed", "sweep_id", sa.text("coalesce(seed, -1)"), unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     sweep_id: int = Field(foreign_key="sweeps.id", ondelete="CASCADE")
@@ -157,13 +161,19 @@ class SweepEvent(SQLModel, table=True):
 
 
 class SchedulerLease(SQLModel, table=True):
-    """Who runs the sweep scheduler: one row, held by one worker process at a time."""
+    """Who runs the sweep scheduler: one row, held by one worker process at a time.
+
+    `epoch` is the fencing token: it moves on each time another owner takes the lease, and every
+    write of the scheduler checks it in its own transaction, so a holder that lost the lease
+    (paused, slow) has its writes refused.
+    """
 
     __tablename__ = "scheduler_leases"
 
     name: str = Field(primary_key=True, max_length=64)
     owner: str = Field(max_length=200)
     expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    epoch: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class TrainingDefaults(SQLModel, table=True):

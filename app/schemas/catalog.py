@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import CriterionName
+from app.schemas.common import CriterionName, Text
 
 
 class VideoPublic(BaseModel):
@@ -24,4 +24,4 @@ class CriterionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: CriterionName
-    label: str = Field(default="", max_length=200)
+    label: Text = Field(default="", max_length=200)

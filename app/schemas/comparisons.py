@@ -14,7 +14,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
-from app.core.config import get_settings
+from app.core.config import SCORE_MAX_LIMIT, get_settings
 from app.schemas.common import CriterionName, UserId, VideoId
 
 
@@ -24,8 +24,11 @@ class CriterionScore(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     criterion: CriterionName
-    score_max: float | None = Field(default=None, gt=0, le=1000, allow_inf_nan=False)
-    score: float = Field(allow_inf_nan=False)
+    # Strict: a score is a JSON number, never a string ("5") nor a boolean.
+    score_max: float | None = Field(
+        default=None, gt=0, le=SCORE_MAX_LIMIT, strict=True, allow_inf_nan=False
+    )
+    score: float = Field(ge=-SCORE_MAX_LIMIT, le=SCORE_MAX_LIMIT, strict=True, allow_inf_nan=False)
 
     @field_validator("score")
     @classmethod
@@ -39,9 +42,24 @@ class CriterionScore(BaseModel):
 class ComparisonCreate(BaseModel):
     """What the frontend posts: one pair of videos, scored on one or more criteria."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "alice",
+                    "video_a": "yt:dQw4w9WgXcQ",
+                    "video_b": "yt:9bZkp7q19f0",
+                    "criteria_scores": [{"criterion": "largely_recommended", "score": 6}],
+                }
+            ]
+        },
+    )
 
-    user_id: UserId
+    user_id: UserId | None = Field(
+        default=None,
+        description="Whose comparison; may be omitted with a user key or token (it is theirs).",
+    )
     video_a: VideoId
     video_b: VideoId
     criteria_scores: list[CriterionScore] = Field(min_length=1, max_length=64)
@@ -63,8 +81,12 @@ class ComparisonCreate(BaseModel):
 @with_config(ConfigDict(extra="forbid"))
 class CriterionScoreFields(TypedDict):
     criterion: CriterionName
-    score_max: NotRequired[Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] | None]
-    score: Annotated[float, Field(allow_inf_nan=False)]
+    score_max: NotRequired[
+        Annotated[float, Field(gt=0, le=SCORE_MAX_LIMIT, strict=True, allow_inf_nan=False)] | None
+    ]
+    score: Annotated[
+        float, Field(ge=-SCORE_MAX_LIMIT, le=SCORE_MAX_LIMIT, strict=True, allow_inf_nan=False)
+    ]
 
 
 @with_config(ConfigDict(extra="forbid"))

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.schemas.common import CriterionName
+from app.schemas.common import CriterionName, JsonSettings
 
 Solver = Literal["faithful", "converged"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -18,7 +18,7 @@ class RunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     criteria: list[CriterionName] | None = Field(default=None, min_length=1, max_length=64)
-    config: dict[str, Any] = Field(
+    config: JsonSettings = Field(
         default_factory=dict, description="Overrides of the Licchavi settings (LicchaviConfig)."
     )
     solver: Solver | None = None

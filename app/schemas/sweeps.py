@@ -5,6 +5,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import JsonSettings, Text
+from ml.sweep.spec import MAX_GRID_TRIALS, MAX_PARALLEL, MAX_WALL_CLOCK_SECONDS
+
 SweepStatus = Literal["preparing", "running", "paused", "completed", "cancelled", "failed"]
 TrialStatus = Literal["pending", "running", "succeeded", "pruned", "failed", "cancelled"]
 
@@ -49,11 +52,14 @@ class SweepPublic(BaseModel):
 class SweepBudgetUpdate(BaseModel):
     """Change the budget of a live sweep (a completed one with room left runs on)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The spec's bounds: a budget changed later is held to what a submission may ask.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_trials: int | None = Field(default=None, ge=1)
-    max_parallel: int | None = Field(default=None, ge=1)
-    wall_clock_seconds: float | None = Field(default=None, gt=0)
+    max_trials: int | None = Field(default=None, ge=1, le=MAX_GRID_TRIALS)
+    max_parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    wall_clock_seconds: float | None = Field(
+        default=None, gt=0, le=MAX_WALL_CLOCK_SECONDS, description="at most a year"
+    )
 
 
 class TrialPublic(BaseModel):
@@ -79,7 +85,7 @@ class TrialRerun(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    overrides: JsonSettings = Field(default_factory=dict)
 
 
 class RetryResult(BaseModel):
@@ -89,8 +95,10 @@ class RetryResult(BaseModel):
 class PromotionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    trial_id: int | None = Field(default=None, description="default: the best succeeded trial")
-    note: str | None = Field(default=None, max_length=2000)
+    trial_id: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="default: the best succeeded trial"
+    )
+    note: Text | None = Field(default=None, max_length=2000)
 
 
 class TrainingDefaultsPublic(BaseModel):

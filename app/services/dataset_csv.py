@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from app.core.config import SCORE_MAX_LIMIT
 from app.schemas.common import is_user_id, is_video_id
 from app.services.upsert import ComparisonRow, oriented
 
@@ -28,27 +29,42 @@ class CsvHeaderError(ValueError):
 
 
 def parse_rows(
-    lines: Iterable[str], *, criteria: set[str], default_score_max: float
+    lines: Iterable[str],
+    *,
+    criteria: set[str],
+    default_score_max: float,
+    default_user: str | None = None,
 ) -> Iterator[ComparisonRow | RowError]:
-    """Validate each data row; yields a row or the first problem found in it, in file order."""
+    """Validate each data row; yields a row or the first problem found in it, in file order.
+
+    With `default_user`, the `public_username` column may be left out: every row is that user's."""
     # The csv module's reader with column positions: a dict per row (DictReader) cost as much as
     # the validation itself. Rows are read as DictReader would: blank lines skipped and not
     # counted, a short row's missing fields empty, a repeated column's last occurrence used.
     reader = csv.reader(lines)
     header = next(reader, None) or []
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    required: tuple[str, ...] = REQUIRED_COLUMNS
+    if default_user is not None and "public_username" not in header:
+        required = REQUIRED_COLUMNS[1:]
+    missing = [c for c in required if c not in header]
     if missing:
         raise CsvHeaderError(
             f"CSV header lacks column(s) {', '.join(missing)}; "
             f"expected {', '.join(REQUIRED_COLUMNS)}[, score_max, week_date]"
         )
     position = {name: i for i, name in enumerate(header)}
-    user_at, a_at, b_at, criterion_at, score_at = (position[c] for c in REQUIRED_COLUMNS)
+    user_at = position.get("public_username")
+    a_at, b_at, criterion_at, score_at = (position[c] for c in REQUIRED_COLUMNS[1:])
     score_max_at = position.get("score_max")
     week_at = position.get("week_date")
     width = len(header)
     number = 0
-    for record in reader:
+    for record in _records(reader):
+        if isinstance(record, csv.Error):
+            # The reader drops the rest of the line it failed on and goes on with the next one.
+            number += 1
+            yield RowError(number, "", f"unreadable CSV row: {record}")
+            continue
         if not record:
             continue
         number += 1
@@ -60,7 +76,8 @@ def parse_rows(
             fields = [*record, *[None] * (width - len(record))]
         yield _parse_record(
             number,
-            fields[user_at],
+            # An empty cell, like a missing column, is the default user's.
+            (None if user_at is None else fields[user_at]) or default_user,
             fields[a_at],
             fields[b_at],
             fields[criterion_at],
@@ -70,6 +87,18 @@ def parse_rows(
             criteria,
             default_score_max,
         )
+
+
+def _records(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
+    """The reader's records, and in place of a record it cannot read (a field longer than
+    `csv.field_size_limit()`, 131,072 characters) the error, so it is reported with its row."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield exc
 
 
 def _parse_record(
@@ -103,8 +132,12 @@ def _parse_record(
         return RowError(number, "score", f"score is not a number: {raw_score!r}")
     raw_max = (raw_max or "").strip()
     score_max = default_score_max if raw_max == "" else _number(raw_max)
-    if score_max is None or score_max <= 0:
-        return RowError(number, "score_max", f"score_max must be a positive number: {raw_max!r}")
+    if score_max is None or not 0 < score_max <= SCORE_MAX_LIMIT:
+        return RowError(
+            number,
+            "score_max",
+            f"score_max must be a number in (0, {SCORE_MAX_LIMIT:g}]: {raw_max!r}",
+        )
     if abs(score) > score_max:
         return RowError(number, "score", f"score {score:g} outside [-{score_max:g}, {score_max:g}]")
     try:

@@ -27,13 +27,9 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> Claim | None:
-    """Take the run if it is queued, or running under an expired lease; None if not ours.
-
-    One conditional UPDATE decides, so of two deliveries of the same wake-up only one claims.
-    An auto run also waits while another auto run of its criterion holds a live lease.
-    """
-    now = now_utc()
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    """A run a worker may take now: queued, or running under an expired lease; no cancel asked;
+    an auto run not while another auto run of its criterion holds a live lease."""
     other = aliased(Run)
     busy_sibling = exists().where(
         other.c.scope == Run.c.scope,
@@ -42,17 +38,26 @@ def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> C
         other.c.id != Run.c.id,
         other.c.lease_expires_at >= now,
     )
+    return and_(
+        Run.c.cancel_requested.is_(False),
+        or_(
+            Run.c.status == "queued",
+            and_(Run.c.status == "running", Run.c.lease_expires_at < now),
+        ),
+        or_(Run.c.trigger != "auto", ~busy_sibling),
+    )
+
+
+def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> Claim | None:
+    """Take the run if it is queued, or running under an expired lease; None if not ours.
+
+    One conditional UPDATE decides, so of two deliveries of the same wake-up only one claims.
+    An auto run also waits while another auto run of its criterion holds a live lease.
+    """
+    now = now_utc()
     statement = (
         update(Run)
-        .where(
-            Run.c.id == run_id,
-            Run.c.cancel_requested.is_(False),
-            or_(
-                Run.c.status == "queued",
-                and_(Run.c.status == "running", Run.c.lease_expires_at < now),
-            ),
-            or_(Run.c.trigger != "auto", ~busy_sibling),
-        )
+        .where(Run.c.id == run_id, _claimable(now))
         .values(
             status="running",
             attempt=Run.c.attempt + 1,
@@ -66,6 +71,22 @@ def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> C
     with engine.begin() as connection:
         attempt = connection.execute(statement).scalar()
     return None if attempt is None else Claim(run_id=run_id, owner=owner, attempt=int(attempt))
+
+
+def claimable_run_ids(engine: Engine, *, limit: int = 8) -> list[int]:
+    """Ids of runs a woken worker may claim now, oldest first: claimable (as in `claim`) and,
+    when queued, due.
+
+    Only a hint: `claim` decides, so two workers trying the same id claim it once.
+    """
+    now = now_utc()
+    # A delayed run (an auto run's debounce) is not due before its time.
+    due = or_(Run.c.status != "queued", Run.c.not_before <= now)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(Run.c.id).where(_claimable(now), due).order_by(Run.c.id).limit(limit)
+        ).all()
+    return [int(row[0]) for row in rows]
 
 
 def renew(
@@ -118,6 +139,17 @@ def record_snapshot(
     )
     if not result.rowcount:
         raise LeaseLost(f"run {claim.run_id}: lease lost")
+
+
+def hand_off(connection: Connection, claim: Claim) -> bool:
+    """Give our run up at once (the worker is stopping): its lease ends now, so the next wake-up's
+    claim takes it over and resumes from its checkpoint instead of waiting for the lease to
+    expire. The run stays `running` until then, which keeps an auto run's one-queued-per-scope
+    rule intact. False when the run was no longer ours."""
+    result = connection.execute(
+        update(Run).where(_owned(claim)).values(lease_owner=None, lease_expires_at=now_utc())
+    )
+    return bool(result.rowcount)
 
 
 class CancelledBeforePublication(Exception):

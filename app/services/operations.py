@@ -65,7 +65,9 @@ def _aware(value: Any) -> datetime | None:
 def _seconds(dialect: str, start: str, end: str) -> str:
     if dialect == "postgresql":
         return f"EXTRACT(EPOCH FROM ({end} - {start}))"
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+    # julianday's day fractions are off by microseconds: rounded to the millisecond, a 30 s run
+    # falls in the 30 s bucket.
+    return f"round((julianday({end}) - julianday({start})) * 86400.0, 3)"
 
 
 def _histogram(connection: Connection, table: str, dialect: str, where: str, group: str) -> Any:

@@ -1,15 +1,22 @@
-"""Readiness probes: can we reach the database and the Celery broker right now?"""
+"""Readiness probes: can we reach the database and the Celery broker right now, and can
+sweeps run here?"""
 
 from sqlalchemy import create_engine, text
 
 from app.core.config import Settings
-from app.core.db import get_engine
+from app.core.db import get_engine, read_only
+from app.services.sweeps.study import missing_extra
+
+
+def check_sweeps() -> str | None:
+    """None when sweeps can run here (their optional extra is installed), else why not."""
+    return missing_extra()
 
 
 def check_database() -> str | None:
     """None when the database answers, else a one-line reason."""
     try:
-        with get_engine().connect() as connection:
+        with read_only(get_engine()).connect() as connection:  # never waits for a writer
             connection.execute(text("SELECT 1"))
     except Exception as exc:
         return f"database: {type(exc).__name__}: {exc}".splitlines()[0]

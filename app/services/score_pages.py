@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from app.core.config import get_settings
+from app.core.db import read_only
 from app.core.errors import Conflict, Gone, NotFound
 from app.schemas.scores import GlobalScorePublic, ScorePage
 
@@ -280,7 +281,7 @@ def _refresh_pointer(key: tuple[str, int]) -> None:
         if engine is None:
             return
         read_at = time.monotonic()
-        with Session(engine) as session:
+        with Session(read_only(engine)) as session:  # a reader never waits for writers
             run_id = _read_pointer(session, criterion)
             previous = _POINTERS.get(key)
             if run_id is not None and previous is not None and previous[1] != run_id:

@@ -7,14 +7,24 @@ import itertools
 import json
 import math
 import re
+import typing
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from ml.config import LicchaviConfig
+from ml import bounded_yaml
+from ml.config import MAX_SEED, LicchaviConfig
 from ml.synthetic import SyntheticParams
 
 Method = Literal["grid", "random", "sobol", "tpe", "cmaes"]
@@ -33,20 +43,55 @@ TRUTH_METRICS = ("spearman", "kendall", "top_k_precision", "user_spearman")
 COST_METRICS = ("training_seconds", "epochs", "peak_memory_bytes", "n_parameters")
 # Parameters a sweep may not vary: they decide where a trial runs, not what it computes.
 FIXED_SETTINGS = ("device",)
-MAX_GRID_TRIALS = 100_000
+
+# Bounds of a spec. Each keeps what a spec can make the service build or store proportional to
+# the spec's own size: a range's points and a grid's size are counted before anything is built.
+MAX_SPEC_BYTES = 1_048_576  # a spec document, JSON or YAML
+MAX_GRID_TRIALS = 100_000  # grid points, and trials of any sweep
+MAX_VALUES = 1_000  # values or choices of one parameter
+MAX_TOTAL_VALUES = 2_000  # of all parameters: a stored spec stays tens of kilobytes
+MAX_PARALLEL = 256
+MAX_SEEDS = 100
+MAX_TAGS = 32
+MAX_WALL_CLOCK_SECONDS = 365 * 24 * 3600  # a year
+# A synthetic evaluation generates its data for every evaluation: bounded so that one fits a
+# worker's memory.
+MAX_GENERATOR = {
+    "n_users": 100_000,
+    "n_videos": 1_000_000,
+    "n_comparisons_main": 5_000_000,
+    "n_weeks": 5_200,
+    "score_max": 1_000,
+    "n_targets": 10_000,
+}
+MAX_GENERATOR_CRITERIA = 16
+
+# Printable text, one line: PostgreSQL refuses NUL in text, and a name or tag is shown in lists.
+PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
+# The API's rule for criterion names (app.schemas.common.CriterionName).
+CRITERION_NAME = r"^[a-z][a-z0-9_]*$"
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class SpecError(ValueError):
     """A sweep spec that cannot be read or validated; the message names the field."""
 
 
+class SpecTooLarge(SpecError):
+    """A spec document over MAX_SPEC_BYTES."""
+
+
 class Parameter(BaseModel):
     """One swept setting: a list of values, categorical choices, or an int/float range."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    values: list[Any] | None = Field(None, min_length=1, description="explicit values (grid)")
-    choices: list[Any] | None = Field(None, min_length=1, description="categorical choices")
+    values: list[Any] | None = Field(
+        None, min_length=1, max_length=MAX_VALUES, description="explicit values (grid)"
+    )
+    choices: list[Any] | None = Field(
+        None, min_length=1, max_length=MAX_VALUES, description="categorical choices"
+    )
     low: float | None = Field(None, description="range: smallest value")
     high: float | None = Field(None, description="range: largest value")
     log: bool = Field(False, description="range: sample on a log scale")
@@ -72,6 +117,8 @@ class Parameter(BaseModel):
             whole = (self.low, self.high, self.step)
             if self.type == "int" and any(v is not None and v != int(v) for v in whole):
                 raise ValueError("an int range needs whole numbers for low, high and step")
+            if self.step is not None and not math.isfinite((self.high - self.low) / self.step):
+                raise ValueError(f"the range has over {MAX_GRID_TRIALS} points")
         elif self.high is not None:
             raise ValueError("high without low")
         return self
@@ -84,16 +131,27 @@ class Parameter(BaseModel):
             return "choices"
         return "range"
 
+    def grid_count(self) -> int:
+        """How many values a grid takes, counted without building them."""
+        if self.values is not None:
+            return len(self.values)
+        if self.choices is not None:
+            return len(self.choices)
+        assert self.low is not None and self.high is not None
+        if self.step is None:
+            raise ValueError("a grid over a range needs a step (or give values)")
+        return math.floor((self.high - self.low) / self.step + 1e-9) + 1
+
     def grid_values(self) -> list[Any]:
         """The values a grid takes; a range needs a step."""
+        count = self.grid_count()
         if self.values is not None:
             return list(self.values)
         if self.choices is not None:
             return list(self.choices)
-        assert self.low is not None and self.high is not None
-        if self.step is None:
-            raise ValueError("a grid over a range needs a step (or give values)")
-        count = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        assert self.low is not None and self.step is not None
+        if count > MAX_GRID_TRIALS:
+            raise ValueError(f"the range has {count} points (at most {MAX_GRID_TRIALS})")
         points = [self.low + index * self.step for index in range(count)]
         if self.type == "int":
             return [round(point) for point in points]
@@ -104,30 +162,38 @@ class Parameter(BaseModel):
 class Objective(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = Field(description="a metric name recorded per evaluation")
+    metric: str = Field(max_length=64, description="a metric name recorded per evaluation")
     direction: Direction
 
 
 class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_trials: int | None = Field(
         None,
         ge=1,
+        le=MAX_GRID_TRIALS,
         description="configurations to search (the baseline is extra); a grid's size when unset",
     )
-    max_parallel: int = Field(2, ge=1, description="trials evaluated at the same time")
+    max_parallel: int = Field(
+        2, ge=1, le=MAX_PARALLEL, description="trials evaluated at the same time"
+    )
     wall_clock_seconds: float | None = Field(
-        None, gt=0, description="no new evaluation starts after this long; running ones finish"
+        None,
+        gt=0,
+        le=MAX_WALL_CLOCK_SECONDS,
+        description="no new evaluation starts after this long (at most a year); running ones"
+        " finish",
     )
 
 
 class Repeats(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seeds: list[int] = Field(
+    seeds: list[Seed] = Field(
         default_factory=lambda: [0],
         min_length=1,
+        max_length=MAX_SEEDS,
         description="the same seeds for every configuration (training seed; synthetic data seed)",
     )
 
@@ -136,8 +202,6 @@ class Repeats(BaseModel):
     def _distinct(cls, seeds: list[int]) -> list[int]:
         if len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct")
-        if any(seed < 0 for seed in seeds):
-            raise ValueError("seeds must be non-negative")
         return seeds
 
 
@@ -149,13 +213,13 @@ class HoldoutEvaluation(BaseModel):
     kind: Literal["holdout"] = "holdout"
     folds: int = Field(5, ge=2, le=50)
     split_by: SplitBy = "comparison"
-    split_seed: int = Field(0, ge=0)
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class SyntheticEvaluation(BaseModel):
     """Generate data per seed from the continuous Bradley–Terry model; score against the truth."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["synthetic"] = "synthetic"
     generator: dict[str, Any] = Field(
@@ -172,18 +236,29 @@ class SyntheticEvaluation(BaseModel):
     def _valid_generator(cls, generator: dict[str, Any]) -> dict[str, Any]:
         if "seed" in generator:
             raise ValueError("the generator's seed comes from repeats.seeds")
-        return SyntheticParams.model_validate(generator).model_dump(mode="json", exclude={"seed"})
+        params = SyntheticParams.model_validate(generator)
+        for name, limit in MAX_GENERATOR.items():
+            if getattr(params, name) > limit:
+                raise ValueError(f"{name} is {getattr(params, name)} (at most {limit})")
+        if len(params.criteria) > MAX_GENERATOR_CRITERIA:
+            raise ValueError(f"at most {MAX_GENERATOR_CRITERIA} criteria")
+        for criterion in params.criteria:
+            if len(criterion) > 64 or not re.fullmatch(CRITERION_NAME, criterion):
+                raise ValueError(f"criterion {criterion[:64]!r}: lowercase letters, digits, _")
+        return params.model_dump(mode="json", exclude={"seed"})
 
 
 class EarlyStopping(BaseModel):
     """An Optuna pruner applied after each evaluation (seed or fold) of a trial."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pruner: Literal[
         "none", "median", "percentile", "successive_halving", "hyperband", "wilcoxon"
     ] = "none"
-    n_startup_trials: int = Field(5, ge=0, description="trials never pruned while this few")
+    n_startup_trials: int = Field(
+        5, ge=0, le=MAX_GRID_TRIALS, description="trials never pruned while this few"
+    )
     percentile: float = Field(25.0, gt=0, lt=100, description="percentile pruner")
     p_threshold: float = Field(0.1, gt=0, lt=1, description="wilcoxon pruner")
 
@@ -191,20 +266,25 @@ class EarlyStopping(BaseModel):
 class SweepSpec(BaseModel):
     """A sweep, fully resolved: every default is written out when it is stored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    name: str = Field(min_length=1, max_length=200)
-    criterion: str = Field("largely_recommended", min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=200, pattern=PLAIN_TEXT)
+    criterion: str = Field(
+        "largely_recommended", min_length=1, max_length=64, pattern=CRITERION_NAME
+    )
     base: dict[str, Any] = Field(
         default_factory=dict,
         validate_default=True,
         description="training settings every trial starts from",
     )
-    parameters: dict[str, Parameter] = Field(default_factory=dict)
+    parameters: dict[str, Parameter] = Field(
+        default_factory=dict, max_length=len(LicchaviConfig.model_fields)
+    )
     method: Method = "grid"
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(metric="heldout_accuracy", direction="maximize")],
         min_length=1,
+        max_length=len(HELDOUT_METRICS + TRUTH_METRICS + COST_METRICS),
     )
     budget: Budget = Field(default_factory=Budget)
     repeats: Repeats = Field(default_factory=Repeats)
@@ -215,8 +295,8 @@ class SweepSpec(BaseModel):
     include_baseline: bool = Field(
         True, description="also evaluate the base settings, the incumbent trials are tested against"
     )
-    sampler_seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
-    tags: list[str] = Field(default_factory=list)
+    sampler_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the Optuna sampler")
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
 
     @field_validator("base")
     @classmethod
@@ -227,8 +307,10 @@ class SweepSpec(BaseModel):
     @classmethod
     def _plain_tags(cls, tags: list[str]) -> list[str]:
         for tag in tags:
-            if not tag or "," in tag or len(tag) > 64:
-                raise ValueError(f"tag {tag!r}: 1 to 64 characters, no comma")
+            if not tag or "," in tag or len(tag) > 64 or not re.fullmatch(PLAIN_TEXT, tag):
+                raise ValueError(
+                    f"tag {tag[:64]!r}: 1 to 64 characters, no comma, no control character"
+                )
         return tags
 
     @model_validator(mode="after")
@@ -236,9 +318,16 @@ class SweepSpec(BaseModel):
         known = set(LicchaviConfig.model_fields) - set(FIXED_SETTINGS)
         for name, parameter in self.parameters.items():
             if name not in known:
-                raise ValueError(f"parameters.{name}: not a training setting")
+                raise ValueError(f"parameters.{name[:64]}: not a training setting")
+            _check_against_setting(name, parameter)
             if self.method == "grid" and parameter.kind == "range" and parameter.step is None:
                 raise ValueError(f"parameters.{name}: a grid over a range needs a step")
+        listed = sum(
+            len(parameter.values or parameter.choices or ())
+            for parameter in self.parameters.values()
+        )
+        if listed > MAX_TOTAL_VALUES:
+            raise ValueError(f"parameters: {listed} values in all (at most {MAX_TOTAL_VALUES})")
         if self.method != "grid" and not self.parameters:
             raise ValueError("method: a sampler needs at least one parameter")
         if self.method == "cmaes":
@@ -253,6 +342,7 @@ class SweepSpec(BaseModel):
                     f"{self.evaluation.kind} evaluation (one of {', '.join(sorted(allowed))})"
                 )
         if self.method == "grid":
+            # Counted, not built: a range of a million steps is refused before it exists.
             size = self.grid_size()
             if size > MAX_GRID_TRIALS:
                 raise ValueError(
@@ -271,13 +361,34 @@ class SweepSpec(BaseModel):
         return names
 
     def grid_size(self) -> int:
-        return math.prod(len(parameter.grid_values()) for parameter in self.parameters.values())
+        return math.prod(parameter.grid_count() for parameter in self.parameters.values())
 
-    def grid(self) -> list[dict[str, Any]]:
-        """Every grid point, in a stable order (parameters by name, values as given)."""
+    def grid(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The grid's points (the first `limit` of them), in a stable order (parameters by name,
+        values as given)."""
         names = sorted(self.parameters)
         axes = [self.parameters[name].grid_values() for name in names]
-        return [dict(zip(names, point, strict=True)) for point in itertools.product(*axes)]
+        points = itertools.islice(itertools.product(*axes), limit)
+        return [dict(zip(names, point, strict=True)) for point in points]
+
+    def grid_point(self, index: int) -> dict[str, Any]:
+        """grid()[index], without building the others."""
+        point: dict[str, Any] = {}
+        for name in sorted(self.parameters, reverse=True):
+            axis = self.parameters[name].grid_values()
+            index, position = divmod(index, len(axis))
+            point[name] = axis[position]
+        return dict(sorted(point.items()))
+
+    def grid_index(self, point: Mapping[str, Any]) -> int | None:
+        """The first position of `point` in grid(), None when it is not a grid point."""
+        index = 0
+        for name in sorted(self.parameters):
+            axis = self.parameters[name].grid_values()
+            if point[name] not in axis:
+                return None
+            index = index * len(axis) + axis.index(point[name])
+        return index
 
     def base_params(self) -> dict[str, Any]:
         """The swept parameters' values in the base settings."""
@@ -288,7 +399,10 @@ class SweepSpec(BaseModel):
         grid points the budget reaches (the base point may lie beyond them)."""
         if not self.include_baseline:
             return False
-        return self.method != "grid" or self.base_params() not in self.grid()[:max_trials]
+        if self.method != "grid":
+            return True
+        index = self.grid_index(self.base_params())
+        return index is None or index >= max_trials
 
     @property
     def units_per_trial(self) -> int:
@@ -310,6 +424,53 @@ class SweepSpec(BaseModel):
 
     def resolved(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+@cache
+def _setting_type(name: str) -> TypeAdapter[Any]:
+    """The type and bounds of one training setting, to check a value without a whole config."""
+    field = LicchaviConfig.model_fields[name]
+    return TypeAdapter(
+        Annotated[field.annotation, field],  # type: ignore[arg-type]
+        config=ConfigDict(allow_inf_nan=False),
+    )
+
+
+def _number_type(name: str) -> type | None:
+    """int or float when the setting is a number, else None."""
+    annotation = LicchaviConfig.model_fields[name].annotation
+    numbers = [
+        kind for kind in typing.get_args(annotation) or (annotation,) if kind in (int, float)
+    ]
+    return numbers[0] if numbers else None
+
+
+def _check_against_setting(name: str, parameter: Parameter) -> None:
+    """Every value a parameter can take is a valid value of its setting (type and bounds), so a
+    trial never fails for a value the spec allowed; values are stored as the setting reads them
+    (YAML's "1e-3" becomes 0.001)."""
+    setting = _setting_type(name)
+
+    def checked(where: str, value: Any) -> Any:
+        try:
+            return setting.validate_python(value)
+        except ValidationError as error:
+            raise ValueError(
+                f"parameters.{name}.{where}: {error.errors()[0]['msg']} (got {str(value)[:64]!r})"
+            ) from None
+
+    for kind in ("values", "choices"):
+        given = getattr(parameter, kind)
+        if given is not None:
+            setattr(parameter, kind, [checked(f"{kind}.{i}", v) for i, v in enumerate(given)])
+    if parameter.kind == "range":
+        number = _number_type(name)
+        if number is None:
+            raise ValueError(f"parameters.{name}: not a number; give values or choices")
+        if number is int and parameter.type != "int":
+            raise ValueError(f"parameters.{name}: a whole-number setting needs type: int")
+        checked("low", parameter.low)
+        checked("high", parameter.high)
 
 
 def spec_hash(spec: SweepSpec) -> str:
@@ -360,9 +521,24 @@ def load_spec(path: str | Path) -> SweepSpec:
     except OSError as error:
         raise SpecError(f"{path}: {error.strerror or error}") from error
     try:
-        content = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise SpecError(f"{path}: cannot parse ({str(error).splitlines()[0]})") from error
+        content = read_document(text, "json" if path.suffix == ".json" else "yaml")
+    except SpecTooLarge as error:
+        raise SpecError(f"{path}: {error}") from error
+    except SpecError as error:
+        raise SpecError(f"{path}: cannot parse ({error})") from error
     if not isinstance(content, dict):
         raise SpecError(f"{path}: expected a mapping")
     return parse_spec(content)
+
+
+def read_document(text: str | bytes, kind: Literal["json", "yaml"]) -> Any:
+    """What a spec document holds, read within the bounds above (size; for YAML: no aliases,
+    nesting and node count); SpecError gives the reason in one line."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecTooLarge(f"a spec is at most {MAX_SPEC_BYTES} bytes (got {len(text)})")
+    try:
+        return json.loads(text) if kind == "json" else bounded_yaml.load(text)
+    except (ValueError, RecursionError, bounded_yaml.BoundedYamlError) as error:
+        raise SpecError(
+            str(error).splitlines()[0] if str(error) else type(error).__name__
+        ) from error

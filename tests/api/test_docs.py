@@ -3,16 +3,14 @@ browser tests render the pages)."""
 
 from fastapi.testclient import TestClient
 
+from app.api.openapi import BEARER_SCHEME
 from app.main import create_app
 
 
 def test_scoped_operations_require_the_bearer_scheme_and_public_ones_do_not() -> None:
     schema = TestClient(create_app()).get("/api/v1/openapi.json").json()
-    assert schema["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "An API key (`lk_…`) given as `Authorization: Bearer <key>`.",
-    }
+    assert schema["components"]["securitySchemes"] == {"bearerAuth": BEARER_SCHEME}
+    assert BEARER_SCHEME["scheme"] == "bearer"
     secured = {
         (method.upper(), path)
         for path, item in schema["paths"].items()

@@ -3,6 +3,7 @@ trials are run to their end in this process by the real scheduler and evaluation
 
 import csv
 import io
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -591,3 +592,21 @@ def test_a_rerun_with_overrides_runs_as_a_child_trial(live: Live) -> None:
         assert evaluation["metrics"]["epochs"] == 5 and len(evaluation["history"]["loss"]) == 5
     rerun_only = client.get(f"{base}/trials", params={"filter": "source = rerun"}).json()
     assert [trial["id"] for trial in rerun_only["items"]] == [child["id"]]
+
+
+def test_without_the_sweeps_extra_a_submission_is_503_and_readyz_says_so(
+    client: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auth = client.key(WRITE)
+    assert client.get("/readyz").json()["checks"]["sweeps"] == "ok"
+    # The extra's modules cannot be imported: as where it was never installed.
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    for dry_run in ("true", "false"):
+        response = client.post(SWEEPS, json=grid_spec(), headers=auth, params={"dry_run": dry_run})
+        body = assert_problem(response, 503)
+        assert "licchavi[sweeps]" in body["detail"] and "optuna" in body["detail"]
+    assert client.get(SWEEPS).json()["total"] == 0
+    ready = client.get("/readyz")
+    # Everything else still works, so the service stays ready and names what it cannot do.
+    assert ready.status_code == 200 and ready.json()["checks"]["sweeps"] == "unavailable"
+    assert "optuna" in ready.json()["unavailable"]["sweeps"]

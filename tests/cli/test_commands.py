@@ -4,6 +4,7 @@ PostgreSQL + Redis with its healthcheck, and the worker healthcheck."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -164,3 +165,26 @@ def _ping_worker() -> str | None:
         if line.startswith("->") and "pong" in result.stdout:
             return line.split()[1].rstrip(":")
     return None
+
+
+def test_import_on_a_fresh_data_directory_sets_up_the_embedded_database(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh" / "data"
+    demo = Path(__file__).resolve().parents[2] / "app" / "demo" / "comparisons.csv"
+    result = licchavi("import", str(demo), env={"DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    assert "inserted 1000" in result.stdout
+    exported = licchavi("export", str(tmp_path / "out"), env={"DATA_DIR": str(data_dir)})
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 1000 comparisons" in exported.stdout
+
+
+def test_import_into_an_unmigrated_server_database_is_a_one_line_error(
+    empty_postgres: str, tmp_path: Path
+) -> None:
+    demo = Path(__file__).resolve().parents[2] / "app" / "demo" / "comparisons.csv"
+    result = licchavi("import", str(demo))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "licchavi db upgrade" in lines[0] and "Traceback" not in result.stderr
+    assert "SELECT" not in lines[0]

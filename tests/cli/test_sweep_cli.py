@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,34 @@ def test_status_results_and_promote_after_a_run(
     assert promoted.stdout.startswith(
         f"training defaults {defaults.id} from trial {best['trial_id']} of sweep {sweep_id}"
     )
+
+
+def test_an_exhausting_spec_file_is_a_one_line_error(
+    committed_database: str, tmp_path: Path
+) -> None:
+    cases = {
+        "laughs.yaml": ("name: x\na: &a [1, 2]\nb: &b [*a, *a]\n", "aliases (*a) are not allowed"),
+        "deep.yaml": ("name: x\nbase: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper"),
+        "range.json": (
+            json.dumps({"name": "x", "parameters": {"w": {"low": 1, "high": 3e7, "step": 1}}}),
+            "parameters.w.high: Input should be less than or equal to 1000000",
+        ),
+        "inf.yaml": ("name: x\nbase: {w: .inf}\n", "base.w: Input should be a finite number"),
+        "tag.json": (json.dumps({"name": "x", "tags": ["a\x00b"]}), "tags: tag 'a\\x00b'"),
+    }
+    for name, (content, expected) in cases.items():
+        path = tmp_path / name
+        path.write_text(content)
+        for extra in ((), ("--dry-run",)):
+            assert expected in one_line_error(licchavi("submit", str(path), *extra)), name
+    assert sweep_statuses() == []
+
+
+def test_submit_without_the_sweeps_extra_is_a_one_line_error(
+    committed_database: str, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The extra's modules cannot be imported: as where it was never installed.
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    message = one_line_error(licchavi("submit", str(spec_file)))
+    assert "licchavi[sweeps]" in message and "optuna" in message
+    assert sweep_statuses() == []

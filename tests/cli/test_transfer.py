@@ -74,3 +74,22 @@ def test_import_bad_input_is_a_one_line_error(committed_database: str, tmp_path:
     assert result.returncode != 0 and "lacks column" in result.stderr
     assert "Traceback" not in result.stderr
     assert comparison_count() == 0
+
+
+def test_import_reports_a_field_over_the_csv_limit_and_goes_on(
+    committed_database: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "long.csv"
+    source.write_text(
+        "public_username,video_a,video_b,criteria,score,score_max\n"
+        "alice,v1,v2,largely_recommended,3,10\n"
+        f"alice,v1,{'x' * 140_000},largely_recommended,3,10\n"
+        "alice,v1,v3,largely_recommended,1,1e6\n"
+        "bob,v1,v3,largely_recommended,-2,\n"
+    )
+    result = licchavi("import", str(source))
+    assert result.returncode == 0, result.stderr
+    assert "inserted 2, updated 0, unchanged 0, rejected 2" in result.stdout
+    assert "row 2: unreadable CSV row: field larger than field limit" in result.stderr
+    assert "row 3: score_max" in result.stderr
+    assert comparison_count() == 2

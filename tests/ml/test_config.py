@@ -73,3 +73,24 @@ def test_hash_is_stable_and_sensitive() -> None:
     assert config_hash(LicchaviConfig()) == config_hash(LicchaviConfig())
     assert config_hash(LicchaviConfig()) != config_hash(LicchaviConfig(w=2.0))
     assert len(config_hash(LicchaviConfig())) == 64
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "expected"),
+    [
+        ("a: &a [1, 2]\nepochs: *a\n", ".yaml", "aliases (*a) are not allowed"),
+        ("epochs: " + "[" * 5000 + "]" * 5000 + "\n", ".yaml", "nested deeper than"),
+        ('{"epochs": ' + "[" * 100_000 + "]" * 100_000 + "}", ".json", "cannot parse"),
+        ("w: .inf\n", ".yaml", "w: Input should be a finite number"),
+        ('{"w": 1e309}', ".json", "w: Input should be a finite number"),
+        ("epochs: 1000000000\n", ".yaml", "epochs: Input should be less than or equal to 100000"),
+    ],
+)
+def test_an_exhausting_or_infinite_config_file_is_a_config_error(
+    tmp_path: Path, content: str, suffix: str, expected: str
+) -> None:
+    path = tmp_path / f"config{suffix}"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)

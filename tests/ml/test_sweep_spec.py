@@ -218,3 +218,52 @@ def test_load_spec_errors_are_one_line(tmp_path: Path) -> None:
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("name: x\nrepeats: {seeds: [2, 2]}\n")
     assert error(invalid) == "repeats.seeds: seeds must be distinct"
+
+
+def test_values_are_checked_and_stored_as_the_setting_reads_them() -> None:
+    # YAML 1.1 reads 1e-3 as text; the setting reads it as a number, and so is it stored.
+    spec = load_yaml_spec(
+        "name: x\nparameters:\n  w: {values: [1e-3, 2]}\n  epochs: {values: [5.0]}"
+    )
+    assert spec.parameters["w"].values == [0.001, 2.0]
+    assert spec.parameters["epochs"].values == [5] and isinstance(spec.grid()[0]["epochs"], int)
+    for content, expected in [
+        ({"w": {"values": ["x"]}}, "parameters.w.values.0: Input should be a valid number"),
+        ({"w": {"values": [0]}}, "parameters.w.values.0: Input should be greater than 0"),
+        ({"solver": {"choices": ["adam"]}}, "parameters.solver.choices.0: Input should be"),
+        ({"w": {"low": 1, "high": 1e7, "step": 1}}, "parameters.w.high: Input should be less"),
+        ({"epochs": {"low": 1, "high": 9, "step": 2}}, "parameters.epochs: a whole-number"),
+        ({"optimise_s": {"low": 0, "high": 1, "step": 1}}, "parameters.optimise_s: not a number"),
+    ]:
+        assert spec_error({"name": "bad", "parameters": content}).startswith(expected), content
+
+
+def load_yaml_spec(text: str) -> Any:
+    from ml.sweep.spec import read_document
+
+    return parse_spec(read_document(text, "yaml"))
+
+
+def test_a_grid_is_counted_and_indexed_without_being_built() -> None:
+    spec = parse_spec(
+        {
+            "name": "g",
+            "parameters": {
+                "w": {"values": [0.5, 1.0, 2.0]},
+                "epochs": {"low": 10, "high": 40, "step": 15, "type": "int"},
+                "solver": {"choices": ["faithful", "converged"]},
+            },
+        }
+    )
+    grid = spec.grid()
+    assert spec.grid_size() == len(grid) == 18 and spec.grid(limit=4) == grid[:4]
+    assert [spec.grid_point(index) for index in range(len(grid))] == grid
+    assert [spec.grid_index(point) for point in grid] == list(range(len(grid)))
+    assert spec.grid_index({"w": 3.0, "epochs": 10, "solver": "faithful"}) is None
+    # The base point (w=1, epochs=60) is off this grid, so the baseline is a trial of its own.
+    assert spec.needs_baseline(18)
+    on_grid = parse_spec({"name": "b", "parameters": {"w": {"values": [0.5, 1.0, 2.0]}}})
+    assert not on_grid.needs_baseline(2) and on_grid.needs_baseline(1)
+    # A range of a trillion points is counted, never built, and refused.
+    huge = {"name": "h", "parameters": {"w": {"low": 1e-6, "high": 1e6, "step": 1e-6}}}
+    assert spec_error(huge).startswith("parameters: the grid has 1000000000000 points")

@@ -1,21 +1,17 @@
 """With the broker down the API still takes comparisons, serves scores and records runs; once a
 fresh broker is back (its messages lost), the workers' run recovery wakes those runs again."""
 
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import IN_CI, create_database, drop_database, reset_caches
-from tests.helpers import free_port, stop, wait_for
+from tests.conftest import create_database, drop_database, reset_caches
 from tests.workers.training_support import (
     FAST_RECOVERY,
+    RedisServer,
     admin_headers,
     comparison,
     import_csv,
@@ -27,55 +23,6 @@ from tests.workers.training_support import (
 
 DEMO = Path(__file__).resolve().parents[2] / "app" / "demo" / "comparisons.csv"
 RUNS = "/api/v1/training-runs"
-
-
-class RedisServer:
-    """A private redis-server without persistence: a restart loses every queued message."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        wait_for("redis-server to answer", client.ping, 20)
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop(self.process)
-            self.process = None
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        message = "redis-server is not installed"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    server = RedisServer(free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_runs_recorded_while_the_broker_is_down_start_once_it_is_back(

@@ -14,6 +14,7 @@ from tests.workers.training_support import (
     admin_headers,
     import_csv,
     kill_worker,
+    metrics_per_epoch,
     published_run,
     run_row,
     start_worker,
@@ -71,14 +72,8 @@ def test_killed_worker_run_resumes_from_its_checkpoint_and_finishes_once(
             assert run["status"] == "succeeded", run["error"]
             assert run["attempt"] == 2 and run["epoch"] == EPOCHS
 
+        per_epoch = metrics_per_epoch(run_id)
         with get_engine().connect() as connection:
-            per_epoch = connection.execute(
-                text(
-                    "SELECT epoch, count(*), min(attempt) FROM training_metrics"
-                    " WHERE run_id = :run AND name = 'fit' GROUP BY epoch ORDER BY epoch"
-                ),
-                {"run": run_id},
-            ).all()
             states = connection.execute(
                 text("SELECT is_checkpoint, epoch FROM model_states WHERE run_id = :run"),
                 {"run": run_id},

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlmodel import Session
@@ -32,6 +33,42 @@ FAST_RECOVERY = {
     "SCORES_POINTER_TTL_SECONDS": "0",
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class RedisServer:
+    """A private redis-server without persistence: a restart loses every queued message."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        wait_for("redis-server to answer", client.ping, 20)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
 
 
 def synthetic_csv(directory: Path, *, n_users: int, n_videos: int, n_comparisons: int) -> Path:
@@ -58,13 +95,23 @@ def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def start_worker(extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    extra_env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A `licchavi worker` process; with `log`, its output goes to that file."""
     env = {**os.environ, **(extra_env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu"],
-        env=env,
-        start_new_session=True,
-    )
+    output = log.open("ab") if log is not None else None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu"],
+            env=env,
+            start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
+        )
+    finally:
+        if output is not None:
+            output.close()
 
 
 def kill_worker(worker: subprocess.Popen[bytes]) -> None:
@@ -100,6 +147,19 @@ def wait_for_run(
         return body if body["status"] in statuses else None
 
     return wait_for(f"run {run_id} to reach {sorted(statuses)}", finished, timeout, every=0.3)
+
+
+def metrics_per_epoch(run_id: int) -> list[tuple[int, int, int]]:
+    """(epoch, rows, first attempt) of a run's 'fit' metric, by epoch."""
+    with get_engine().connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT epoch, count(*), min(attempt) FROM training_metrics"
+                " WHERE run_id = :run AND name = 'fit' GROUP BY epoch ORDER BY epoch"
+            ),
+            {"run": run_id},
+        ).all()
+    return [(int(epoch), int(count), int(attempt)) for epoch, count, attempt in rows]
 
 
 def published_run(criterion: str = "largely_recommended") -> int | None:

@@ -15,7 +15,7 @@ from app.core.db import background_engine, get_engine
 from app.models import WorkerHeartbeat
 from app.models.base import utcnow
 from app.services.run_recovery import prune_superseded_scores, runs_to_wake
-from app.services.wakeups import Wakeup, send_wakeup
+from app.services.wakeups import wake_workers
 from workers.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
@@ -36,13 +36,15 @@ def heartbeat() -> None:
 
 
 def wake_stalled_runs(engine: Engine) -> int:
-    """Re-send wake-ups for runs whose worker died or whose message was lost (returns how many),
-    and delete the scores of superseded runs."""
+    """Wake a worker for runs whose worker died or whose message was lost (returns how many
+    runs), and delete the scores of superseded runs."""
     settings = get_settings()
     with engine.begin() as connection:
         run_ids = runs_to_wake(connection, resend_after_seconds=settings.run_resend_after_seconds)
-    for run_id in run_ids:
-        send_wakeup(Wakeup(run_id))
+    if run_ids:
+        # One wake-up for all of them, and none while one still waits in the queue: the worker
+        # it wakes claims every claimable run in turn, so copies would only pile up behind it.
+        wake_workers(max_pending=1, reason=f"stalled run(s) {run_ids}")
     with engine.begin() as connection:
         pruned = prune_superseded_scores(connection, runs_kept=settings.score_runs_kept)
     if pruned:
@@ -61,9 +63,9 @@ class RunRecoveryLoop:
 
     A loop in the worker rather than Celery beat: the embedded default then needs no extra
     process, and recovery runs even while the broker is down (it is what re-sends the wake-ups
-    once the broker is back). Several workers recovering only send duplicate wake-ups, which claim
-    nothing. The thread has its own engine: pool processes are forked from this process, and
-    they must never share the process-wide engine's connections.
+    once the broker is back). Several workers recovering send at most one wake-up each, and only
+    while none waits in the queue. The thread has its own engine: pool processes are forked
+    from this process, and they must never share the process-wide engine's connections.
     """
 
     def __init__(self) -> None:

@@ -1,4 +1,5 @@
-"""Sweep tasks: evaluate queued units, and the scheduler thread of each worker's main process."""
+"""Sweep work: run the next queued evaluation, and the scheduler thread of each worker's main
+process."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -16,13 +16,10 @@ from app.core.config import get_settings
 from app.core.db import background_engine, get_engine
 from app.services.sweeps import execution
 from app.services.sweeps.scheduler import SweepScheduler, release_lease
+from app.services.wakeups import wake_workers
 from workers.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
-
-# A task keeps claiming queued evaluations for up to this long: short trials then cost no
-# broker round trip each, while a training run waiting for this process is not held up long.
-CLAIM_LOOP_SECONDS = 20.0
 
 _runner: list[Any] = []
 
@@ -35,41 +32,31 @@ def _evaluation_runner() -> Any:
     return _runner[0]
 
 
-@celery_app.task(name="sweeps.evaluate", bind=True)
-def evaluate(self: Any, evaluation_id: int | None = None) -> int:
-    """Wake-up for queued evaluations: claims them one by one (the oldest first); returns how
-    many it ran. A duplicate or late wake-up finds nothing to claim and returns 0."""
+def evaluate_next(owner: str) -> bool:
+    """Claim and run the oldest queued evaluation; False when none is queued."""
     settings = get_settings()
     engine = get_engine()
+    if not execution.queued_count(engine, limit=1):
+        return False  # no sweep work: the sweep engine need not even be loaded
     # Load the engine before claiming: a claim starts the lease clock, and importing it in a
     # fresh process can take longer than a short lease.
     runner = _evaluation_runner()
     import ml.sweep.evaluate  # noqa: F401
 
-    host = self.request.hostname or socket.gethostname()
-    owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    started = time.monotonic()
-    done = 0
-    while time.monotonic() - started < CLAIM_LOOP_SECONDS:
-        claim = execution.claim_next(
-            engine, owner=owner, lease_seconds=settings.sweep_lease_seconds
-        )
-        if claim is None:
-            break
-        outcome = runner.run(claim)
-        logger.info("evaluation %s: %s", claim.evaluation_id, outcome)
-        done += 1
-    return done
-
-
-def send_evaluation_wakeup(evaluation_id: int) -> bool:
-    """Publish a wake-up; False (logged) when the broker is down: the scheduler re-sends."""
-    try:
-        evaluate.apply_async(args=[evaluation_id], retry=False)
-    except Exception as exc:
-        logger.warning("wake-up for evaluation %s not sent (%s)", evaluation_id, exc)
+    claim = execution.claim_next(engine, owner=owner, lease_seconds=settings.sweep_lease_seconds)
+    if claim is None:
         return False
+    outcome = runner.run(claim)
+    logger.info("evaluation %s: %s", claim.evaluation_id, outcome)
     return True
+
+
+@celery_app.task(name="sweeps.evaluate", bind=True)
+def evaluate(self: Any, evaluation_id: int | None = None) -> int:
+    """A wake-up in the form sent before wake-ups were coalesced: handled as `work.wake`."""
+    from workers.tasks.work import work
+
+    return work(self.request.hostname or socket.gethostname())
 
 
 class SchedulerThread:
@@ -84,8 +71,9 @@ class SchedulerThread:
         settings = get_settings()
         self.engine = background_engine(settings.resolved_database_url)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wanted: list[int] = []  # evaluations a pass queued; woken for once, after it
         self.scheduler = SweepScheduler(
-            self.engine, settings, owner=self.owner, wake=send_evaluation_wakeup
+            self.engine, settings, owner=self.owner, wake=self._wanted.append
         )
         self.interval = settings.sweep_scheduler_interval_seconds
         self.stopping = threading.Event()
@@ -103,6 +91,13 @@ class SchedulerThread:
             logger.exception("sweep scheduler: could not release the lease")
         self.engine.dispose()
 
+    def _wake_workers(self) -> None:
+        """However many evaluations a pass queued, at most the queue's room in wake-ups: each
+        worker woken wakes the next while evaluations are left (`workers.tasks.work`)."""
+        if self._wanted:
+            wake_workers(wanted=len(self._wanted), reason=f"{len(self._wanted)} evaluation(s)")
+            self._wanted.clear()
+
     def _loop(self) -> None:
         while not self.stopping.is_set():
             holding = False
@@ -110,6 +105,7 @@ class SchedulerThread:
                 holding = self.scheduler.tick()
             except Exception:
                 logger.exception("sweep scheduler: pass failed; retrying")
+            self._wake_workers()
             # A worker without the lease only needs to notice when it frees up.
             self.stopping.wait(self.interval if holding else self.interval * 4)
 

@@ -4,7 +4,6 @@ import logging
 import os
 import socket
 import threading
-import traceback
 import uuid
 from typing import Any
 
@@ -12,7 +11,10 @@ from celery.signals import worker_process_init
 
 from app.core.config import get_settings
 from app.core.db import get_engine
+from app.core.errors import public_error
 from app.services import leases
+from app.services.wakeups import Wakeup, send_wakeup
+from workers import lifetime
 from workers.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
@@ -22,8 +24,12 @@ logger = logging.getLogger(__name__)
 def train_run(self: Any, run_id: int) -> str:
     """Wake-up for run `run_id`: a duplicate or late delivery claims nothing and returns."""
     from ml.licchavi import TrainingCancelled
-    from workers.training_run import TrainingExecution
+    from workers.training_run import HandedOff, TrainingExecution
 
+    if lifetime.handoff_requested.is_set():
+        # This worker is stopping: leave the run to another one (or to this one's successor).
+        send_wakeup(Wakeup(run_id))
+        return "worker stopping"
     settings = get_settings()
     engine = get_engine()
     host = self.request.hostname or socket.gethostname()
@@ -34,8 +40,15 @@ def train_run(self: Any, run_id: int) -> str:
     if claim is None:
         return "not claimed"
     logger.info("run %s: claimed by %s (attempt %s)", run_id, owner, claim.attempt)
+    lifetime.training.set()
     try:
         published = TrainingExecution(engine, claim, settings).run()
+    except HandedOff as handed:
+        with engine.begin() as connection:
+            leases.hand_off(connection, claim)
+        send_wakeup(Wakeup(run_id))
+        logger.warning("%s; its wake-up is sent again", handed)
+        return "handed off"
     except leases.LeaseLost:
         logger.warning("run %s: taken over by another worker; results dropped", run_id)
         return "lease lost"
@@ -45,10 +58,12 @@ def train_run(self: Any, run_id: int) -> str:
         return "cancelled"
     except Exception as exc:
         logger.exception("run %s failed", run_id)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        with engine.begin() as connection:
-            leases.finish(connection, claim, status="failed", error=detail)
+        with engine.begin() as connection:  # the traceback is in the log above
+            leases.finish(connection, claim, status="failed", error=public_error(exc))
         return "failed"
+    finally:
+        lifetime.training.clear()
+        lifetime.exit_if_orphaned()  # its worker died: nobody would collect the result
     logger.info("run %s: succeeded; published %s", run_id, ", ".join(published) or "nothing")
     return "succeeded"
 

@@ -4,7 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
+from app.api.openapi import problems
 from app.core.db import SessionDep
 from app.core.security import scoped
 from app.schemas.catalog import CriterionCreate, CriterionPublic, VideoPublic
@@ -12,7 +14,7 @@ from app.schemas.common import CriterionName, Page, UserId
 from app.schemas.comparisons import ComparisonPublic
 from app.services import catalog, comparisons
 
-router = APIRouter(tags=["catalogue"])
+router = APIRouter(tags=["catalogue"], route_class=AuthFirstRoute)
 
 
 @router.get("/videos", response_model=Page[VideoPublic])
@@ -57,6 +59,7 @@ def list_criteria(session: SessionDep) -> list[CriterionPublic]:
     response_model=CriterionPublic,
     status_code=status.HTTP_201_CREATED,
     dependencies=[scoped("criteria:write")],
+    responses=problems(409),
 )
 def create_criterion(payload: CriterionCreate, session: SessionDep) -> CriterionPublic:
     return catalog.create_criterion(session, payload=payload)

@@ -14,9 +14,10 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.api.openapi import BEARER_SCHEME, SECURITY_SCHEME
+
 ASSETS = Path(__file__).resolve().parents[2] / "static" / "docs"
 ASSETS_URL = "/static/docs"
-SECURITY_SCHEME = "bearerAuth"
 # The pages may load nothing from elsewhere: offline they work the same, and ReDoc's sidebar
 # logo (an image on Redocly's CDN) is not fetched. Inline script and styles are the pages' own
 # (FastAPI's page templates, ReDoc's styled components); ReDoc searches in a blob: worker.
@@ -86,11 +87,9 @@ def _confined(page: HTMLResponse) -> HTMLResponse:
 def with_bearer_security(schema: dict[str, Any]) -> dict[str, Any]:
     """Declare bearer authentication and require it on every operation that reads the
     Authorization header (those of scoped routes), instead of that header as a parameter."""
-    schema.setdefault("components", {}).setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "An API key (`lk_…`) given as `Authorization: Bearer <key>`.",
-    }
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})[SECURITY_SCHEME] = (
+        BEARER_SCHEME
+    )
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             parameters = operation.get("parameters", [])

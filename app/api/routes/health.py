@@ -1,4 +1,5 @@
-"""Liveness (`/healthz`, no I/O) and readiness (`/readyz`: database and broker reachable)."""
+"""Liveness (`/healthz`, no I/O) and readiness (`/readyz`: database and broker reachable; whether
+sweeps can run)."""
 
 from typing import Any
 
@@ -6,9 +7,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api.openapi import problems
 from app.core.config import get_settings
 from app.core.errors import problem_response
-from app.services.readiness import check_broker, check_database
+from app.services.readiness import check_broker, check_database, check_sweeps
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +20,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=problems(503))
 async def readyz(request: Request) -> Any:
     settings = get_settings()
     checks = {
@@ -27,6 +29,10 @@ async def readyz(request: Request) -> Any:
     }
     summary = {name: "error" if problem else "ok" for name, problem in checks.items()}
     problems = [problem for problem in checks.values() if problem]
+    # Sweeps are optional: without their extra the service serves everything else, so it stays
+    # ready, and says that sweeps are not available (a submission gets the same reason, 503).
+    sweeps_problem = check_sweeps()
+    summary["sweeps"] = "unavailable" if sweeps_problem else "ok"
     if problems:
         return problem_response(
             request,
@@ -35,4 +41,7 @@ async def readyz(request: Request) -> Any:
             detail="; ".join(problems),
             extra={"checks": summary},
         )
-    return JSONResponse({"status": "ready", "checks": summary})
+    body: dict[str, Any] = {"status": "ready", "checks": summary}
+    if sweeps_problem:
+        body["unavailable"] = {"sweeps": sweeps_problem}
+    return JSONResponse(body)

@@ -4,18 +4,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
-from app.api.deps import PagingDep
+from app.api.auth_first import AuthFirstRoute
+from app.api.deps import Id, PagingDep
+from app.api.openapi import problems
 from app.core.db import SessionDep
 from app.core.security import scoped
-from app.schemas.common import CriterionName, Page
+from app.schemas.common import CriterionName, Page, Text
 from app.schemas.runs import RunCreate, RunMetrics, RunPublic, RunStatus, RunTrigger
 from app.services import plots
 from app.services import runs as service
 
-router = APIRouter(prefix="/training-runs", tags=["training runs"])
+router = APIRouter(prefix="/training-runs", tags=["training runs"], route_class=AuthFirstRoute)
 
 IdempotencyKey = Annotated[
-    str | None,
+    Text | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
@@ -30,6 +32,7 @@ IdempotencyKey = Annotated[
     response_model=RunPublic,
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[scoped("runs:write")],
+    responses=problems(409),
 )
 def create_run(
     payload: RunCreate,
@@ -72,32 +75,37 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunPublic)
-def get_run(run_id: int, session: SessionDep) -> RunPublic:
+def get_run(run_id: Id, session: SessionDep) -> RunPublic:
     """Status, progress, estimated time left, latest loss terms, error."""
     run = service.get_run(session, run_id)
     assert run.id is not None
     return service.public(run, metrics=service.metric_summary(session, run.id))
 
 
-@router.post("/{run_id}/cancel", response_model=RunPublic, dependencies=[scoped("runs:write")])
-def cancel_run(run_id: int, session: SessionDep) -> RunPublic:
+@router.post(
+    "/{run_id}/cancel",
+    response_model=RunPublic,
+    dependencies=[scoped("runs:write")],
+    responses=problems(409),
+)
+def cancel_run(run_id: Id, session: SessionDep) -> RunPublic:
     """Cancel a queued run now, or ask a running one to stop after its current epoch."""
     return service.public(service.cancel_run(session, run_id))
 
 
 @router.get("/{run_id}/metrics", response_model=RunMetrics)
-def get_metrics(run_id: int, session: SessionDep) -> RunMetrics:
+def get_metrics(run_id: Id, session: SessionDep) -> RunMetrics:
     """Every loss term of every epoch written so far."""
     return service.metric_history(session, run_id)
 
 
 @router.get("/{run_id}/plots/loss.png", response_class=Response)
-def loss_plot(run_id: int, session: SessionDep) -> Response:
+def loss_plot(run_id: Id, session: SessionDep) -> Response:
     """Loss terms (fit, s, gen, reg) per epoch, one panel per criterion."""
     return Response(content=plots.loss_plot(session, run_id), media_type="image/png")
 
 
 @router.get("/{run_id}/plots/scores.png", response_class=Response)
-def scores_plot(run_id: int, session: SessionDep) -> Response:
+def scores_plot(run_id: Id, session: SessionDep) -> Response:
     """Histogram of the run's global scores, one panel per criterion."""
     return Response(content=plots.scores_plot(session, run_id), media_type="image/png")

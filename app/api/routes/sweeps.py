@@ -1,18 +1,23 @@
 """Sweeps: submit (or dry-run) a spec, steer it, and read trials, leaderboard, plots."""
 
-import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-import yaml
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from app.api.deps import PagingDep
+from app.api.auth_first import AuthFirstRoute
+from app.api.deps import Id, PagingDep
+from app.api.openapi import problems
 from app.core.db import SessionDep
-from app.core.errors import InvalidInput, UnsupportedMediaType
+from app.core.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from app.core.security import scoped
 from app.models import Sweep
-from app.schemas.common import Page
+from app.schemas.common import Page, Text
 from app.schemas.sweeps import (
     PromotionCreate,
     RetryResult,
@@ -26,10 +31,13 @@ from app.schemas.sweeps import (
     TrialRerun,
 )
 from app.services.sweeps import control, promotion, results
-from ml.sweep.spec import SweepSpec
+from app.services.sweeps.study import missing_extra
+from ml.sweep.spec import SpecError, SpecTooLarge, SweepSpec, read_document
 
-router = APIRouter(prefix="/sweeps", tags=["sweeps"])
-defaults_router = APIRouter(prefix="/training-defaults", tags=["sweeps"])
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], route_class=AuthFirstRoute)
+defaults_router = APIRouter(
+    prefix="/training-defaults", tags=["sweeps"], route_class=AuthFirstRoute
+)
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 
@@ -54,23 +62,32 @@ def spec_schema() -> dict[str, Any]:
 
 def _spec_content(body: bytes, media_type: str) -> Any:
     if media_type in YAML_TYPES:
-        try:
-            return yaml.safe_load(body)
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"Body is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    if media_type in ("application/json", ""):
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            raise InvalidInput(f"Body is not valid JSON: {exc}") from exc
-    raise UnsupportedMediaType(f"Send application/json or application/yaml, not {media_type!r}.")
+        kind: Literal["json", "yaml"] = "yaml"
+    elif media_type in ("application/json", ""):
+        kind = "json"
+    else:
+        raise UnsupportedMediaType(
+            f"Send application/json or application/yaml, not {media_type!r}."
+        )
+    try:
+        return read_document(body, kind)
+    except SpecTooLarge as exc:
+        raise PayloadTooLarge(str(exc)) from exc
+    except SpecError as exc:
+        raise InvalidInput(
+            f"Body is not valid {kind.upper()}: {exc}",
+            errors=[{"loc": [], "pointer": "/", "message": str(exc), "type": "unreadable_body"}],
+        ) from exc
 
 
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[scoped("sweeps:write")],
-    responses={200: {"description": "dry run: the trials and evaluations it would run"}},
+    responses={
+        200: {"description": "dry run: the trials and evaluations it would run"},
+        **problems(415),
+    },
     openapi_extra={
         "requestBody": {
             "content": {
@@ -89,7 +106,11 @@ async def submit_sweep(
     response: Response,
     dry_run: Annotated[bool, Query(description="validate and expand; run nothing")] = False,
 ) -> Any:
-    """Submit a sweep spec (JSON or YAML); with `?dry_run=true`, see what it would run."""
+    """Submit a sweep spec (JSON or YAML, at most 1 MiB); with `?dry_run=true`, see what it
+    would run. 503 when this installation cannot run sweeps (the `sweeps` extra is missing)."""
+    missing = missing_extra()
+    if missing is not None:
+        raise ServiceUnavailable(missing)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     content = _spec_content(await request.body(), media_type)
     spec = await run_in_threadpool(control.validate_spec, content)
@@ -106,7 +127,7 @@ def list_sweeps(
     session: SessionDep,
     paging: PagingDep,
     status: Annotated[SweepStatus | None, Query()] = None,
-    tag: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> Page[SweepPublic]:
     """Sweeps, newest first."""
     sweeps, total = control.list_sweeps(
@@ -121,14 +142,19 @@ def list_sweeps(
 
 
 @router.get("/{sweep_id}", response_model=SweepPublic)
-def get_sweep(sweep_id: int, session: SessionDep) -> SweepPublic:
+def get_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
     """The sweep, its resolved spec, and its progress (trials and evaluations by status)."""
     sweep = control.get_sweep(session, sweep_id)
     return public(sweep, control.progress(session, sweep_id))
 
 
-@router.patch("/{sweep_id}", response_model=SweepPublic, dependencies=[scoped("sweeps:write")])
-def update_budget(sweep_id: int, payload: SweepBudgetUpdate, session: SessionDep) -> SweepPublic:
+@router.patch(
+    "/{sweep_id}",
+    response_model=SweepPublic,
+    dependencies=[scoped("sweeps:write")],
+    responses=problems(409),
+)
+def update_budget(sweep_id: Id, payload: SweepBudgetUpdate, session: SessionDep) -> SweepPublic:
     """Extend or shrink the budget."""
     sweep = control.update_budget(
         session,
@@ -140,42 +166,56 @@ def update_budget(sweep_id: int, payload: SweepBudgetUpdate, session: SessionDep
     return public(sweep)
 
 
-@router.post("/{sweep_id}/pause", response_model=SweepPublic, dependencies=[scoped("sweeps:write")])
-def pause_sweep(sweep_id: int, session: SessionDep) -> SweepPublic:
+@router.post(
+    "/{sweep_id}/pause",
+    response_model=SweepPublic,
+    dependencies=[scoped("sweeps:write")],
+    responses=problems(409),
+)
+def pause_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
     """Start nothing new; running evaluations finish and are kept."""
     return public(control.pause(session, sweep_id))
 
 
 @router.post(
-    "/{sweep_id}/resume", response_model=SweepPublic, dependencies=[scoped("sweeps:write")]
+    "/{sweep_id}/resume",
+    response_model=SweepPublic,
+    dependencies=[scoped("sweeps:write")],
+    responses=problems(409),
 )
-def resume_sweep(sweep_id: int, session: SessionDep) -> SweepPublic:
+def resume_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
     return public(control.resume(session, sweep_id))
 
 
 @router.post(
-    "/{sweep_id}/cancel", response_model=SweepPublic, dependencies=[scoped("sweeps:write")]
+    "/{sweep_id}/cancel",
+    response_model=SweepPublic,
+    dependencies=[scoped("sweeps:write")],
+    responses=problems(409),
 )
-def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepPublic:
+def cancel_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
     """Cancel: nothing new starts, running evaluations stop at their next heartbeat."""
     return public(control.cancel(session, sweep_id))
 
 
 @router.post(
-    "/{sweep_id}/retry-failed", response_model=RetryResult, dependencies=[scoped("sweeps:write")]
+    "/{sweep_id}/retry-failed",
+    response_model=RetryResult,
+    dependencies=[scoped("sweeps:write")],
+    responses=problems(409),
 )
-def retry_failed(sweep_id: int, session: SessionDep) -> RetryResult:
+def retry_failed(sweep_id: Id, session: SessionDep) -> RetryResult:
     """Run the failed trials' failed evaluations again."""
     return RetryResult(retried_evaluations=control.retry_failed(session, sweep_id))
 
 
 @router.get("/{sweep_id}/trials", response_model=Page[TrialPublic])
 def list_trials(
-    sweep_id: int,
+    sweep_id: Id,
     session: SessionDep,
     paging: PagingDep,
     filter: Annotated[
-        str | None,
+        Text | None,
         Query(
             max_length=2000,
             description="e.g. `params.w >= 0.5 AND (metrics.heldout_accuracy > 0.7 OR tag IN"
@@ -183,7 +223,7 @@ def list_trials(
         ),
     ] = None,
     sort: Annotated[
-        str | None, Query(max_length=500, description="e.g. `-objective,params.w`")
+        Text | None, Query(max_length=500, description="e.g. `-objective,params.w`")
     ] = None,
 ) -> Page[TrialPublic]:
     """Trials filtered (AND/OR/NOT, IN, BETWEEN over params., metrics., tag, status,
@@ -205,7 +245,7 @@ def list_trials(
 
 
 @router.get("/{sweep_id}/trials.csv", response_class=Response)
-def export_trials(sweep_id: int, session: SessionDep) -> Response:
+def export_trials(sweep_id: Id, session: SessionDep) -> Response:
     """Every trial with its parameters and mean metrics, as CSV."""
     return Response(
         content=results.export_csv(session, sweep_id),
@@ -215,7 +255,7 @@ def export_trials(sweep_id: int, session: SessionDep) -> Response:
 
 
 @router.get("/{sweep_id}/trials/{trial_id}")
-def get_trial(sweep_id: int, trial_id: int, session: SessionDep) -> dict[str, Any]:
+def get_trial(sweep_id: Id, trial_id: Id, session: SessionDep) -> dict[str, Any]:
     """A trial with its resolved settings, every evaluation (metrics, per-epoch history, log,
     fingerprints, versions) and its status history."""
     return results.trial_detail(session, sweep_id, trial_id)
@@ -226,9 +266,10 @@ def get_trial(sweep_id: int, trial_id: int, session: SessionDep) -> dict[str, An
     response_model=TrialPublic,
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[scoped("sweeps:write")],
+    responses=problems(409),
 )
 def rerun_trial(
-    sweep_id: int, trial_id: int, payload: TrialRerun, session: SessionDep
+    sweep_id: Id, trial_id: Id, payload: TrialRerun, session: SessionDep
 ) -> TrialPublic:
     trial = control.rerun_trial(session, sweep_id, trial_id, overrides=payload.overrides)
     values = trial.model_dump()
@@ -238,10 +279,10 @@ def rerun_trial(
 
 @router.get("/{sweep_id}/leaderboard")
 def leaderboard(
-    sweep_id: int,
+    sweep_id: Id,
     session: SessionDep,
     paging: PagingDep,
-    metric: Annotated[str | None, Query(max_length=64)] = None,
+    metric: Annotated[Text | None, Query(max_length=64)] = None,
     direction: Annotated[str | None, Query(pattern="^(maximize|minimize)$")] = None,
     confidence: Annotated[float, Query(gt=0.5, lt=1)] = 0.95,
 ) -> dict[str, Any]:
@@ -260,7 +301,7 @@ def leaderboard(
 
 @router.get("/{sweep_id}/compare")
 def compare(
-    sweep_id: int,
+    sweep_id: Id,
     session: SessionDep,
     trials: Annotated[str, Query(pattern=r"^\d+(,\d+)+$", description="trial ids: 3,7,9")],
 ) -> dict[str, Any]:
@@ -269,7 +310,7 @@ def compare(
 
 
 @router.get("/{sweep_id}/events")
-def sweep_events(sweep_id: int, session: SessionDep, paging: PagingDep) -> dict[str, Any]:
+def sweep_events(sweep_id: Id, session: SessionDep, paging: PagingDep) -> dict[str, Any]:
     """Status history of the sweep, its trials and evaluations, oldest first."""
     items, total = results.events(session, sweep_id, limit=paging.limit, offset=paging.offset)
     return {"items": items, "total": total, "limit": paging.limit, "offset": paging.offset}
@@ -277,12 +318,12 @@ def sweep_events(sweep_id: int, session: SessionDep, paging: PagingDep) -> dict[
 
 @router.get("/{sweep_id}/plots/{name}.json")
 def plot_data(
-    sweep_id: int,
+    sweep_id: Id,
     name: str,
     session: SessionDep,
-    metric: Annotated[str | None, Query(max_length=64)] = None,
-    x: Annotated[str | None, Query(max_length=64)] = None,
-    series: Annotated[str | None, Query(max_length=64)] = None,
+    metric: Annotated[Text | None, Query(max_length=64)] = None,
+    x: Annotated[Text | None, Query(max_length=64)] = None,
+    series: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
     """The numbers of a plot: loss-curves, metric-vs-parameter (?metric=&x=&series=),
     parallel-coordinates, importances."""
@@ -291,12 +332,12 @@ def plot_data(
 
 @router.get("/{sweep_id}/plots/{name}.png", response_class=Response)
 def plot_png(
-    sweep_id: int,
+    sweep_id: Id,
     name: str,
     session: SessionDep,
-    metric: Annotated[str | None, Query(max_length=64)] = None,
-    x: Annotated[str | None, Query(max_length=64)] = None,
-    series: Annotated[str | None, Query(max_length=64)] = None,
+    metric: Annotated[Text | None, Query(max_length=64)] = None,
+    x: Annotated[Text | None, Query(max_length=64)] = None,
+    series: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> Response:
     """The same plot drawn as PNG."""
     data = results.plot_data(session, sweep_id, name, metric=metric, x=x, series=series)
@@ -308,8 +349,9 @@ def plot_png(
     response_model=TrainingDefaultsPublic,
     status_code=status.HTTP_201_CREATED,
     dependencies=[scoped("sweeps:write")],
+    responses=problems(409),
 )
-def promote(sweep_id: int, payload: PromotionCreate, session: SessionDep) -> TrainingDefaultsPublic:
+def promote(sweep_id: Id, payload: PromotionCreate, session: SessionDep) -> TrainingDefaultsPublic:
     """Make a trial's settings (default: the best) the defaults of production training runs."""
     row = promotion.promote(session, sweep_id, trial_id=payload.trial_id, note=payload.note)
     return TrainingDefaultsPublic.model_validate(promotion.public(row, row.id))
@@ -333,8 +375,9 @@ def list_training_defaults(session: SessionDep, paging: PagingDep) -> Page[Train
     "/{defaults_id}/revert",
     response_model=TrainingDefaultsPublic,
     dependencies=[scoped("sweeps:write")],
+    responses=problems(409),
 )
-def revert_training_defaults(defaults_id: int, session: SessionDep) -> TrainingDefaultsPublic:
+def revert_training_defaults(defaults_id: Id, session: SessionDep) -> TrainingDefaultsPublic:
     """Withdraw a promotion: the one before it (or the library defaults) applies again."""
     row = promotion.revert(session, defaults_id)
     active = promotion.active_defaults(session)

@@ -14,6 +14,7 @@ from app.core.version import code_version, git_commit
 from app.models import Criterion, Sweep, SweepEvaluation, SweepTrial
 from app.services.runs import resolved_config
 from app.services.sweeps.execution import now_utc, record_event
+from app.services.sweeps.ranking import best_trial_id
 from app.services.sweeps.scheduler import add_evaluations
 from ml.config import LicchaviConfig, config_hash
 from ml.sweep.spec import SweepSpec, error_location, spec_hash
@@ -21,6 +22,7 @@ from ml.sweep.spec import SweepSpec, error_location, spec_hash
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
 Trial = SweepTrial.__table__  # type: ignore[attr-defined]
 SweepTable = Sweep.__table__  # type: ignore[attr-defined]
+DRY_RUN_LISTED_TRIALS = 1_000
 
 
 def validate_spec(content: Any, *, pointer: str = "") -> SweepSpec:
@@ -44,18 +46,19 @@ def validate_spec(content: Any, *, pointer: str = "") -> SweepSpec:
 
 
 def dry_run(spec: SweepSpec) -> dict[str, Any]:
-    """What a submission would run: the trials (a grid's are listed) and the evaluation count."""
+    """What a submission would run: the trials (a grid's first DRY_RUN_LISTED_TRIALS are
+    listed) and the evaluation count."""
     units = spec.units()
     max_trials = spec.budget.max_trials or 0
     baseline = spec.needs_baseline(max_trials)
     if spec.method == "grid":
-        points = spec.grid()[:max_trials]
+        # Counted in full, listed up to a page: a 100,000-point grid is not built to answer.
+        n_trials = min(max_trials, spec.grid_size())
         trials: list[dict[str, Any]] | None = []
-        for params in points:
+        for params in spec.grid(limit=min(n_trials, DRY_RUN_LISTED_TRIALS)):
             config = LicchaviConfig.model_validate({**spec.base, **params})
             assert trials is not None
             trials.append({"params": params, "config_hash": config_hash(config)})
-        n_trials = len(points)
     else:
         trials = None  # a sampler chooses them as results come in
         n_trials = max_trials
@@ -179,18 +182,17 @@ def progress(session: Session, sweep_id: int) -> dict[str, Any]:
             .group_by(Evaluation.c.status)
         ).all()
     )
-    sweep = get_sweep(session, sweep_id)
-    order = Trial.c.objective.desc() if sweep.direction == "maximize" else Trial.c.objective.asc()
-    best = connection.execute(
-        select(Trial.c.id, Trial.c.number, Trial.c.params, Trial.c.objective)
-        .where(
-            Trial.c.sweep_id == sweep_id,
-            Trial.c.objective.is_not(None),
-            Trial.c.status == "succeeded",
-        )
-        .order_by(order, Trial.c.id)
-        .limit(1)
-    ).one_or_none()
+    # The leaderboard's first succeeded trial, not the highest mean: both must name the same.
+    best_id = best_trial_id(session, get_sweep(session, sweep_id))
+    best = (
+        None
+        if best_id is None
+        else connection.execute(
+            select(Trial.c.id, Trial.c.number, Trial.c.params, Trial.c.objective).where(
+                Trial.c.id == best_id
+            )
+        ).one()
+    )
     return {
         "trials": {str(k): int(v) for k, v in trials.items()},
         "evaluations": {str(k): int(v) for k, v in evaluations.items()},

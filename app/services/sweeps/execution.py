@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, insert, select, update
+from sqlalchemy import ColumnElement, and_, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.models import SweepEvaluation, SweepEvent, SweepTrial
@@ -59,6 +59,15 @@ def record_event(
             at=now_utc(),
         )
     )
+
+
+def queued_count(engine: Engine, *, limit: int) -> int:
+    """How many evaluations wait for a worker, counted up to `limit` (an index range scan)."""
+    with engine.connect() as connection:
+        waiting = (
+            select(Evaluation.c.id).where(Evaluation.c.status == "queued").limit(limit).subquery()
+        )
+        return int(connection.execute(select(func.count()).select_from(waiting)).scalar_one())
 
 
 def claim_next(engine: Engine, *, owner: str, lease_seconds: float) -> EvaluationClaim | None:

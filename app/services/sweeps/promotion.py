@@ -11,6 +11,7 @@ from app.core.errors import Conflict, NotFound
 from app.models import SweepTrial, TrainingDefaults
 from app.services.sweeps.control import get_sweep
 from app.services.sweeps.execution import now_utc, record_event
+from app.services.sweeps.ranking import best_trial_id
 from app.services.training_defaults import active_defaults
 from ml.config import LicchaviConfig, config_hash
 
@@ -20,26 +21,14 @@ __all__ = ["active_defaults", "history", "promote", "public", "revert"]
 def promote(
     session: Session, sweep_id: int, *, trial_id: int | None, note: str | None
 ) -> TrainingDefaults:
-    """Promote `trial_id`, or the sweep's best succeeded trial by its objective."""
+    """Promote `trial_id`, or the sweep's best succeeded trial as the leaderboard ranks it."""
     sweep = get_sweep(session, sweep_id)
     if trial_id is None:
-        order = (
-            col(SweepTrial.objective).desc()
-            if sweep.direction == "maximize"
-            else col(SweepTrial.objective).asc()
-        )
-        trial = session.exec(
-            select(SweepTrial)  # type: ignore[call-overload]
-            .where(
-                col(SweepTrial.sweep_id) == sweep_id,
-                col(SweepTrial.status) == "succeeded",
-                col(SweepTrial.objective).is_not(None),
-            )
-            .order_by(order, col(SweepTrial.id))
-            .limit(1)
-        ).scalar_one_or_none()
-        if trial is None:
+        best = best_trial_id(session, sweep)
+        if best is None:
             raise Conflict(f"Sweep {sweep_id} has no succeeded trial to promote yet.")
+        trial = session.get(SweepTrial, best)
+        assert trial is not None
     else:
         trial = session.get(SweepTrial, trial_id)
         if trial is None or trial.sweep_id != sweep_id:

@@ -12,12 +12,12 @@ from sqlalchemy import and_, func, select
 from sqlmodel import Session
 
 from app.core.errors import InvalidInput, NotFound
-from app.models import Sweep, SweepEvaluation, SweepEvent, SweepTrial
+from app.models import SweepEvaluation, SweepEvent, SweepTrial
 from app.services.sweeps import plots as sweep_plots
+from app.services.sweeps import ranking
 from app.services.sweeps import stats as sweep_stats
 from app.services.sweeps.control import get_sweep
 from app.services.sweeps.query import FilterError, parse_filter, parse_sort
-from ml.config import LicchaviConfig, config_hash
 from ml.sweep.spec import SweepSpec
 
 Trial = SweepTrial.__table__  # type: ignore[attr-defined]
@@ -153,38 +153,6 @@ def events(
     return [dict(row._mapping) for row in rows], int(total)
 
 
-def _incumbent_id(session: Session, sweep: Sweep) -> int | None:
-    """The trial run with the base settings (the defaults the sweep tries to beat)."""
-    spec = SweepSpec.model_validate(sweep.spec)
-    base = LicchaviConfig.model_validate(spec.base)
-    return (
-        session.connection()
-        .execute(
-            select(Trial.c.id)
-            .where(Trial.c.sweep_id == sweep.id, Trial.c.config_hash == config_hash(base))
-            .order_by(Trial.c.id)
-            .limit(1)
-        )
-        .scalar()
-    )
-
-
-def _unit_values(session: Session, sweep_id: int, metric: str) -> list[sweep_stats.UnitValue]:
-    # Only the metric's value crosses the wire, not each evaluation's whole metrics document.
-    rows = session.connection().execute(
-        select(
-            Evaluation.c.trial_id,
-            Evaluation.c.unit_index,
-            Evaluation.c.metrics[metric].as_float(),
-        ).where(Evaluation.c.sweep_id == sweep_id, Evaluation.c.status == "succeeded")
-    )
-    values = []
-    for trial_id, unit_index, value in rows:
-        if isinstance(value, int | float) and math.isfinite(value):
-            values.append(sweep_stats.UnitValue(int(trial_id), int(unit_index), float(value)))
-    return values
-
-
 def leaderboard(
     session: Session,
     sweep_id: int,
@@ -204,9 +172,9 @@ def leaderboard(
     chosen = direction or sweep.direction
     if chosen not in ("maximize", "minimize"):
         raise _invalid("direction", "maximize or minimize")
-    incumbent = _incumbent_id(session, sweep)
+    incumbent = ranking.incumbent_id(session, sweep)
     rows = sweep_stats.leaderboard(
-        _unit_values(session, sweep_id, metric),
+        ranking.unit_values(session, sweep_id, metric),
         direction=chosen,  # type: ignore[arg-type]
         incumbent_id=incumbent,
         confidence=confidence,

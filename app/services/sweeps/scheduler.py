@@ -4,22 +4,29 @@ aggregates finished trials and tells Optuna each result exactly once.
 One scheduler runs at a time, whoever holds the `scheduler_leases` row; it lives in a worker's
 main process, so a crashed worker's scheduling is taken over by another. Every step is a short
 transaction on our tables, which are the truth; Optuna's storage only mirrors trial outcomes.
+
+The lease is fenced: each write transaction starts by renewing the lease row on the condition
+that it still carries this scheduler's owner and epoch, so a holder that was paused or slow past
+its lease, and was taken over meanwhile, has its writes refused and abandons its pass.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from app.core.config import Settings
+from app.core.errors import public_error
 from app.models import Criterion as CriterionModel
 from app.models import (
     SchedulerLease,
@@ -33,10 +40,11 @@ from app.services.sweeps.execution import record_event
 from app.services.sweeps.study import distributions, load_study, open_storage, study_name
 from ml.config import LicchaviConfig, config_hash
 from ml.sweep.datasets import FrozenDataset, freeze_holdout, freeze_synthetic
-from ml.sweep.spec import HoldoutEvaluation, SweepSpec
+from ml.sweep.spec import MAX_WALL_CLOCK_SECONDS, HoldoutEvaluation, SweepSpec
 
 if TYPE_CHECKING:
     import optuna
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -64,28 +72,56 @@ def as_aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def acquire_lease(engine: Engine, *, owner: str, seconds: float) -> bool:
-    """Take or renew the scheduler lease; False while another process holds a fresh one."""
+class LeaseLost(Exception):
+    """Another scheduler took the lease over: this one's writes are refused, its pass ends."""
+
+
+def acquire_lease(engine: Engine, *, owner: str, seconds: float) -> int | None:
+    """Take or renew the scheduler lease; returns its epoch (the fencing token), or None while
+    another process holds a fresh one. Taking it from another owner moves the epoch on."""
     now = now_utc()
     expires = now + timedelta(seconds=seconds)
     with engine.begin() as connection:
-        taken = connection.execute(
+        epoch = connection.execute(
             update(Lease)
             .where(
                 Lease.c.name == LEASE_NAME, or_(Lease.c.owner == owner, Lease.c.expires_at < now)
             )
-            .values(owner=owner, expires_at=expires)
-        ).rowcount
-    if taken:
-        return True
+            # (SET expressions read the row as it was: the old owner.)
+            .values(
+                owner=owner,
+                expires_at=expires,
+                epoch=case((Lease.c.owner == owner, Lease.c.epoch), else_=Lease.c.epoch + 1),
+            )
+            .returning(Lease.c.epoch)
+        ).scalar()
+    if epoch is not None:
+        return int(epoch)
     try:
         with engine.begin() as connection:
             connection.execute(
-                insert(Lease).values(name=LEASE_NAME, owner=owner, expires_at=expires)
+                insert(Lease).values(name=LEASE_NAME, owner=owner, expires_at=expires, epoch=1)
             )
     except IntegrityError:
-        return False
-    return True
+        return None
+    return 1
+
+
+def hold_lease(connection: Connection, *, owner: str, epoch: int, seconds: float) -> None:
+    """The fence, first statement of every scheduler write transaction: renew the lease if it
+    still carries our owner and epoch, else raise LeaseLost (the transaction rolls back).
+
+    The renewed row stays locked until the transaction ends (on SQLite the whole database is),
+    so no other scheduler can take the lease over while these writes, Optuna's included, are
+    made; one that took it before makes this UPDATE match nothing.
+    """
+    held = connection.execute(
+        update(Lease)
+        .where(Lease.c.name == LEASE_NAME, Lease.c.owner == owner, Lease.c.epoch == epoch)
+        .values(expires_at=now_utc() + timedelta(seconds=seconds))
+    ).rowcount
+    if not held:
+        raise LeaseLost(f"scheduler lease epoch {epoch} of {owner} was taken over")
 
 
 def release_lease(engine: Engine, *, owner: str) -> None:
@@ -121,14 +157,70 @@ class SweepScheduler:
         self._studies: dict[int, optuna.Study] = {}
         self._specs: dict[int, SweepSpec] = {}
         self._failures: dict[int, int] = {}
+        self.epoch: int | None = None  # of the lease, while we hold it
+
+    # -- the lease --------------------------------------------------------------------------
+    @contextmanager
+    def fenced(self) -> Iterator[Connection]:
+        """A write transaction that holds only while our lease epoch is the current one."""
+        if self.epoch is None:
+            raise LeaseLost(f"{self.owner} does not hold the scheduler lease")
+        with self.engine.begin() as connection:
+            hold_lease(
+                connection,
+                owner=self.owner,
+                epoch=self.epoch,
+                seconds=self.settings.sweep_scheduler_lease_seconds,
+            )
+            yield connection
+
+    @contextmanager
+    def lease_kept(self) -> Iterator[None]:
+        """Renew the lease in the background during long work done outside a transaction (the
+        freezing of a big dataset), so that work does not outlast the lease. A paused process
+        renews nothing: its lease lapses, and its later writes are refused by the fence."""
+        done = threading.Event()
+        every = self.settings.sweep_scheduler_lease_seconds / 3
+
+        def renew() -> None:
+            while not done.wait(every):
+                try:
+                    with self.fenced():
+                        pass
+                except LeaseLost:
+                    return  # the writes that follow will be refused as well
+                except Exception:
+                    # A lapse here only shortens the lease; the next write's fence decides.
+                    logger.warning("sweep scheduler: lease renewal failed", exc_info=True)
+
+        renewer = threading.Thread(target=renew, name="sweep-lease-renewal", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
 
     # -- the pass ---------------------------------------------------------------------------
     def tick(self) -> bool:
-        """One pass if we hold the scheduler lease; returns whether we did."""
-        if not acquire_lease(
+        """One pass if we hold the scheduler lease; returns whether we did (False too when the
+        lease was taken over during the pass: its remaining writes were refused)."""
+        try:
+            return self._tick()
+        except LeaseLost as lost:
+            logger.warning("sweep scheduler: %s; pass abandoned", lost)
+            self.epoch = None
+            self._studies.clear()
+            return False
+
+    def _tick(self) -> bool:
+        epoch = acquire_lease(
             self.engine, owner=self.owner, seconds=self.settings.sweep_scheduler_lease_seconds
-        ):
-            self._studies.clear()  # another scheduler may change them meanwhile
+        )
+        if epoch != self.epoch:
+            self._studies.clear()  # another scheduler may have changed them meanwhile
+        self.epoch = epoch
+        if epoch is None:
             return False
         to_wake = self.reap_expired()
         with self.engine.connect() as connection:
@@ -152,6 +244,8 @@ class SweepScheduler:
                     self.wind_down(sweep_id)
                 else:
                     to_wake += self.step(sweep_id, paused=status == "paused")
+            except LeaseLost:
+                raise
             except Exception as exc:
                 logger.exception("sweep %s: scheduling failed", sweep_id)
                 failures = self._failures.get(sweep_id, 0) + 1
@@ -159,7 +253,7 @@ class SweepScheduler:
                 # A transient error (the database restarting) is retried by the next pass; one
                 # that keeps coming back would keep the sweep running forever, so it fails it.
                 if status == "preparing" or failures >= MAX_CONSECUTIVE_FAILURES:
-                    self._fail(sweep_id, f"{type(exc).__name__}: {exc}")
+                    self._fail(sweep_id, public_error(exc))
                     self._failures.pop(sweep_id, None)
             else:
                 self._failures.pop(sweep_id, None)
@@ -178,17 +272,38 @@ class SweepScheduler:
 
     # -- preparation ------------------------------------------------------------------------
     def prepare(self, sweep_id: int) -> None:
-        """Freeze the evaluation data (and its split), create the study and the baseline."""
-        with self.engine.begin() as connection:
+        """Freeze the evaluation data (and its split), create the study and the baseline.
+
+        The data is read in a short transaction and frozen outside any, with the lease renewed
+        meanwhile; everything is then written in one fenced transaction that first moves the
+        sweep out of `preparing`, so a second preparation (after a take-over) writes nothing.
+        """
+        with self.engine.connect() as connection:
             spec = self.spec(sweep_id, connection)
-            datasets = self._freeze(connection, spec)
+            live = self._live_comparisons(connection, spec)
+        with self.lease_kept():
+            datasets = [
+                (seed, frozen, frozen.to_bytes()) for seed, frozen in self._freeze(spec, live)
+            ]
+            # Opening Optuna's storage (creating its tables the first time) is slow and writes
+            # no result: done before the fenced transaction, which it would otherwise lengthen.
+            storage = self.storage
+        with self.fenced() as connection:
+            started = connection.execute(
+                update(SweepTable)
+                .where(SweepTable.c.id == sweep_id, SweepTable.c.status == "preparing")
+                .values(status="running", started_at=now_utc())
+            ).rowcount
+            if not started:
+                logger.info("sweep %s: no longer preparing; frozen data dropped", sweep_id)
+                return
             fingerprints, split_fingerprints = [], []
-            for seed, frozen in datasets:
+            for seed, frozen, payload in datasets:
                 connection.execute(
                     insert(Dataset).values(
                         sweep_id=sweep_id,
                         seed=seed,
-                        payload=frozen.to_bytes(),
+                        payload=payload,
                         fingerprint=frozen.fingerprint,
                         split_fingerprint=frozen.split_fingerprint,
                         n_comparisons=frozen.comparisons.n_comparisons,
@@ -203,13 +318,11 @@ class SweepScheduler:
                 )
             ).one()
             name = study_name(sweep_id, spec_hash)
-            load_study(self.storage, name, spec)
+            load_study(storage, name, spec)
             connection.execute(
                 update(SweepTable)
-                .where(SweepTable.c.id == sweep_id, SweepTable.c.status == "preparing")
+                .where(SweepTable.c.id == sweep_id)
                 .values(
-                    status="running",
-                    started_at=now_utc(),
                     study_name=name,
                     data_fingerprint=_combined(fingerprints),
                     split_fingerprint=_combined(split_fingerprints),
@@ -222,21 +335,25 @@ class SweepScheduler:
             record_event(connection, sweep_id=sweep_id, status="running", detail="data frozen")
         logger.info("sweep %s: prepared (%d dataset(s))", sweep_id, len(datasets))
 
+    def _live_comparisons(self, connection: Connection, spec: SweepSpec) -> pd.DataFrame | None:
+        """A holdout sweep's input: the criterion's live comparisons (None for synthetic data)."""
+        if not isinstance(spec.evaluation, HoldoutEvaluation):
+            return None
+        known = connection.execute(
+            select(func.count()).select_from(Criterion).where(Criterion.c.name == spec.criterion)
+        ).scalar_one()
+        if not known:
+            raise ValueError(f"unknown criterion {spec.criterion!r}")
+        return load_snapshot(connection, criteria=[spec.criterion]).frame
+
     def _freeze(
-        self, connection: Connection, spec: SweepSpec
+        self, spec: SweepSpec, live: pd.DataFrame | None
     ) -> list[tuple[int | None, FrozenDataset]]:
         evaluation = spec.evaluation
         if isinstance(evaluation, HoldoutEvaluation):
-            known = connection.execute(
-                select(func.count())
-                .select_from(Criterion)
-                .where(Criterion.c.name == spec.criterion)
-            ).scalar_one()
-            if not known:
-                raise ValueError(f"unknown criterion {spec.criterion!r}")
-            frame = load_snapshot(connection, criteria=[spec.criterion]).frame
+            assert live is not None
             frozen = freeze_holdout(
-                frame,
+                live,
                 criterion=spec.criterion,
                 folds=evaluation.folds,
                 split_by=evaluation.split_by,
@@ -257,7 +374,7 @@ class SweepScheduler:
         ]
 
     def _fail(self, sweep_id: int, error: str) -> None:
-        with self.engine.begin() as connection:
+        with self.fenced() as connection:
             connection.execute(
                 update(SweepTable)
                 .where(SweepTable.c.id == sweep_id)
@@ -376,10 +493,10 @@ class SweepScheduler:
                 .select_from(Trial)
                 .where(Trial.c.sweep_id == sweep_id, Trial.c.source == "grid")
             ).scalar_one()
-            points = spec.grid()
-            if asked >= len(points):
+            # One point per ask, not the whole grid (up to 100,000 points) each time.
+            if asked >= spec.grid_size():
                 return False
-            study.enqueue_trial(points[asked])
+            study.enqueue_trial(spec.grid_point(asked))
             source = "grid"
         else:
             source = "sampler"
@@ -404,7 +521,7 @@ class SweepScheduler:
     # -- one live sweep ---------------------------------------------------------------------
     def step(self, sweep_id: int, *, paused: bool) -> list[int]:
         """Aggregate, tell, prune, ask, release; returns evaluations to wake a worker for."""
-        with self.engine.begin() as connection:
+        with self.fenced() as connection:
             spec = self.spec(sweep_id, connection)
             if paused:
                 self._unrelease(connection, sweep_id)
@@ -442,7 +559,10 @@ class SweepScheduler:
             return False
         started = as_aware(sweep.started_at)
         assert started is not None
-        return now_utc() >= started + timedelta(seconds=sweep.wall_clock_seconds)
+        # Bounded as the API now bounds it: a budget stored before that (1e14 s) would overflow
+        # the date and fail the sweep on every pass.
+        seconds = min(float(sweep.wall_clock_seconds), MAX_WALL_CLOCK_SECONDS)
+        return now_utc() >= started + timedelta(seconds=seconds)
 
     def _trial_counts(self, connection: Connection, sweep_id: int) -> dict[str, int]:
         active = func.count().filter(Trial.c.status.in_(ACTIVE_TRIAL))
@@ -689,7 +809,7 @@ class SweepScheduler:
     # -- cancelled sweeps -------------------------------------------------------------------
     def wind_down(self, sweep_id: int) -> None:
         """A cancelled sweep: close its trials (Optuna told FAIL) once nothing runs any more."""
-        with self.engine.begin() as connection:
+        with self.fenced() as connection:
             self._cancel_unstarted(connection, sweep_id, "sweep cancelled")
             running = connection.execute(
                 select(func.count())
@@ -711,7 +831,7 @@ class SweepScheduler:
         failed after too many attempts; cancelled ones that lost their worker end cancelled."""
         now = now_utc()
         expired = and_(Evaluation.c.status == "running", Evaluation.c.lease_expires_at < now)
-        with self.engine.begin() as connection:
+        with self.fenced() as connection:
             rows = connection.execute(
                 select(
                     Evaluation.c.id,
@@ -761,7 +881,7 @@ class SweepScheduler:
         """Queued evaluations nobody claimed for a while: their wake-up may have been lost."""
         now = now_utc()
         due = now - timedelta(seconds=self.settings.sweep_resend_after_seconds)
-        with self.engine.begin() as connection:
+        with self.fenced() as connection:
             return sorted(
                 int(evaluation_id)
                 for evaluation_id in connection.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -12,6 +13,22 @@ if TYPE_CHECKING:
     import optuna
 
     from ml.sweep.spec import Parameter, SweepSpec
+
+
+# What the `sweeps` extra installs that a sweep imports (scikit-learn's module is sklearn).
+EXTRA_MODULES = ("optuna", "cmaes", "scipy", "sklearn")
+
+
+def missing_extra() -> str | None:
+    """None when the `sweeps` extra is installed, else a one-line reason: a sweep needs it
+    from its first scheduler pass, so a submission without it is refused, not accepted to fail."""
+    missing = [name for name in EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"sweeps need the 'sweeps' extra (pip install 'licchavi[sweeps]'); missing: "
+        f"{', '.join(missing)}"
+    )
 
 
 def storage_url(settings: Settings) -> str:

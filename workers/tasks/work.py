@@ -1,0 +1,74 @@
+"""The wake-up task: a woken worker claims the next claimable work itself, runs first."""
+
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from app.core.db import get_engine
+from app.services import leases
+from app.services.sweeps import execution
+from app.services.wakeups import WAKE_TASK, wake_workers
+from workers.celery_app import celery_app
+
+logger = logging.getLogger(__name__)
+
+# A wake-up keeps claiming for up to this long (an item started before it runs to its end):
+# short evaluations then cost no broker round trip each, and the task still ends now and then.
+CLAIM_LOOP_SECONDS = 20.0
+
+
+@celery_app.task(name=WAKE_TASK, bind=True)
+def wake(self: Any) -> int:
+    """Claim and run the next claimable work until none is left; returns how many items ran.
+
+    The message names nothing: any wake-up will do, and one that finds nothing returns at once.
+    """
+    return work(self.request.hostname or socket.gethostname())
+
+
+def work(host: str) -> int:
+    """The claim loop: a due run if there is one, else a queued evaluation, again and again.
+
+    Runs come first on every turn, so a run posted during a sweep starts as soon as one
+    evaluation ends. While more work waits than this loop is taking, it wakes a peer (the
+    queue's bound holds: see `wake_workers`), so free workers fill up one wake-up at a time.
+    """
+    from workers.tasks.sweeps import evaluate_next
+
+    engine = get_engine()
+    owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    done = 0
+    while time.monotonic() - started < CLAIM_LOOP_SECONDS:
+        if backlog(engine, limit=2) > 1:
+            wake_workers(reason="work left")
+        if not (train_next(engine) or evaluate_next(owner)):
+            return done
+        done += 1
+    # Stopped by the time bound with work maybe left: hand it on, since the wake-ups that
+    # brought it may all have been taken. (Not after an error: a failure that repeats would
+    # wake worker after worker; run recovery and the scheduler's re-sends wake one later.)
+    if backlog(engine, limit=1):
+        wake_workers(reason="work left")
+    return done
+
+
+def train_next(engine: Engine) -> bool:
+    """Claim and run the oldest claimable run; False when there is none (or others took them)."""
+    from workers.tasks.training import train_run
+
+    candidates = leases.claimable_run_ids(engine)
+    return any(train_run(run_id) != "not claimed" for run_id in candidates)
+
+
+def backlog(engine: Engine, *, limit: int) -> int:
+    """Claimable runs and queued evaluations, counted up to `limit`."""
+    runs = len(leases.claimable_run_ids(engine, limit=limit))
+    if runs >= limit:
+        return runs
+    return runs + execution.queued_count(engine, limit=limit - runs)
