@@ -41,13 +41,17 @@ export async function render(main, { query }) {
     area.append(problemBox(new ApiProblem({ title: "Two different videos are needed", detail: "Video A and video B are the same." })));
     return;
   }
-  let stored = null;
+  // The pair's stored scores, read from the list (a missing pair is an empty list, not a 404),
+  // turned to the order asked: a stored score favours its video_b when positive.
+  let stored = [];
   try {
-    stored = await get(`/comparisons/${encodeURIComponent(user.user_id)}/${encodeURIComponent(a)}/${encodeURIComponent(b)}`, {}, { authenticated: false });
+    const listed = await get("/comparisons", { user_id: user.user_id, video_id: a, limit: 1000 }, { authenticated: false });
+    stored = listed.items.filter((c) => (c.video_a === a && c.video_b === b) || (c.video_a === b && c.video_b === a))
+      .map((c) => ({ ...c, score: c.video_a === a ? c.score : -c.score }));
   } catch (error) {
-    if (!(error instanceof ApiProblem && error.problem.status === 404)) area.append(problemBox(error));
+    area.append(problemBox(error));
   }
-  const previous = new Map((stored ? stored.criteria_scores : []).map((s) => [s.criterion, s]));
+  const previous = new Map(stored.map((s) => [s.criterion, s]));
   const form = el("form", { onsubmit: (event) => submit(event, user, a, b, criteria, area) });
   form.append(el("div", { class: "pair" },
     el("div", { class: "card" }, el("h3", {}, "A"), el("a", { href: `#/videos/${encodeURIComponent(a)}` }, a)),
@@ -66,8 +70,8 @@ export async function render(main, { query }) {
         el("input", { type: "checkbox", name: `use-${criterion.name}`, checked: include }), "Include this criterion")));
   }
   form.append(el("div", { class: "toolbar" },
-    el("button", { type: "submit", class: "primary" }, stored ? "Update comparison" : "Submit comparison"),
-    stored ? el("button", { type: "button", class: "danger", onclick: () => remove(user, a, b, area) }, "Delete comparison") : null));
+    el("button", { type: "submit", class: "primary" }, stored.length ? "Update comparison" : "Submit comparison"),
+    stored.length ? el("button", { type: "button", class: "danger", onclick: () => remove(user, a, b, area) }, "Delete comparison") : null));
   area.append(form);
 }
 
@@ -93,6 +97,7 @@ async function submit(event, user, a, b, criteria, area) {
     return;
   }
   button.disabled = false;
+  button.textContent = "Update comparison"; // the pair is stored now: another submit replaces it
   const main = criteria.find((c) => c.is_main) || criteria[0];
   const status = el("div", { class: "success", role: "status" }, "Saved. Waiting for the scores that include it…");
   area.prepend(status);

@@ -20,9 +20,17 @@ export async function render(main, { params: [id], query }) {
     head.replaceChildren(summary(sweep));
     board.replaceChildren(await leaderboard(id));
     trials.replaceChildren(await trialTable(id, query));
-    plots.replaceChildren(...PLOTS.map(([name, title]) => el("figure", {},
-      el("img", { class: "plot", src: `${apiUrl(`/sweeps/${id}/plots/${name}.png`)}?v=${Date.now()}`, alt: `${title} of sweep ${id}`, loading: "lazy" }),
-      el("figcaption", { class: "muted" }, title))));
+    // Plots need finished trials to draw (the API answers 404 until then); importances need a
+    // few more, to tell the parameters apart.
+    const succeeded = (sweep.progress && sweep.progress.trials.succeeded) || 0;
+    const drawable = PLOTS.filter(([name]) => succeeded >= (name === "importances" ? 3 : 2));
+    if (!FINAL.has(sweep.status) || !drawable.length) {
+      plots.replaceChildren(el("p", { class: "muted" }, "The plots appear once the sweep has finished trials to compare."));
+    } else if (!plots.querySelector("img")) {
+      plots.replaceChildren(...drawable.map(([name, title]) => el("figure", {},
+        el("img", { class: "plot", src: apiUrl(`/sweeps/${id}/plots/${name}.png`), alt: `${title} of sweep ${id}`, loading: "lazy" }),
+        el("figcaption", { class: "muted" }, title))));
+    }
   };
   await redraw();
   every(3, async () => {
