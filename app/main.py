@@ -9,7 +9,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp
 
 from app.api.rate_limits import enforce_rate_limits, install_rate_limits
-from app.api.routes import catalog, comparisons, health, runs, scores, sweeps
+from app.api.routes import api_keys, catalog, comparisons, health, runs, scores, sweeps
 from app.api.routes.docs import install_docs
 from app.api.single_write import SingleWriteFastPath
 from app.core.config import get_settings
@@ -54,6 +54,7 @@ def create_app() -> FastAPI:
     application.include_router(scores.router, prefix=API_PREFIX)
     application.include_router(sweeps.router, prefix=API_PREFIX)
     application.include_router(sweeps.defaults_router, prefix=API_PREFIX)
+    application.include_router(api_keys.router, prefix=API_PREFIX)
     # Innermost of the middleware, so the Prometheus one and the body-size limit see its requests.
     application.add_middleware(SingleWriteFastPath, path=API_PREFIX + comparisons.router.prefix)
     # A registry per application: several apps in one process (tests) must not share counters.

@@ -4,6 +4,7 @@ back) and a migrated embedded SQLite file per test. In CI a missing server fails
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -141,9 +142,14 @@ class ApiClient(TestClient):
         super().__init__(app)  # type: ignore[arg-type]
         self._session_factory = session_factory
 
-    def key(self, *scopes: str) -> dict[str, str]:
+    def key(
+        self, *scopes: str, user: str | None = None, expires_at: datetime | None = None
+    ) -> dict[str, str]:
+        """A new key's header: a service key, or with `user` a user key."""
         with self._session_factory() as session:  # type: ignore[operator]
-            _row, key = create_api_key(session, name="test", scopes=list(scopes))
+            _row, key = create_api_key(
+                session, name="test", scopes=list(scopes), user_id=user, expires_at=expires_at
+            )
             session.commit()
         return {"Authorization": f"Bearer {key}"}
 

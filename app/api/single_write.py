@@ -3,12 +3,13 @@
 A single write is the API's hottest request, and most of its CPU went to the framework around the
 write: matching the route, solving the three dependencies, validating the returned model against
 the response model, and the wrappers each of those brings. This middleware serves the ordinary
-request itself (JSON body, a recently verified key with the scope, a payload that validates) the
-way the route would, and hands every other request to the route unchanged: a missing, unknown or
-unverified key, a missing scope, a body that is not JSON or does not validate, another content
-type, a query string, dependency overrides (tests). The route stays the reference: it documents
-the endpoint, and it produces every error answer but those the write itself raises, which this
-middleware renders with the application's own exception handlers.
+request itself (JSON body, a recently verified key or token with the scope, a payload that
+validates) the way the route would, its user rules (`bound`) included, and hands every other
+request to the route unchanged: a missing, unknown or unverified credential, a missing scope, a
+body that is not JSON or does not validate, another content type, a query string, dependency
+overrides (tests). The route stays the reference: it documents the endpoint, and it produces every
+error answer but those the write itself and `bound` raise, which this middleware renders with the
+application's own exception handlers.
 
 It sits inside the body-size limit and the Prometheus middleware, so those see every request.
 """
@@ -25,7 +26,12 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.rate_limits import WRITES, RateLimits
-from app.api.routes.comparisons import WRITE_SCOPE, single_writes_limiter, write_and_commit
+from app.api.routes.comparisons import (
+    WRITE_SCOPE,
+    bound,
+    single_writes_limiter,
+    write_and_commit,
+)
 from app.core.db import request_transaction
 from app.core.errors import TooManyRequests
 from app.core.security import cached_principal
@@ -85,7 +91,8 @@ class SingleWriteFastPath:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
-            result = await _write(payload)
+            # The route's user rules: a user credential's own user, never another.
+            result = await _write(bound(payload, principal))
         except Exception as exc:
             response = await _handled(scope, receive, exc)
             if response is None:

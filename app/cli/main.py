@@ -1,6 +1,7 @@
 """`licchavi`: serve the API, run workers, migrate, import/export comparisons, manage API keys."""
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -76,21 +77,92 @@ def api_key_create(
         list[str], typer.Option("--scopes", "-s", help="Scope(s); repeat or comma-separate.")
     ],
     name: Annotated[str, typer.Option(help="What the key is for.")] = "cli",
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Bind the key to this user id (user scopes only)."),
+    ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option("--expires-in", help="Expiry: a duration (30d, 12h, 2w) or an ISO date."),
+    ] = None,
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
+    from pydantic import TypeAdapter, ValidationError
     from sqlmodel import Session
 
     from app.core.db import get_engine
     from app.core.security import UnknownScope, create_api_key
+    from app.schemas.common import UserId
+    from app.services.api_keys import parse_expiry
 
     wanted = [s.strip() for item in scopes for s in item.split(",") if s.strip()]
     try:
+        user_id = None if user is None else TypeAdapter(UserId).validate_python(user)
+        expires_at = None if expires_in is None else parse_expiry(expires_in)
         with Session(get_engine()) as session:
-            _row, key = create_api_key(session, name=name, scopes=wanted)
+            _row, key = create_api_key(
+                session, name=name, scopes=wanted, user_id=user_id, expires_at=expires_at
+            )
             session.commit()
-    except UnknownScope as exc:
+    except ValidationError as exc:
+        raise fail(f"invalid user id {user!r}: {exc.errors()[0]['msg']}") from exc
+    except (UnknownScope, ValueError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(key)
+
+
+@api_key_cli.command("list")
+def api_key_list() -> None:
+    """List keys: prefix, name, scopes, user, created, last used, expiry, status."""
+    from sqlmodel import Session
+
+    from app.core.db import get_engine
+    from app.services.api_keys import aware, key_status, list_keys
+
+    def when(moment: datetime | None) -> str:
+        return "-" if moment is None else f"{aware(moment):%Y-%m-%dT%H:%MZ}"
+
+    lines = [("prefix", "name", "scopes", "user", "created", "last used", "expires", "status")]
+    with Session(get_engine()) as session:
+        rows, _total = list_keys(session)
+        lines += [
+            (
+                row.prefix,
+                row.name,
+                ",".join(row.scopes.split()),
+                row.user_id or "-",
+                when(row.created_at),
+                when(row.last_used_at),
+                when(row.expires_at),
+                key_status(row),
+            )
+            for row in rows
+        ]
+    # Plain aligned columns, never wrapped or cut, so that scripts can read them.
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
+
+
+@api_key_cli.command("revoke")
+def api_key_revoke(
+    key_or_prefix: Annotated[str, typer.Argument(help="The key itself or its prefix.")],
+) -> None:
+    """Revoke a key: every API process refuses it within seconds."""
+    from sqlmodel import Session
+
+    from app.core.db import get_engine
+    from app.services.api_keys import UnknownKey, revoke_key
+
+    try:
+        with Session(get_engine()) as session:
+            row = revoke_key(session, key_or_prefix)
+            shown = f"{row.prefix} ({row.name})"
+            session.commit()
+    except UnknownKey as exc:
+        raise fail(str(exc), code=1) from exc
+    out.print(f"revoked {shown}", highlight=False)
 
 
 @cli.command("import")

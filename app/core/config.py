@@ -109,6 +109,41 @@ class Settings(BaseSettings):
     sweep_log_max_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Captured log kept per sweep evaluation."
     )
+    jwt_secret: str | None = Field(
+        default=None, description="HS256 secret of the identity provider's bearer tokens."
+    )
+    jwt_jwks: str | None = Field(
+        default=None,
+        description="RS256/ES256 key set (JWKS) of the identity provider: a file path or a URL.",
+    )
+    jwt_issuer: str | None = Field(
+        default=None, description="The `iss` a bearer token must carry (needed with JWT on)."
+    )
+    jwt_audience: str | None = Field(
+        default=None, description="The `aud` a bearer token must carry (needed with JWT on)."
+    )
+    jwt_user_claim: str = Field(
+        default="sub", min_length=1, description="The token claim holding the user id."
+    )
+    jwt_leeway_seconds: float = Field(
+        default=10.0, ge=0, le=300, description="Clock skew allowed on `exp`, `nbf` and `iat`."
+    )
+    jwt_grantable_scopes: str = Field(
+        default="comparisons:write scores:read_local",
+        description="Space-separated scopes a token's `scope` claim may grant; others are ignored.",
+    )
+    jwt_default_scopes: str = Field(
+        default="comparisons:write scores:read_local",
+        description="Space-separated scopes of a token without a `scope` claim.",
+    )
+    jwt_jwks_cache_seconds: float = Field(
+        default=300.0, gt=0, description="How long a fetched key set is used before re-fetching."
+    )
+    jwt_jwks_refetch_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Least time between two fetches of the key set (an unknown `kid` re-fetches).",
+    )
     code_version: str | None = Field(
         default=None, description="Recorded on every run; defaults to the package version."
     )
@@ -173,6 +208,17 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.secret_key == PLACEHOLDER_SECRET:
             raise ValueError("SECRET_KEY must be set to a real secret when ENVIRONMENT=production")
         return self
+
+    @model_validator(mode="after")
+    def _jwt_needs_issuer_and_audience(self) -> "Settings":
+        # A token minted for another service of the same provider must not be accepted here.
+        if (self.jwt_secret or self.jwt_jwks) and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError("JWT_ISSUER and JWT_AUDIENCE must be set with JWT_SECRET or JWT_JWKS")
+        return self
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_jwks)
 
     @property
     def resolved_database_url(self) -> str:

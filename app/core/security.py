@@ -1,20 +1,25 @@
-"""API keys: generation, peppered hashing, and the scope-checking dependency for write routes."""
+"""Credentials: API keys (generation, peppered hashing, expiry, revocation), bearer JWTs, and the
+scope-checking dependency that turns either into the caller's `Principal`."""
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import sqlalchemy as sa
 from fastapi import Depends, Header
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
-from app.core.db import SessionDep
-from app.core.errors import Forbidden, NotAuthenticated
+from app.core.db import SessionDep, is_request_session
+from app.core.errors import Forbidden, NotAuthenticated, ServiceUnavailable
+from app.core.tokens import InvalidToken, KeySetUnavailable, forget_key_sets, verify_token
 from app.models import ApiKey
 
 KEY_PREFIX = "lk"
@@ -26,6 +31,13 @@ SCOPES = {
     "sweeps:write": "submit and steer sweeps",
     "admin": "every scope",
 }
+# What a credential bound to one user may hold: it acts for that user alone, so scopes over the
+# whole service (training, sweeps, criteria, keys) stay with service keys.
+USER_SCOPES = frozenset({"comparisons:write", "scores:read_local"})
+# An `Authorization` header longer than this is refused before any parsing or decoding.
+MAX_CREDENTIAL_BYTES = 8192
+# The last-used time of a key is written at most this often.
+LAST_USED_EVERY = timedelta(seconds=60)
 
 
 class UnknownScope(ValueError):
@@ -45,12 +57,32 @@ def parse_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
-def create_api_key(session: Session, *, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
-    """Store a new key's hash and return the row with the key, which is never retrievable again."""
+def create_api_key(
+    session: Session,
+    *,
+    name: str,
+    scopes: list[str],
+    user_id: str | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Store a new key's hash and return the row with the key, which is never retrievable again.
+
+    A key with a `user_id` acts for that user alone and may hold only the user scopes."""
+    parsed = parse_scopes(scopes)
+    if user_id is not None and not set(parsed) <= USER_SCOPES:
+        raise UnknownScope(
+            f"a user key may hold only {', '.join(sorted(USER_SCOPES))}; "
+            f"not {', '.join(sorted(set(parsed) - USER_SCOPES))}"
+        )
     prefix = secrets.token_hex(4)
     key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(24)}"
     row = ApiKey(
-        name=name, prefix=prefix, key_hash=hash_key(key), scopes=" ".join(parse_scopes(scopes))
+        name=name,
+        prefix=prefix,
+        key_hash=hash_key(key),
+        scopes=" ".join(parsed),
+        user_id=user_id,
+        expires_at=expires_at,
     )
     session.add(row)
     session.flush()
@@ -59,67 +91,163 @@ def create_api_key(session: Session, *, name: str, scopes: list[str]) -> tuple[A
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the API key's id and scopes."""
+    """Who is calling: a stable credential id (`key:<id>` or `jwt:<issuer>:<user>`), its scopes,
+    and the user it acts for (None for a service key, which may act for any user)."""
 
-    key_id: int
+    credential: str
     scopes: frozenset[str]
+    user_id: str | None = None
 
     def has(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
 
+    def acting_for(self, named: str | None) -> str | None:
+        """The user a request acts for: a user credential's own, whether named or omitted;
+        naming another user is forbidden. A service credential acts for whoever is named."""
+        if self.user_id is None or named is None or named == self.user_id:
+            return self.user_id if self.user_id is not None else named
+        raise Forbidden(
+            f"This credential acts for user {self.user_id!r} only, not {named!r}.",
+        )
 
-# Verified keys are remembered briefly so a busy client costs no lookup per request; a revoked key
-# stops working within this many seconds.
-KEY_CACHE_SECONDS = 5.0
-_verified: dict[str, tuple[float, Principal]] = {}
+
+def _unauthenticated(detail: str) -> NotAuthenticated:
+    return NotAuthenticated(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+# Verified credentials are remembered briefly so a busy client costs no lookup per request; a
+# revoked key stops working in every process within this many seconds (and an expired key or
+# token at its expiry).
+KEY_CACHE_SECONDS = 4.0
+_verified: dict[str, tuple[float, float, Principal]] = {}
+_touched: dict[int, float] = {}
 
 
 def forget_verified_keys() -> None:
     _verified.clear()
+    _touched.clear()
+    forget_key_sets()
+
+
+def _remember(credential: str, principal: Principal, not_after: float) -> Principal:
+    """Cache `principal` for `credential` until the cache window or `not_after` (monotonic)."""
+    if len(_verified) > 10_000:  # bound the memory a flood of distinct credentials could take
+        _verified.clear()
+    _verified[credential] = (time.monotonic(), not_after, principal)
+    return principal
+
+
+def _bearer(authorization: str) -> str | None:
+    scheme, _, credential = authorization.partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else None
 
 
 def cached_principal(authorization: str | None) -> Principal | None:
-    """The principal of a recently verified key, without I/O; None when it must be looked up."""
+    """The principal of a recently verified credential, without I/O; None when it must be
+    looked up."""
     if not authorization:
         return None
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    cached = _verified.get(key.strip())
-    if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
-        return cached[1]
+    credential = _bearer(authorization)
+    cached = _verified.get(credential) if credential else None
+    if cached is not None:
+        now = time.monotonic()
+        if now - cached[0] < KEY_CACHE_SECONDS and now < cached[1]:
+            return cached[2]
     return None
 
 
 def authenticate(session: Session, authorization: str | None) -> Principal:
+    """The principal of an `Authorization: Bearer` header holding an `lk_…` key or a JWT."""
     if not authorization:
-        raise NotAuthenticated(
-            "This operation needs an API key: `Authorization: Bearer <key>`.",
-            headers={"WWW-Authenticate": "Bearer"},
+        raise _unauthenticated(
+            "This operation needs a credential: `Authorization: Bearer <API key or token>`."
         )
-    scheme, _, key = authorization.partition(" ")
-    parts = key.strip().split("_", 2)
-    if scheme.lower() != "bearer" or len(parts) != 3 or parts[0] != KEY_PREFIX:
-        raise NotAuthenticated("Malformed API key.", headers={"WWW-Authenticate": "Bearer"})
-    key = key.strip()
-    cached = _verified.get(key)
-    if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
-        return cached[1]
+    if len(authorization) > MAX_CREDENTIAL_BYTES:
+        raise _unauthenticated(f"Credential longer than {MAX_CREDENTIAL_BYTES} bytes.")
+    principal = cached_principal(authorization)
+    if principal is not None:
+        return principal
+    credential = _bearer(authorization)
+    if credential is None:
+        raise _unauthenticated("Use the Bearer scheme: `Authorization: Bearer <credential>`.")
+    if credential.startswith(KEY_PREFIX + "_"):
+        return _authenticate_key(session, credential)
+    # A JWT is three base64url segments; an API key never contains a dot.
+    if credential.count(".") == 2:
+        return _authenticate_token(credential)
+    raise _unauthenticated("Malformed credential: neither an API key nor a JWT.")
+
+
+def _authenticate_key(session: Session, key: str) -> Principal:
+    parts = key.split("_", 2)
+    if len(parts) != 3:
+        raise _unauthenticated("Malformed API key.")
     row = session.exec(select(ApiKey).where(ApiKey.prefix == parts[1])).first()
+    now = datetime.now(UTC)
     if (
         row is None
         or row.revoked_at is not None
         or not hmac.compare_digest(row.key_hash, hash_key(key))
     ):
-        raise NotAuthenticated(
-            "Unknown or revoked API key.", headers={"WWW-Authenticate": "Bearer"}
-        )
+        raise _unauthenticated("Unknown or revoked API key.")
+    expires_at = aware(row.expires_at)
+    if expires_at is not None and expires_at <= now:
+        raise _unauthenticated("Expired API key.")
     assert row.id is not None
-    principal = Principal(key_id=row.id, scopes=frozenset(row.scopes.split()))
-    if len(_verified) > 10_000:  # bound the memory a flood of distinct keys could take
-        _verified.clear()
-    _verified[key] = (time.monotonic(), principal)
-    return principal
+    _touch(session, row.id, now)
+    principal = Principal(
+        credential=f"key:{row.id}", scopes=frozenset(row.scopes.split()), user_id=row.user_id
+    )
+    not_after = (
+        math.inf if expires_at is None else time.monotonic() + (expires_at - now).total_seconds()
+    )
+    return _remember(key, principal, not_after)
+
+
+def _authenticate_token(token: str) -> Principal:
+    try:
+        verified = verify_token(token)
+    except InvalidToken as exc:
+        raise _unauthenticated(str(exc)) from exc
+    except KeySetUnavailable as exc:
+        raise ServiceUnavailable(f"Bearer tokens cannot be checked now: {exc}") from exc
+    principal = Principal(
+        credential=f"jwt:{verified.issuer}:{verified.user_id}",
+        scopes=verified.scopes,
+        user_id=verified.user_id,
+    )
+    return _remember(token, principal, time.monotonic() + verified.expires - time.time())
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back without their zone; they are stored in UTC.
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _touch(session: Session, key_id: int, now: datetime) -> None:
+    """Record that the key was used, at most once a minute per key across every process."""
+    last = _touched.get(key_id)
+    if last is not None and time.monotonic() - last < LAST_USED_EVERY.total_seconds():
+        return
+    _touched[key_id] = time.monotonic()
+    session.execute(
+        sa.update(ApiKey)
+        .where(
+            col(ApiKey.id) == key_id,
+            sa.or_(
+                col(ApiKey.last_used_at).is_(None),
+                col(ApiKey.last_used_at) < now - LAST_USED_EVERY,
+            ),
+        )
+        .values(last_used_at=now)
+        # The row just read stays as read: no evaluation of the condition on loaded objects.
+        .execution_options(synchronize_session=False)
+    )
+    if is_request_session(session):
+        # Committed now, so that a request failing later still records the use and no other
+        # process waits on the row for the length of this request. Nothing else is written yet:
+        # credentials are checked before the route runs.
+        session.commit()
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
@@ -128,13 +256,13 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
     async def dependency(
         session: SessionDep, authorization: Annotated[str | None, Header()] = None
     ) -> Principal:
-        # Async so that a key verified within the last seconds costs no thread hop; only a
-        # lookup in the database runs in the threadpool.
+        # Async so that a credential verified within the last seconds costs no thread hop; only
+        # a lookup in the database or a key set runs in the threadpool.
         principal = cached_principal(authorization)
         if principal is None:
             principal = await run_in_threadpool(authenticate, session, authorization)
         if not principal.has(scope):
-            raise Forbidden(f"This API key lacks the `{scope}` scope.")
+            raise Forbidden(f"This credential lacks the `{scope}` scope.")
         return principal
 
     return dependency

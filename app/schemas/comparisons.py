@@ -41,7 +41,10 @@ class ComparisonCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: UserId
+    user_id: UserId | None = Field(
+        default=None,
+        description="Whose comparison; may be omitted with a user key or token (it is theirs).",
+    )
     video_a: VideoId
     video_b: VideoId
     criteria_scores: list[CriterionScore] = Field(min_length=1, max_length=64)

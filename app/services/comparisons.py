@@ -39,6 +39,9 @@ def known_criteria(session: Session) -> set[str]:
 
 def payload_rows(payload: ComparisonCreate) -> list[ComparisonRow]:
     """One stored-orientation row per criterion score of the payload."""
+    if payload.user_id is None:
+        # The routes fill it in from the credential (or refuse) before anything is stored.
+        raise ValueError("a comparison is stored only once its user is known")
     default_max = get_settings().score_max
     return [
         oriented(

@@ -31,22 +31,32 @@ class CsvHeaderError(ValueError):
 
 
 def parse_rows(
-    lines: Iterable[str], *, criteria: set[str], default_score_max: float
+    lines: Iterable[str],
+    *,
+    criteria: set[str],
+    default_score_max: float,
+    default_user: str | None = None,
 ) -> Iterator[ComparisonRow | RowError]:
-    """Validate each data row; yields a row or the first problem found in it, in file order."""
+    """Validate each data row; yields a row or the first problem found in it, in file order.
+
+    With `default_user`, the `public_username` column may be left out: every row is that user's."""
     # The csv module's reader with column positions: a dict per row (DictReader) cost as much as
     # the validation itself. Rows are read as DictReader would: blank lines skipped and not
     # counted, a short row's missing fields empty, a repeated column's last occurrence used.
     reader = csv.reader(lines)
     header = next(reader, None) or []
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    required: tuple[str, ...] = REQUIRED_COLUMNS
+    if default_user is not None and "public_username" not in header:
+        required = REQUIRED_COLUMNS[1:]
+    missing = [c for c in required if c not in header]
     if missing:
         raise CsvHeaderError(
             f"CSV header lacks column(s) {', '.join(missing)}; "
             f"expected {', '.join(REQUIRED_COLUMNS)}[, score_max, week_date]"
         )
     position = {name: i for i, name in enumerate(header)}
-    user_at, a_at, b_at, criterion_at, score_at = (position[c] for c in REQUIRED_COLUMNS)
+    user_at = position.get("public_username")
+    a_at, b_at, criterion_at, score_at = (position[c] for c in REQUIRED_COLUMNS[1:])
     score_max_at = position.get("score_max")
     width = len(header)
     number = 0
@@ -62,7 +72,8 @@ def parse_rows(
             fields = [*record, *[None] * (width - len(record))]
         yield _parse_record(
             number,
-            fields[user_at],
+            # An empty cell, like a missing column, is the default user's.
+            (None if user_at is None else fields[user_at]) or default_user,
             fields[a_at],
             fields[b_at],
             fields[criterion_at],

@@ -334,6 +334,35 @@ def authenticate_and_remember(key: str) -> None:
         authenticate(session, f"Bearer {key}")
 
 
+def through(
+    middleware: SingleWriteFastPath, app: Any, body: bytes, headers: dict[str, str], **scope: Any
+) -> tuple[int, bytes]:
+    """The status and body the middleware answers a POST to URL with."""
+    answer: dict[str, Any] = {"status": 0, "body": b""}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        else:
+            answer["body"] += message.get("body", b"")
+
+    full = {
+        "type": "http",
+        "method": "POST",
+        "path": URL,
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "app": app,
+        **scope,
+    }
+    anyio.run(middleware, full, receive, send)
+    return answer["status"], answer["body"]
+
+
 def test_the_fast_path_serves_what_it_can_and_hands_the_rest_on(committed_database: str) -> None:
     """The middleware alone, in front of an application that records what reaches it."""
     with Session(get_engine()) as session:
@@ -351,28 +380,7 @@ def test_the_fast_path_serves_what_it_can_and_hands_the_rest_on(committed_databa
     middleware = SingleWriteFastPath(downstream, path=URL)
 
     def call(body: bytes, headers: dict[str, str], **scope: Any) -> int:
-        status = 0
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        full = {
-            "type": "http",
-            "method": "POST",
-            "path": URL,
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
-            "app": app,
-            **scope,
-        }
-        anyio.run(middleware, full, receive, send)
-        return status
+        return through(middleware, app, body, headers, **scope)[0]
 
     good = json.dumps(payload()).encode()
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
@@ -398,3 +406,60 @@ def test_the_fast_path_serves_what_it_can_and_hands_the_rest_on(committed_databa
     app.dependency_overrides[paging] = paging
     reached.clear()
     assert call(good, headers) == 299 and reached == [good]
+
+
+def test_the_fast_path_applies_the_routes_user_rules(committed_database: str) -> None:
+    """A user key on the fast path: its user filled in, another user refused with the route's
+    403, a service key's missing user with the route's 422; nothing reaches the route."""
+    with Session(get_engine()) as session:
+        _row, user_key = create_api_key(
+            session, name="t", scopes=["comparisons:write"], user_id="alice"
+        )
+        _row, service_key = create_api_key(session, name="t", scopes=["comparisons:write"])
+        session.commit()
+    app = create_app()
+    reached: list[bytes] = []
+
+    async def downstream(scope: Any, receive: Any, send: Any) -> None:
+        reached.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = SingleWriteFastPath(downstream, path=URL)
+
+    def call(body: dict[str, Any], key: str) -> tuple[int, bytes]:
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        return through(middleware, app, json.dumps(body).encode(), headers)
+
+    authenticate_and_remember(user_key)
+    authenticate_and_remember(service_key)
+    omitted = {k: v for k, v in payload().items() if k != "user_id"}
+    status, body = call(omitted, user_key)
+    assert status == 201 and json.loads(body)["user_id"] == "alice"
+    assert call(payload(), user_key)[0] == 200
+    status, body = call(payload(user="bob"), user_key)
+    assert status == 403 and "alice" in json.loads(body)["detail"]
+    status, body = call(omitted, service_key)
+    assert status == 422 and json.loads(body)["errors"][0]["pointer"] == "/user_id"
+    assert reached == []
+    assert [row[0] for row in stored(get_engine())["comparisons"]] == ["alice"]
+
+
+def test_user_rules_are_the_same_through_the_router_and_the_fast_path(
+    api: tuple[TestClient, dict[str, str]],
+) -> None:
+    """A real application: the first request of a key goes through the router (which verifies
+    it), the next ones through the fast path; each answer is the same."""
+    client, _auth = api
+    with Session(get_engine()) as session:
+        _row, key = create_api_key(session, name="t", scopes=["comparisons:write"], user_id="al")
+        session.commit()
+    auth = {"Authorization": f"Bearer {key}"}
+    omitted = {k: v for k, v in payload().items() if k != "user_id"}
+    answers = []
+    for _ in range(2):
+        other = client.post(URL, json=payload(user="bob"), headers=auth)
+        own = client.post(URL, json=omitted, headers=auth)
+        answers.append((other.status_code, other.json()["detail"], own.json()["user_id"]))
+    assert answers[0] == answers[1] and answers[0][:1] == (403,)
+    assert [row[0] for row in stored(get_engine())["comparisons"]] == ["al"]

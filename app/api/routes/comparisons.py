@@ -6,7 +6,7 @@ from typing import Annotated, Any, NoReturn
 
 from anyio import CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import TypeAdapter, ValidationError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -14,8 +14,14 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import PagingDep
 from app.core.config import get_settings
 from app.core.db import SessionDep, commit_request, is_request_session
-from app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, validation_errors
-from app.core.security import scoped
+from app.core.errors import (
+    Forbidden,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    validation_errors,
+)
+from app.core.security import Principal, require_scope
 from app.schemas.common import CriterionName, Page, UserId, VideoId
 from app.schemas.comparisons import (
     BulkResult,
@@ -32,6 +38,7 @@ from app.services.upsert import ComparisonRow, oriented
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
 WRITE_SCOPE = "comparisons:write"
+Writer = Annotated[Principal, Depends(require_scope(WRITE_SCOPE))]
 
 MAX_LISTED_ERRORS = 100
 # Single writes running at once per event loop; more only contend for the GIL, the database
@@ -60,12 +67,15 @@ _bulk_adapter = TypeAdapter(list[ComparisonFields])
         200: {"description": "Every score already stored or replaced"},
         201: {"description": "At least one new row"},
     },
-    dependencies=[scoped(WRITE_SCOPE)],
 )
 async def create_comparison(
-    payload: ComparisonCreate, session: SessionDep, response: Response
+    payload: ComparisonCreate, session: SessionDep, response: Response, principal: Writer
 ) -> ComparisonWriteResult:
-    """Store a comparison; a re-post of the same pair (either order) replaces its scores."""
+    """Store a comparison; a re-post of the same pair (either order) replaces its scores.
+
+    With a user key or token, `user_id` may be omitted (it is the credential's user); naming
+    another user is forbidden."""
+    payload = bound(payload, principal)
     # One thread hop for the write and its commit (a sync endpoint would take one for the write
     # and the session dependency another for the commit).
     result = await to_thread.run_sync(
@@ -73,6 +83,22 @@ async def create_comparison(
     )
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
     return result
+
+
+def bound(payload: ComparisonCreate, principal: Principal) -> ComparisonCreate:
+    """The payload with the user it is written for: a user credential's own (naming another is a
+    403); a service credential must name one."""
+    user = principal.acting_for(payload.user_id)
+    if user is None:
+        raise InvalidInput(
+            "/user_id: required with a service key",
+            errors=[_user_id_missing("/user_id", ["body", "user_id"])],
+        )
+    return payload if user == payload.user_id else payload.model_copy(update={"user_id": user})
+
+
+def _user_id_missing(pointer: str, loc: list[Any]) -> dict[str, Any]:
+    return {"loc": loc, "pointer": pointer, "message": "Field required", "type": "missing"}
 
 
 def write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonWriteResult:
@@ -90,7 +116,6 @@ def write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonW
 @router.post(
     "/bulk",
     response_model=BulkResult,
-    dependencies=[scoped(WRITE_SCOPE)],
     openapi_extra={
         "requestBody": {
             "content": {
@@ -106,14 +131,19 @@ def write_and_commit(session: Session, payload: ComparisonCreate) -> ComparisonW
         }
     },
 )
-async def create_comparisons_bulk(request: Request, session: SessionDep) -> BulkResult:
-    """All-or-nothing ingest of a JSON list or a public-dataset CSV; every row is checked first."""
+async def create_comparisons_bulk(
+    request: Request, session: SessionDep, principal: Writer
+) -> BulkResult:
+    """All-or-nothing ingest of a JSON list or a public-dataset CSV; every row is checked first.
+
+    With a user key or token, every row is that user's: `user_id` (JSON) or the
+    `public_username` column (CSV) may be left out, and a row naming another user is a 403."""
     body = await request.body()
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "text/csv":
-        rows = await run_in_threadpool(_rows_from_csv, session, body)
+        rows = await run_in_threadpool(_rows_from_csv, session, body, principal)
     elif media_type in ("application/json", ""):
-        rows = await run_in_threadpool(_rows_from_json, session, body)
+        rows = await run_in_threadpool(_rows_from_json, session, body, principal)
     else:
         raise UnsupportedMediaType(f"Send application/json or text/csv, not {media_type!r}.")
     outcome = await run_in_threadpool(service.write_many, session, rows=rows)
@@ -128,7 +158,7 @@ def _too_many(count: int) -> None:
         raise PayloadTooLarge(f"{count} rows sent; a bulk request takes at most {limit}.")
 
 
-def _rows_from_json(session: Any, body: bytes) -> list[ComparisonRow]:
+def _rows_from_json(session: Any, body: bytes, principal: Principal) -> list[ComparisonRow]:
     try:
         raw = json.loads(body)
     except ValueError as exc:
@@ -136,6 +166,8 @@ def _rows_from_json(session: Any, body: bytes) -> list[ComparisonRow]:
     if not isinstance(raw, list):
         raise InvalidInput("Body must be a JSON list of comparisons.")
     _too_many(len(raw))
+    if principal.user_id is not None:
+        _bind_rows(raw, principal.user_id)
     criteria = service.known_criteria(session)
     rows = _fast_rows(raw, criteria)
     if rows is not None:
@@ -147,6 +179,30 @@ def _rows_from_json(session: Any, body: bytes) -> list[ComparisonRow]:
     if errors or criteria_errors:
         _raise_row_errors(sorted(errors + criteria_errors, key=lambda e: e["row"]))
     return rows
+
+
+def _bind_rows(raw: list[Any], user: str) -> None:
+    """Give every row of a user credential's list that user: filled in where left out; a row
+    naming another user makes the whole request a 403."""
+    others: list[int] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            continue  # validation reports it
+        named = item.get("user_id")
+        if named is None:
+            item["user_id"] = user
+        elif not isinstance(named, str) or named.strip() != user:
+            others.append(index)
+    if others:
+        raise _forbidden_rows(user, others)
+
+
+def _forbidden_rows(user: str, rows: list[int]) -> Forbidden:
+    shown = ", ".join(str(r) for r in rows[:10]) + (" …" if len(rows) > 10 else "")
+    return Forbidden(
+        f"This credential acts for user {user!r} only; rows naming another user: {shown}. "
+        "Nothing was stored."
+    )
 
 
 def _fast_rows(raw: list[Any], criteria: set[str]) -> list[ComparisonRow] | None:
@@ -186,36 +242,54 @@ def _validate_rows(
     errors: list[dict[str, Any]] = []
     for index, item in enumerate(raw):
         try:
-            payloads.append(ComparisonCreate.model_validate(item))
-            positions.append(index)
+            payload = ComparisonCreate.model_validate(item)
         except ValidationError as exc:
             for err in validation_errors(exc.errors()):
                 errors.append(
                     {**err, "row": index, "pointer": f"/{index}{err['pointer']}".rstrip("/")}
                 )
+            continue
+        if payload.user_id is None:  # a service key's rows name their user
+            errors.append(
+                {"row": index, **_user_id_missing(f"/{index}/user_id", ["body", index, "user_id"])}
+            )
+            continue
+        payloads.append(payload)
+        positions.append(index)
     return payloads, positions, errors
 
 
-def _rows_from_csv(session: Any, body: bytes) -> list[ComparisonRow]:
+def _rows_from_csv(session: Any, body: bytes, principal: Principal) -> list[ComparisonRow]:
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput("CSV body must be UTF-8.") from exc
     parsed: list[ComparisonRow] = []
     errors: list[dict[str, Any]] = []
+    user = principal.user_id
+    others: list[int] = []  # rows of a user credential's file naming another user
     try:
-        for item in parse_rows(
-            io.StringIO(text, newline=""),
-            criteria=service.known_criteria(session),
-            default_score_max=get_settings().score_max,
+        # One item per data row, numbered from 1 as the errors number them.
+        for number, item in enumerate(
+            parse_rows(
+                io.StringIO(text, newline=""),
+                criteria=service.known_criteria(session),
+                default_score_max=get_settings().score_max,
+                default_user=user,
+            ),
+            1,
         ):
             if isinstance(item, RowError):
                 errors.append(item.as_dict())
             else:
+                if user is not None and item.user != user:
+                    others.append(number)
                 parsed.append(item)
     except CsvHeaderError as exc:
         raise InvalidInput(str(exc)) from exc
     _too_many(len(parsed) + len(errors))
+    if user is not None and others:
+        raise _forbidden_rows(user, others)
     if errors:
         _raise_row_errors(errors)
     return parsed
@@ -258,18 +332,17 @@ def get_comparison(
     return service.get_pair(session, user_id=user_id, video_a=video_a, video_b=video_b)
 
 
-@router.delete(
-    "/{user_id}/{video_a}/{video_b}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[scoped(WRITE_SCOPE)],
-)
+@router.delete("/{user_id}/{video_a}/{video_b}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_comparison(
     user_id: UserId,
     video_a: VideoId,
     video_b: VideoId,
     session: SessionDep,
+    principal: Writer,
     criterion: Annotated[CriterionName | None, Query(description="Only this criterion.")] = None,
 ) -> Response:
+    """Delete the user's comparison of the pair; a user key or token deletes only its own."""
+    principal.acting_for(user_id)
     service.delete_pair(
         session, user_id=user_id, video_a=video_a, video_b=video_b, criterion=criterion
     )

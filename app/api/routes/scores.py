@@ -2,12 +2,12 @@
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import PagingDep
 from app.core.db import SessionDep
-from app.core.security import scoped
+from app.core.security import Principal, require_scope
 from app.schemas.common import CriterionName, UserId, VideoId
 from app.schemas.scores import ScorePage, UserScores, VideoScores
 from app.services import score_pages
@@ -62,18 +62,17 @@ def get_video_scores(video_id: VideoId, session: SessionDep) -> VideoScores:
     return service.video_scores(session, video_id=video_id)
 
 
-@router.get(
-    "/users/{user_id}/scores",
-    response_model=UserScores,
-    dependencies=[scoped("scores:read_local")],
-)
+@router.get("/users/{user_id}/scores", response_model=UserScores)
 def get_user_scores(
     user_id: UserId,
     session: SessionDep,
     paging: PagingDep,
+    principal: Annotated[Principal, Depends(require_scope("scores:read_local"))],
     criterion: Annotated[CriterionName | None, Query()] = None,
 ) -> UserScores:
-    """The user's individual (local) scores from each criterion's published run."""
+    """The user's individual (local) scores from each criterion's published run; a user key or
+    token reads only its own user's."""
+    principal.acting_for(user_id)
     return service.user_scores(
         session, user_id=user_id, criterion=criterion, limit=paging.limit, offset=paging.offset
     )
