@@ -11,7 +11,8 @@ def test_scoped_operations_require_the_bearer_scheme_and_public_ones_do_not() ->
     assert schema["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key (`lk_…`) given as `Authorization: Bearer <key>`.",
+        "description": "An API key (`lk_…`) or a token of the identity provider (JWT), given as"
+        " `Authorization: Bearer <credential>`.",
     }
     secured = {
         (method.upper(), path)

@@ -89,7 +89,10 @@ def with_bearer_security(schema: dict[str, Any]) -> dict[str, Any]:
     schema.setdefault("components", {}).setdefault("securitySchemes", {})[SECURITY_SCHEME] = {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key (`lk_…`) given as `Authorization: Bearer <key>`.",
+        "description": (
+            "An API key (`lk_…`) or a token of the identity provider (JWT), given as"
+            " `Authorization: Bearer <credential>`."
+        ),
     }
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
