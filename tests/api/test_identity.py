@@ -1,8 +1,11 @@
 """User keys on PostgreSQL and on the embedded SQLite default: the user comes from the key, and a
 user key acts for that user alone (writes, bulk JSON and CSV, deletes, local scores)."""
 
+import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
+import pytest
 from sqlmodel import select
 
 from app.models import ApiKey
@@ -191,3 +194,24 @@ def test_last_used_is_written_at_most_once_a_minute(client: ApiClient) -> None:
     forget_verified_keys()
     assert client.post(URL, json=without_user(largely_recommended=2), headers=auth).status_code
     assert last_used() == first
+
+
+def test_a_cached_key_is_dropped_at_its_expiry(
+    client: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verified-key cache never outlives the key: with a cache window far longer than the
+    key's life, the entry still lapses at the expiry (a clock under the test's control)."""
+    from app.core import security
+
+    clock = [1000.0]
+    monkeypatch.setattr(
+        security, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    )
+    monkeypatch.setattr(security, "KEY_CACHE_SECONDS", 1e9)
+    auth = client.key(WRITE, user="alice", expires_at=datetime.now(UTC) + timedelta(minutes=10))
+    assert client.post(URL, json=without_user(), headers=auth).status_code == 201
+    assert security.cached_principal(auth["Authorization"]) is not None
+    clock[0] += 9 * 60
+    assert security.cached_principal(auth["Authorization"]) is not None
+    clock[0] += 61
+    assert security.cached_principal(auth["Authorization"]) is None
