@@ -10,9 +10,11 @@ import functools
 import http.server
 import os
 import re
+import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,33 @@ def serve_api(env: dict[str, str], log: Path) -> ApiServer:
         stop(process)
         raise AssertionError(f"the API did not start; its log:\n{log.read_text()}") from None
     return server
+
+
+@dataclass(frozen=True)
+class IdentityProvider:
+    """A frontend's identity provider as the service sees it: an HS256 secret, an issuer and an
+    audience (the JWT_* settings); it signs its users in with `token`."""
+
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    issuer: str = "https://idp.test"
+    audience: str = "licchavi-api"
+
+    def settings(self) -> dict[str, str]:
+        return {"JWT_SECRET": self.secret, "JWT_ISSUER": self.issuer, "JWT_AUDIENCE": self.audience}
+
+    def token(self, user: str, scope: str = "comparisons:write scores:read_local") -> str:
+        import jwt
+
+        now = int(time.time())
+        claims = {
+            "sub": user,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": now,
+            "exp": now + 600,
+            "scope": scope,
+        }
+        return jwt.encode(claims, self.secret, algorithm="HS256")
 
 
 @dataclass

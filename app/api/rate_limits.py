@@ -93,10 +93,10 @@ class RateLimits:
     """The configured limits and their counters, for one application."""
 
     def __init__(self, settings: Settings) -> None:
+        writes = parse_many(settings.rate_limit_writes)
         self.limits = {
-            WRITES: _Limits(
-                parse_many(settings.rate_limit_writes), parse_many(settings.rate_limit_writes)
-            ),
+            # Writes without a valid credential (answered 401 by the route) count per address.
+            WRITES: _Limits(authenticated=writes, anonymous=writes),
             EXPENSIVE: _Limits(
                 parse_many(settings.rate_limit_expensive),
                 parse_many(settings.rate_limit_anonymous_expensive),

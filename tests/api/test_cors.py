@@ -43,9 +43,9 @@ def app_with(monkeypatch: pytest.MonkeyPatch) -> Iterator[AppFactory]:
         client.__exit__(None, None, None)
 
 
-def bearer(*scopes: str) -> dict[str, str]:
+def bearer(*scopes: str, user: str | None = None) -> dict[str, str]:
     with Session(get_engine()) as session:
-        _row, key = create_api_key(session, name="browser", scopes=list(scopes))
+        _row, key = create_api_key(session, name="browser", scopes=list(scopes), user_id=user)
         session.commit()
     return {"Authorization": f"Bearer {key}"}
 

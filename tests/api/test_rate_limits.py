@@ -16,6 +16,7 @@ from app.core.db import get_engine
 from app.core.security import Principal
 from tests.api.test_comparisons import assert_problem, payload
 from tests.api.test_cors import AppFactory, app_with, bearer
+from tests.browser_support import IdentityProvider
 from tests.helpers import free_port
 
 __all__ = ["app_with"]  # the fixture, shared with the CORS tests
@@ -60,6 +61,26 @@ def test_writes_are_limited_per_credential_route_and_fast_path_alike(
     )
     assert client.get("/api/v1/scores").status_code == 200
     assert client.get(URL, headers=auth).status_code == 200
+
+
+def test_a_users_credentials_share_the_users_budget(app_with: AppFactory) -> None:
+    idp = IdentityProvider()
+    client = app_with(
+        RATE_LIMIT_ENABLED="true",
+        RATE_LIMIT_WRITES="3/minute",
+        AUTO_TRAIN_ENABLED="false",
+        **idp.settings(),
+    )
+    user_key = bearer("comparisons:write", user="alice")
+    token = {"Authorization": f"Bearer {idp.token('alice')}"}
+    for auth, video in ((user_key, "yt:b1"), (token, "yt:b2"), (user_key, "yt:b3")):
+        assert client.post(URL, json=payload(b=video), headers=auth).status_code == 201
+    # Each credential has writes left, but alice has not.
+    assert_limited(client.post(URL, json=payload(b="yt:b4"), headers=token))
+    assert_limited(client.post(URL, json=payload(b="yt:b4"), headers=user_key))
+    bob = {"Authorization": f"Bearer {idp.token('bob')}"}
+    assert client.post(URL, json=payload(user="bob", b="yt:b4"), headers=bob).status_code == 201
+    assert stored_comparisons() == 4
 
 
 def test_the_fast_path_alone_enforces_the_limit(app_with: AppFactory) -> None:

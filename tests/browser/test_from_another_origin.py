@@ -1,6 +1,7 @@
 """End to end in headless Chromium: the README's example page (docs/examples/browser.html),
-served from another origin, posts a comparison with a bearer credential through CORS and reads
-the published scores; a page from an origin not listed cannot; a 429 is readable by the page."""
+served from another origin, posts a comparison with a user's credential (a user key, or a JWT
+from the frontend's identity provider) through CORS and reads the published scores; it cannot
+post as another user; a page from an origin not listed cannot post at all; a 429 is readable."""
 
 import shutil
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from app.core.security import create_api_key
 from app.services.transfer import import_comparisons
 from tests.browser_support import (
     ApiServer,
+    IdentityProvider,
     StaticSite,
     screenshot_path,
     serve_api,
@@ -31,11 +33,16 @@ EXAMPLE = REPO / "docs" / "examples" / "browser.html"
 DEMO = REPO / "app" / "demo" / "comparisons.csv"
 
 
-def key(*scopes: str) -> str:
+def key(*scopes: str, user: str | None = None) -> str:
     with Session(get_engine()) as session:
-        _row, secret = create_api_key(session, name="frontend", scopes=list(scopes))
+        _row, secret = create_api_key(session, name="frontend", scopes=list(scopes), user_id=user)
         session.commit()
     return secret
+
+
+@pytest.fixture
+def idp() -> IdentityProvider:
+    return IdentityProvider()
 
 
 @pytest.fixture
@@ -63,10 +70,13 @@ def frontend(static_site: StaticSite) -> StaticSite:
 
 
 @pytest.fixture
-def api(published: dict[str, str], frontend: StaticSite, tmp_path: Path) -> Iterator[ApiServer]:
+def api(
+    published: dict[str, str], frontend: StaticSite, idp: IdentityProvider, tmp_path: Path
+) -> Iterator[ApiServer]:
     server = serve_api(
         {
             **published,
+            **idp.settings(),
             "CORS_ALLOW_ORIGINS": frontend.url,
             "RATE_LIMIT_ENABLED": "true",
             "RATE_LIMIT_WRITES": "2/minute",
@@ -99,13 +109,14 @@ def output(page: Any) -> list[str]:
     return [line for line in page.inner_text("#out").splitlines() if line]
 
 
-def test_the_readme_page_posts_a_comparison_and_reads_the_scores(
+def test_the_readme_page_posts_with_a_user_key_and_reads_the_scores(
     api: ApiServer, frontend: StaticSite, page: Any, request: pytest.FixtureRequest
 ) -> None:
     run_id = publish_a_run(api)
-    token = key("comparisons:write")  # a service key: user-bound credentials come with identity
+    token = key("comparisons:write", user="alice")
     page.goto(f"{frontend.url}/index.html")
-    submit(page, api, token, user="alice", a="yt:browser-a", b="yt:browser-b", score="7")
+    # No user named: the key's own.
+    submit(page, api, token, a="yt:browser-a", b="yt:browser-b", score="7")
     wait_for("the page to list the scores", lambda: len(output(page)) >= 6, 30)
     page.screenshot(path=str(screenshot_path(request, "posted")), full_page=True)
     lines = output(page)
@@ -138,13 +149,43 @@ def test_the_readme_page_posts_a_comparison_and_reads_the_scores(
     assert retry_after is not None and 1 <= int(retry_after) <= 60
 
 
+def test_signed_in_with_a_jwt_the_page_posts_as_its_user_only(
+    api: ApiServer,
+    frontend: StaticSite,
+    idp: IdentityProvider,
+    page: Any,
+    request: pytest.FixtureRequest,
+) -> None:
+    run_id = publish_a_run(api)
+    token = idp.token("carol")  # what the frontend gets when carol signs in
+    page.goto(f"{frontend.url}/index.html")
+    submit(page, api, token, a="yt:jwt-a", b="yt:jwt-b", score="-3")
+    wait_for("the page to list the scores", lambda: len(output(page)) >= 6, 30)
+    assert output(page)[0] == "POST 201: 1 created", (output(page), page.console_messages)
+    # Naming another user is refused, and the page reads why.
+    submit(page, api, token, user="dave", a="yt:jwt-a", b="yt:jwt-c")
+    wait_for("the second answer", lambda: len(output(page)) >= 12, 30)
+    page.screenshot(path=str(screenshot_path(request, "jwt")), full_page=True)
+    lines = output(page)
+    assert lines[6] == "POST 403: This credential acts for user 'carol' only, not 'dave'.", lines
+    with api.client() as client:
+        mine = client.get("/api/v1/comparisons/carol/yt:jwt-a/yt:jwt-b")
+        assert mine.status_code == 200
+        assert mine.json()["criteria_scores"][0]["score"] == -3
+        assert client.get("/api/v1/comparisons/dave/yt:jwt-a/yt:jwt-c").status_code == 404
+        top = client.get("/api/v1/scores", params={"limit": 5}).json()
+    assert top["run_id"] == run_id
+    expected = [f"{item['video_id']}  {item['display_score']:.1f}" for item in top["items"]]
+    assert lines[1:6] == expected and lines[7:12] == expected
+
+
 def test_a_page_from_an_origin_not_listed_cannot_post(
     api: ApiServer, frontend: StaticSite, page: Any, request: pytest.FixtureRequest
 ) -> None:
     elsewhere = serve_static(frontend.directory)  # the same page, from another port
     try:
         page.goto(f"{elsewhere.url}/index.html")
-        submit(page, api, key("comparisons:write"), a="yt:other-a", b="yt:other-b")
+        submit(page, api, key("comparisons:write", user="alice"), a="yt:other-a", b="yt:other-b")
         wait_for(
             "the browser to refuse the request",
             lambda: any("CORS policy" in message for message in page.console_messages),
