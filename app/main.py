@@ -3,33 +3,56 @@
 
 import gc
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.types import ASGIApp
 
 from app.api.openapi import install_openapi
+from app.api.rate_limits import enforce_rate_limits, install_rate_limits
 from app.api.routes import api_keys, catalog, comparisons, health, me, runs, scores, sweeps
+from app.api.routes.docs import install_docs
 from app.api.single_write import SingleWriteFastPath
 from app.core.config import get_settings
+from app.core.cors import Cors
 from app.core.db import get_engine
 from app.core.errors import install_error_handlers
 from app.core.limits import BodySizeLimit
 from app.services.operations import OperationsCollector
+from app.web.routes import install_web_app
 
 API_PREFIX = "/api/v1"
 
 
+class Application(FastAPI):
+    """FastAPI with CORS (when CORS_ALLOW_ORIGINS is set) around its whole middleware stack, the
+    server-error handler included, so that even a 500 problem is readable by the page."""
+
+    cors_allow_origins: tuple[str, ...] = ()
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return Cors(stack, self.cors_allow_origins) if self.cors_allow_origins else stack
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
-    application = FastAPI(
+    application = Application(
         title="Licchavi scoring service",
         version="0.1.0",
         description="Pairwise comparisons of videos in; Licchavi global and individual scores out.",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url="/docs",
+        docs_url=None,
+        redoc_url=None,
+        # Counts writes and expensive requests (app/api/rate_limits.py) when RATE_LIMIT_ENABLED.
+        dependencies=[Depends(enforce_rate_limits)],
     )
+    application.cors_allow_origins = tuple(settings.cors_allow_origins)
+    application.state.rate_limits = install_rate_limits(settings)
     install_error_handlers(application)
     install_openapi(application)
+    install_docs(application)
+    install_web_app(application)
     application.include_router(health.router)
     application.include_router(comparisons.router, prefix=API_PREFIX)
     application.include_router(catalog.router, prefix=API_PREFIX)

@@ -53,14 +53,20 @@ def _implied_statuses(path: str, operation: dict[str, Any]) -> set[int]:
     return statuses
 
 
+# One bearer scheme for keys and tokens alike (the docs pages' Authorize button uses it too).
+SECURITY_SCHEME = "bearerAuth"
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key (`lk_…`, `licchavi api-key create`) or a token of the identity"
+    " provider, given as `Authorization: Bearer <credential>`.",
+}
+
+
 def _with_problems(schema: dict[str, Any], page_max_limit: int) -> dict[str, Any]:
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
-    components.setdefault("securitySchemes", {})["apiKey"] = {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "`Authorization: Bearer <key>` (`licchavi api-key create`)",
-    }
+    components.setdefault("securitySchemes", {})[SECURITY_SCHEME] = BEARER_SCHEME
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
@@ -71,7 +77,7 @@ def _with_problems(schema: dict[str, Any], page_max_limit: int) -> dict[str, Any
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}}
             parameters = operation.get("parameters", [])
             if "401" in responses:
-                operation["security"] = [{"apiKey": []}]
+                operation["security"] = [{SECURITY_SCHEME: []}]
             for parameter in parameters:
                 if parameter["in"] == "query" and parameter["name"] == "limit":
                     parameter["schema"]["maximum"] = page_max_limit

@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.rate_limits import WRITES, RateLimits
 from app.api.routes.comparisons import (
     WRITE_SCOPE,
     bound,
@@ -32,6 +33,7 @@ from app.api.routes.comparisons import (
     write_and_commit,
 )
 from app.core.db import request_transaction
+from app.core.errors import TooManyRequests
 from app.core.security import cached_principal
 from app.schemas.comparisons import ComparisonCreate, ComparisonWriteResult
 
@@ -71,6 +73,17 @@ class SingleWriteFastPath:
         ):
             await self.app(scope, receive, send)
             return
+        # The route's writes limit (see app/api/rate_limits.py), counted here as routing would.
+        rate_limits: RateLimits | None = getattr(scope["app"].state, "rate_limits", None)
+        if rate_limits is not None:
+            try:
+                await rate_limits.check((WRITES,), principal, Request(scope))
+            except TooManyRequests as exc:
+                limited = await _handled(scope, receive, exc)
+                if limited is None:
+                    raise
+                await limited(scope, receive, send)
+                return
         body = await _read_body(receive)
         try:
             # pydantic-core's parser bounds the nesting (the standard library's would recurse

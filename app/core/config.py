@@ -1,11 +1,12 @@
 """Service settings read from the environment and `.env`, shared by the API, the CLI and workers."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRET = "changethis"
 
@@ -183,6 +184,61 @@ class Settings(BaseSettings):
     code_version: str | None = Field(
         default=None, description="Recorded on every run; defaults to the package version."
     )
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Origins whose pages may call the API (comma-separated); empty turns CORS off. `*`"
+            " lets any origin make anonymous GET/HEAD requests; credentials and writes need the"
+            " origin listed."
+        ),
+    )
+    rate_limit_enabled: bool = Field(
+        default=False, description="Apply the RATE_LIMIT_* limits (a public frontend's abuse cap)."
+    )
+    rate_limit_writes: str = Field(
+        default="600/minute",
+        description="Writes (POST, PUT, PATCH, DELETE) per credential and per user.",
+    )
+    rate_limit_expensive: str = Field(
+        default="60/minute",
+        description="Expensive requests (bulk writes, plots, exports…) per credential and user.",
+    )
+    rate_limit_anonymous_expensive: str = Field(
+        default="30/minute",
+        description="Expensive reads without a credential, per client address.",
+    )
+    rate_limit_storage_url: str | None = Field(
+        default=None,
+        description=(
+            "`limits` storage URI of the counters; unset means the Celery broker's Redis, or"
+            " process memory on the embedded default."
+        ),
+    )
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        # A comma-separated list reads better in an environment variable than JSON.
+        if isinstance(value, str):
+            value = [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        if isinstance(value, list):
+            # An origin is what a browser sends in `Origin`: scheme, host and port, no path; an
+            # entry of another form would never match, silently.
+            bad = [o for o in value if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o)]
+            if bad:
+                raise ValueError(f"not origins like https://app.example.org or *: {bad}")
+        return value
+
+    @field_validator("rate_limit_writes", "rate_limit_expensive", "rate_limit_anonymous_expensive")
+    @classmethod
+    def _valid_rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit like '600/minute': {value!r}") from exc
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret_in_production(self) -> "Settings":

@@ -70,6 +70,10 @@ class UnsupportedMediaType(ServiceError):
     status, slug = 415, "unsupported-media-type"
 
 
+class TooManyRequests(ServiceError):
+    status, slug = 429, "too-many-requests"
+
+
 class ServiceUnavailable(ServiceError):
     status, slug = 503, "service-unavailable"
 

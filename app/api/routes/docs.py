@@ -1,0 +1,110 @@
+"""API documentation pages that work offline: Swagger UI (`/docs`) and ReDoc (`/redoc`) from
+assets vendored under app/static/docs (scripts/vendor_assets.py), and the OpenAPI's bearer
+security scheme, which gives `/docs` its Authorize button."""
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.api.openapi import BEARER_SCHEME, SECURITY_SCHEME
+
+ASSETS = Path(__file__).resolve().parents[2] / "static" / "docs"
+ASSETS_URL = "/static/docs"
+# The pages may load nothing from elsewhere: offline they work the same, and ReDoc's sidebar
+# logo (an image on Redocly's CDN) is not fetched. Inline script and styles are the pages' own
+# (FastAPI's page templates, ReDoc's styled components); ReDoc searches in a blob: worker.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';"
+    " img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
+
+
+def install_docs(application: FastAPI) -> None:
+    """Serve the docs pages and their assets, and describe bearer authentication in the OpenAPI.
+
+    The application must be created with `docs_url=None, redoc_url=None` (FastAPI's own pages
+    load their scripts from a CDN)."""
+    openapi_url = application.openapi_url or ""
+    title = application.title
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/docs")
+    async def swagger_ui() -> HTMLResponse:
+        return _confined(
+            get_swagger_ui_html(
+                openapi_url=openapi_url,
+                title=f"{title} - Swagger UI",
+                swagger_js_url=f"{ASSETS_URL}/swagger-ui/swagger-ui-bundle.js",
+                swagger_css_url=f"{ASSETS_URL}/swagger-ui/swagger-ui.css",
+                swagger_favicon_url=f"{ASSETS_URL}/swagger-ui/favicon-32x32.png",
+                oauth2_redirect_url="/docs/oauth2-redirect",
+                # The key stays in the page across reloads, as a developer trying calls expects.
+                swagger_ui_parameters={"persistAuthorization": True},
+            )
+        )
+
+    @router.get("/docs/oauth2-redirect")
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @router.get("/redoc")
+    async def redoc() -> HTMLResponse:
+        return _confined(
+            get_redoc_html(
+                openapi_url=openapi_url,
+                title=f"{title} - ReDoc",
+                redoc_js_url=f"{ASSETS_URL}/redoc/redoc.standalone.js",
+                redoc_favicon_url=f"{ASSETS_URL}/swagger-ui/favicon-32x32.png",
+                with_google_fonts=False,
+            )
+        )
+
+    application.include_router(router)
+    application.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
+
+    generate = application.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI caches the schema it generates; marking it again changes nothing.
+        return with_bearer_security(generate())
+
+    application.openapi = openapi  # type: ignore[method-assign]
+
+
+def _confined(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
+
+
+def with_bearer_security(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare bearer authentication and require it on every operation that reads the
+    Authorization header (those of scoped routes), instead of that header as a parameter."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})[SECURITY_SCHEME] = (
+        BEARER_SCHEME
+    )
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            parameters = operation.get("parameters", [])
+            kept = [
+                parameter
+                for parameter in parameters
+                if not (
+                    parameter.get("in") == "header" and parameter["name"].lower() == "authorization"
+                )
+            ]
+            if len(kept) == len(parameters):
+                continue
+            operation["security"] = [{SECURITY_SCHEME: []}]
+            if kept:
+                operation["parameters"] = kept
+            else:
+                del operation["parameters"]
+    return schema
