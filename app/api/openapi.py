@@ -42,7 +42,7 @@ def _implied_statuses(path: str, operation: dict[str, Any]) -> set[int]:
     parameters = operation.get("parameters", [])
     names = {p["name"] for p in parameters}
     statuses = set()
-    if any(p["in"] == "header" and p["name"].lower() == "authorization" for p in parameters):
+    if any(_is_authorization(p) for p in parameters):
         statuses |= {401, 403}
     if "{" in path or "criterion" in names:
         statuses.add(404)
@@ -63,6 +63,10 @@ BEARER_SCHEME = {
 }
 
 
+def _is_authorization(parameter: dict[str, Any]) -> bool:
+    return bool(parameter["in"] == "header" and parameter["name"].lower() == "authorization")
+
+
 def _with_problems(schema: dict[str, Any], page_max_limit: int) -> dict[str, Any]:
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
@@ -75,9 +79,15 @@ def _with_problems(schema: dict[str, Any], page_max_limit: int) -> dict[str, Any
             for status, response in responses.items():
                 if status.isdigit() and int(status) >= 400:
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}}
-            parameters = operation.get("parameters", [])
+            parameters = [p for p in operation.get("parameters", []) if not _is_authorization(p)]
             if "401" in responses:
+                # The credential is the bearer scheme's (the docs' Authorize button), not a
+                # header parameter of the operation.
                 operation["security"] = [{SECURITY_SCHEME: []}]
+                if parameters:
+                    operation["parameters"] = parameters
+                else:
+                    operation.pop("parameters", None)
             for parameter in parameters:
                 if parameter["in"] == "query" and parameter["name"] == "limit":
                     parameter["schema"]["maximum"] = page_max_limit

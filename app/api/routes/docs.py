@@ -1,9 +1,8 @@
 """API documentation pages that work offline: Swagger UI (`/docs`) and ReDoc (`/redoc`) from
-assets vendored under app/static/docs (scripts/vendor_assets.py), and the OpenAPI's bearer
-security scheme, which gives `/docs` its Authorize button."""
+assets vendored under app/static/docs (scripts/vendor_assets.py); the OpenAPI's bearer scheme,
+which gives `/docs` its Authorize button, is declared by app/api/openapi.py."""
 
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import (
@@ -13,8 +12,6 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-
-from app.api.openapi import BEARER_SCHEME, SECURITY_SCHEME
 
 ASSETS = Path(__file__).resolve().parents[2] / "static" / "docs"
 ASSETS_URL = "/static/docs"
@@ -28,7 +25,7 @@ DOCS_CSP = (
 
 
 def install_docs(application: FastAPI) -> None:
-    """Serve the docs pages and their assets, and describe bearer authentication in the OpenAPI.
+    """Serve the docs pages and their assets.
 
     The application must be created with `docs_url=None, redoc_url=None` (FastAPI's own pages
     load their scripts from a CDN)."""
@@ -70,41 +67,7 @@ def install_docs(application: FastAPI) -> None:
     application.include_router(router)
     application.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
 
-    generate = application.openapi
-
-    def openapi() -> dict[str, Any]:
-        # FastAPI caches the schema it generates; marking it again changes nothing.
-        return with_bearer_security(generate())
-
-    application.openapi = openapi  # type: ignore[method-assign]
-
 
 def _confined(page: HTMLResponse) -> HTMLResponse:
     page.headers["Content-Security-Policy"] = DOCS_CSP
     return page
-
-
-def with_bearer_security(schema: dict[str, Any]) -> dict[str, Any]:
-    """Declare bearer authentication and require it on every operation that reads the
-    Authorization header (those of scoped routes), instead of that header as a parameter."""
-    schema.setdefault("components", {}).setdefault("securitySchemes", {})[SECURITY_SCHEME] = (
-        BEARER_SCHEME
-    )
-    for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
-            parameters = operation.get("parameters", [])
-            kept = [
-                parameter
-                for parameter in parameters
-                if not (
-                    parameter.get("in") == "header" and parameter["name"].lower() == "authorization"
-                )
-            ]
-            if len(kept) == len(parameters):
-                continue
-            operation["security"] = [{SECURITY_SCHEME: []}]
-            if kept:
-                operation["parameters"] = kept
-            else:
-                del operation["parameters"]
-    return schema
