@@ -20,6 +20,7 @@ from app.core.config import get_settings
 
 # An execution option: the transactions of a connection carrying it only read (see `read_only`).
 READ_ONLY = "licchavi_read_only"
+NO_WAIT = "licchavi_no_wait"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -75,7 +76,9 @@ class _SQLiteConnection(sqlite3.Connection):
 
     gate_key = ""
     gate_timeout = 0.0
-    reads_only = False  # set by the engine's "begin" event for the transaction about to begin
+    # Set by the engine's "begin" event for the transaction about to begin.
+    reads_only = False
+    no_wait = False
     gate: "threading.Lock | None" = None
 
     def begin(self) -> None:
@@ -85,10 +88,17 @@ class _SQLiteConnection(sqlite3.Connection):
             self.execute("BEGIN")
             return
         gate = _write_gates.setdefault(self.gate_key, threading.Lock())
-        if not gate.acquire(timeout=self.gate_timeout):
+        acquired = (
+            gate.acquire(blocking=False)
+            if self.no_wait
+            else gate.acquire(timeout=self.gate_timeout)
+        )
+        if not acquired:
             raise sqlite3.OperationalError("database is locked")
         self.gate = gate
         try:
+            if self.no_wait:
+                self.execute("PRAGMA busy_timeout=0")
             # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
             # when another writer committed meanwhile; taking the write lock up front makes it
             # wait instead.
@@ -96,6 +106,9 @@ class _SQLiteConnection(sqlite3.Connection):
         except BaseException:
             self._release_gate()
             raise
+        finally:
+            if self.no_wait:
+                self.execute(f"PRAGMA busy_timeout={int(self.gate_timeout * 1000)}")
 
     def _release_gate(self) -> None:
         gate, self.gate = self.gate, None
@@ -145,8 +158,10 @@ def _configure_sqlite(engine: Engine, *, timeout: float) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        reads_only = bool(connection.get_execution_options().get(READ_ONLY))
-        connection.connection.dbapi_connection.reads_only = reads_only
+        options = connection.get_execution_options()
+        dbapi_connection = connection.connection.dbapi_connection
+        dbapi_connection.reads_only = bool(options.get(READ_ONLY))
+        dbapi_connection.no_wait = bool(options.get(NO_WAIT))
 
     # The dialect's own BEGIN does nothing on pysqlite; ours runs where SQLAlchemy expects the
     # DBAPI to begin, so that a lock wait that runs out is reported as any database error is.
@@ -191,6 +206,13 @@ def read_only(engine: Engine) -> Engine:
     """`engine` for transactions that only read: on SQLite they take no write lock (a write in
     one fails when another writer is busy); elsewhere nothing changes."""
     return engine.execution_options(**{READ_ONLY: True})
+
+
+@lru_cache(maxsize=16)
+def without_waiting(engine: Engine) -> Engine:
+    """`engine` for writes that would rather not happen than wait: on SQLite a write lock held
+    elsewhere makes `begin` fail at once ("database is locked"); elsewhere nothing changes."""
+    return engine.execution_options(**{NO_WAIT: True})
 
 
 def is_read_only(session: Session) -> bool:

@@ -5,7 +5,6 @@ import hashlib
 import hmac
 import math
 import secrets
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,12 +13,20 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import Depends, Header
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import get_settings
-from app.core.db import SessionDep, get_engine, is_read_only, is_request_session, read_only
-from app.core.errors import Forbidden, NotAuthenticated, ServiceUnavailable
+from app.core.db import (
+    SessionDep,
+    get_engine,
+    is_read_only,
+    is_request_session,
+    read_only,
+    without_waiting,
+)
+from app.core.errors import Forbidden, NotAuthenticated, ServiceUnavailable, database_busy
 from app.core.tokens import InvalidToken, KeySetUnavailable, forget_key_sets, verify_token
 from app.models import ApiKey
 
@@ -249,7 +256,7 @@ def _touch(session: Session, key_id: int, now: datetime) -> None:
         # The key was read outside the request's transaction (see `_authenticate_apart`), which
         # must not wait for a write lock: the use is recorded apart, or skipped while another
         # write holds SQLite's lock (the next request of the key records it).
-        if not _record_use_apart(statement, key_id, now):
+        if not _record_use_apart(statement):
             _touched.pop(key_id, None)
         return
     session.execute(statement)
@@ -260,32 +267,16 @@ def _touch(session: Session, key_id: int, now: datetime) -> None:
         session.commit()
 
 
-def _record_use_apart(statement: Any, key_id: int, now: datetime) -> bool:
+def _record_use_apart(statement: Any) -> bool:
     """Run the last-use update in a short transaction of its own; False when SQLite's write lock
     is held elsewhere (no wait: a read request never queues behind a write)."""
-    engine = get_engine()
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as connection:
-            connection.execute(statement)
-        return True
-    stored = sa.DateTime().dialect_impl(engine.dialect).bind_processor(engine.dialect)
-    moments = [now, now - LAST_USED_EVERY]
-    when, before = (stored(m) for m in moments) if stored else moments
-    raw = sqlite3.connect(str(engine.url.database), timeout=0, isolation_level=None)
     try:
-        raw.execute("BEGIN IMMEDIATE")
-        raw.execute(
-            "UPDATE api_keys SET last_used_at = ? WHERE id = ?"
-            " AND (last_used_at IS NULL OR last_used_at < ?)",
-            (when, key_id, before),
-        )
-        raw.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc) and "busy" not in str(exc):
+        with without_waiting(get_engine()).begin() as connection:
+            connection.execute(statement)
+    except OperationalError as exc:
+        if not database_busy(exc):
             raise
         return False
-    finally:
-        raw.close()
     return True
 
 
