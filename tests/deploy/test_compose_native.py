@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, create_database, drop_database, redis_test_url, service_missing
+from tests.conftest import REPO, create_database, drop_database, emptied_redis_url
 from tests.helpers import free_port, stop, wait_for
 
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -73,13 +73,7 @@ def stage_env(target: str) -> dict[str, str]:
 def deployment(tmp_path: Path) -> Iterator[dict[str, str]]:
     """What compose would give every service, with db:5432 and redis:6379 mapped here."""
     url, admin = create_database("licchavi_compose")
-    redis_url = redis_test_url()
-    import redis
-
-    try:
-        redis.Redis.from_url(redis_url).flushdb()
-    except redis.RedisError as exc:
-        service_missing("Redis", exc)
+    redis_url = emptied_redis_url()
     environment = service_environment("api", OPERATOR)
     assert environment["ENVIRONMENT"] == "production"
     assert urlsplit(environment["DATABASE_URL"]).hostname == "db"

@@ -19,9 +19,8 @@ from app.main import create_app
 from tests.conftest import (
     create_database,
     drop_database,
-    redis_test_url,
+    emptied_redis_url,
     reset_caches,
-    service_missing,
 )
 from tests.helpers import wait_for
 from tests.workers.training_support import (
@@ -61,16 +60,7 @@ FINAL = {"completed", "cancelled", "failed"}
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """A fresh database holding the comparisons, two workers, and the API in-process."""
-    import redis
-
-    redis_url = redis_test_url()
-    broker = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
-    try:
-        broker.flushdb()
-    except redis.RedisError as exc:
-        service_missing("Redis", exc)
-    finally:
-        broker.close()
+    redis_url = emptied_redis_url()
     url, admin = create_database("licchavi_pause")
     env = {
         **PAUSE_ENV,

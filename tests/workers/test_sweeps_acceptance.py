@@ -16,9 +16,8 @@ from app.services.sweeps.study import open_storage
 from tests.conftest import (
     create_database,
     drop_database,
-    redis_test_url,
+    emptied_redis_url,
     reset_caches,
-    service_missing,
 )
 from tests.helpers import wait_for
 from tests.workers.training_support import admin_headers, kill_worker, start_worker, stop_worker
@@ -73,16 +72,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    import redis
-
-    redis_url = redis_test_url()
-    broker = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
-    try:
-        broker.flushdb()
-    except redis.RedisError as exc:
-        service_missing("Redis", exc)
-    finally:
-        broker.close()
+    redis_url = emptied_redis_url()
     url, admin = create_database("licchavi_sweeps")
     env = {
         **FAST_SWEEPS,
