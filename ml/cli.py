@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -28,7 +29,10 @@ class CliError(Exception):
 
 def _fail(message: str) -> typer.Exit:
     first_line = message.strip().splitlines()[0] if message.strip() else "failed"
-    err.print(f"[red]error:[/red] {first_line}", highlight=False, soft_wrap=True, markup=True)
+    # Escaped: a message may hold brackets (an extra's name, a list) that are not markup.
+    err.print(
+        f"[red]error:[/red] {escape(first_line)}", highlight=False, soft_wrap=True, markup=True
+    )
     return typer.Exit(2)
 
 

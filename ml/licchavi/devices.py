@@ -7,9 +7,13 @@ can import the protocol's types without an import circle: this module imports bo
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 from ml.licchavi.kernels import Kernels, NumpyKernels
+from ml.torch_import import TorchNotInstalled, require_torch
+
+logger = logging.getLogger(__name__)
 
 
 def cuda_may_exist() -> bool:
@@ -21,13 +25,19 @@ def cuda_may_exist() -> bool:
 
 def resolve_device(device: str) -> str:
     """'auto' means CUDA when available. Torch is imported (and CUDA probed) only when the
-    machine shows an NVIDIA device or CUDA is asked for explicitly; never at import time."""
+    machine shows an NVIDIA device or CUDA is asked for explicitly; never at import time. An
+    install without torch (the default one) runs 'auto' on the CPU."""
     if device == "cpu":
         return "cpu"
     if device == "auto" and not cuda_may_exist():
         return "cpu"
-    import torch
-
+    try:
+        torch = require_torch("device 'cuda'")
+    except TorchNotInstalled:
+        if device == "cuda":
+            raise
+        logger.warning("an NVIDIA device is present but torch is not installed: running on the CPU")
+        return "cpu"
     available = torch.cuda.is_available()
     if device == "cuda" and not available:
         raise RuntimeError("device: 'cuda' requested but CUDA is not available")
@@ -49,6 +59,12 @@ def kernels_for(device: str, solver: str) -> Kernels:
             raise ValueError(f"{CPU_KERNELS_VARIABLE}: expected numpy or torch, got {choice!r}")
         if choice == "numpy":
             return NumpyKernels()
+    if device != "cpu":
+        require_torch(f"device {device!r}")
+    elif solver != "faithful":
+        require_torch(f"the {solver} solver")
+    else:
+        require_torch(f"{CPU_KERNELS_VARIABLE}=torch")
     from ml.licchavi.torch_kernels import TorchKernels
 
     return TorchKernels(device)
