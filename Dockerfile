@@ -1,7 +1,7 @@
 # Licchavi scoring service images, one target per role:
 #   api        HTTP API, no torch (the API never imports it), also runs `licchavi db upgrade`
-#   worker-cpu Celery worker on the `cpu` queue, CPU build of torch
-#   worker-gpu Celery worker on the `gpu` queue, CUDA build of torch
+#   worker-cpu Celery worker on the `cpu` queue, the engine on NumPy/SciPy, no torch
+#   worker-gpu Celery worker on the `gpu` queue, the `gpu` extra: CUDA build of torch
 #   flower     Celery monitoring UI
 # Build one with e.g. `docker build --target worker-cpu -t licchavi-service:worker-cpu .`
 
@@ -37,10 +37,12 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
     && rm /tmp/requirements.txt
 
 # ---------------------------------------------------------------------------------------------
-# The `ml` extra without torch, which each worker target installs first in the build it needs.
+# The `ml` extra: the engine on the CPU (NumPy/SciPy), no torch.
 FROM base AS ml-base
-RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['ml'] if not d.startswith('torch')))" \
-        > /tmp/requirements-ml.txt
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['ml']))" \
+        > /tmp/requirements-ml.txt \
+    && pip install -r /tmp/requirements-ml.txt \
+    && rm /tmp/requirements-ml.txt
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS api
@@ -58,11 +60,6 @@ CMD ["licchavi", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-worker"]
 # ---------------------------------------------------------------------------------------------
 FROM ml-base AS worker-cpu
 
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_CPU_INDEX_URL}" \
-    && pip install -r /tmp/requirements-ml.txt
-
 COPY . .
 RUN pip install --no-deps -e .
 
@@ -75,13 +72,16 @@ CMD ["licchavi", "worker", "--queues", "cpu", "--concurrency", "2"]
 # ---------------------------------------------------------------------------------------------
 FROM ml-base AS worker-gpu
 
-# PyPI's Linux x86_64 torch wheel is the CUDA build (CUDA libraries come as pip dependencies);
-# the host only needs the NVIDIA driver and container toolkit. Point TORCH_GPU_INDEX_URL at a
+# The `gpu` extra, torch pinned within its range. PyPI's Linux x86_64 torch wheel is the CUDA
+# build (CUDA libraries come as pip dependencies, about 2.7 GB of downloads); the host only needs
+# the NVIDIA driver and container toolkit. Point TORCH_GPU_INDEX_URL at a
 # download.pytorch.org/whl/cuXXX index to pick another CUDA version.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_GPU_INDEX_URL=https://pypi.org/simple
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_GPU_INDEX_URL}" \
-    && pip install -r /tmp/requirements-ml.txt
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu']))" \
+        > /tmp/requirements-gpu.txt \
+    && pip install -r /tmp/requirements-gpu.txt "torch==${TORCH_VERSION}" --index-url "${TORCH_GPU_INDEX_URL}" \
+    && rm /tmp/requirements-gpu.txt
 
 COPY . .
 RUN pip install --no-deps -e .

@@ -45,5 +45,5 @@ test: install-dev lint
 	$(VENV)/bin/pytest -q -ra
 
 # What the default install resolves to on a clean index (no torch, no CUDA), and its size.
-check-install: $(PY)
+check-install: install
 	$(PY) scripts/check_install.py --sizes

@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,8 @@ PYPI = "https://pypi.org/simple"
 DEFAULT_EXTRAS = ("ml", "sweeps")
 # The GPU worker's install, as its image stage makes it: the default plus the `gpu` extra, with
 # torch pinned as in the Dockerfile (PyPI's x86_64 Linux torch is the CUDA build).
-GPU_EXTRAS = ("ml", "sweeps", "gpu")
-GPU_TORCH = "torch==2.13.0"
+GPU_EXTRA = "gpu"
+GPU_EXTRAS = (*DEFAULT_EXTRAS, GPU_EXTRA)
 # torch, its CUDA runtime (nvidia-*, cuda-*) and its compiler (triton).
 TORCH_OR_CUDA = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.+|cuda-.+)$")
 # What pip prints when the index cannot be reached (as opposed to a resolution conflict).
@@ -81,6 +82,21 @@ def clean_environment() -> dict[str, str]:
     environment["PIP_CONFIG_FILE"] = os.devnull
     environment["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return environment
+
+
+def gpu_torch() -> str:
+    """The torch pin of the Dockerfile's worker-gpu stage, e.g. 'torch==2.13.0'."""
+    found = re.search(r"^ARG TORCH_VERSION=(\S+)$", (REPO / "Dockerfile").read_text(), re.M)
+    if found is None:
+        raise RuntimeError("the Dockerfile pins no TORCH_VERSION")
+    return f"torch=={found.group(1)}"
+
+
+def gpu_requirements() -> list[str]:
+    """What the worker-gpu stage adds to the CPU worker's image: the `gpu` extra and the pin."""
+    with (REPO / "pyproject.toml").open("rb") as file:
+        extra = tomllib.load(file)["project"]["optional-dependencies"][GPU_EXTRA]
+    return [*extra, gpu_torch()]
 
 
 def requirement_of(extras: Sequence[str]) -> str:
@@ -202,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     try:
-        gpu = resolve([requirement_of(GPU_EXTRAS), GPU_TORCH], index_url=options.index_url)
+        gpu = resolve([requirement_of(GPU_EXTRAS), gpu_torch()], index_url=options.index_url)
     except ResolutionFailed as error:
         print(error, file=sys.stderr)
         return 2
@@ -210,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpu_sizes = download_sizes(gpu)
     added = sorted(gpu.names() - default.names())
     torch_part = sum(gpu_sizes[name] for name in gpu_sizes if TORCH_OR_CUDA.match(name))
-    print(f"gpu worker install .[{','.join(GPU_EXTRAS)}] + {GPU_TORCH}:")
+    print(f"gpu worker install .[{','.join(GPU_EXTRAS)}] + {gpu_torch()}:")
     print(f"  adds {len(added)} packages: {', '.join(added)}")
     print("download sizes (wheels, compressed):")
     print(f"  default (API + CPU worker): {_megabytes(sum(default_sizes.values()))}")

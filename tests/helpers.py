@@ -1,5 +1,6 @@
 """Test helpers for real processes: free ports, bounded waiting, child-process lookup."""
 
+import signal
 import socket
 import subprocess
 import time
@@ -48,3 +49,12 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def interrupt(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Ctrl-C, as a person stops `licchavi serve`; terminated, then killed, if it hangs."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        stop(process)

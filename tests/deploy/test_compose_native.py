@@ -21,6 +21,7 @@ import yaml
 
 from tests.conftest import REPO, create_database, drop_database, emptied_redis_url
 from tests.helpers import free_port, stop, wait_for
+from tests.torchless import torchless
 
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -116,6 +117,9 @@ def test_every_compose_service_command_runs_with_its_environment(
     assert set(COMPOSE["services"]) == {
         "db", "redis", "migrate", "api", "worker-cpu", "worker-gpu", "flower"
     }  # fmt: skip
+    # Their images have no torch: here torch cannot be imported in them, and no import is tried.
+    blocker = torchless(tmp_path / "torchless")
+    deployment = blocker.environment(deployment)
     # Compose refuses to start without the secret, as the file promises.
     with pytest.raises(ValueError, match="SECRET_KEY"):
         service_environment("api", {})
@@ -196,6 +200,9 @@ def test_every_compose_service_command_runs_with_its_environment(
         api_log.close()
     # LOG_LEVEL=WARNING reached the API: none of uvicorn's start-up or access lines.
     assert "INFO" not in (tmp_path / "api.log").read_text()
+    # migrate, api, worker-cpu (its pool processes fork from it), flower and the health checks
+    assert blocker.loaded_in() >= 4
+    assert blocker.attempts() == ""
 
 
 def _healthcheck(target: str) -> str:
@@ -206,29 +213,78 @@ def _healthcheck(target: str) -> str:
     raise AssertionError(f"stage {target} has no HEALTHCHECK")
 
 
-def test_dockerfile_requirement_steps_install_what_each_role_needs(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
-    steps = {
-        target: [line for line in dockerfile_stage(target) if line.startswith("RUN python -c")]
-        for target in ("base", "ml-base")
-    }
-    outputs = {}
-    for target, (step,) in steps.items():
+def stage_parent(target: str) -> str | None:
+    """The stage `target` is built FROM, None when it starts from an image."""
+    for header in re.findall(r"^FROM (.+)$", DOCKERFILE, flags=re.M):
+        parent, _as, name = header.split()
+        if name == target:
+            return parent if not parent.startswith("$") else None
+    raise AssertionError(f"no stage {target!r} in the Dockerfile")
+
+
+def stage_chain(target: str) -> list[str]:
+    """The stages an image is made of, from the base one to `target`."""
+    chain = [target]
+    while (parent := stage_parent(chain[0])) is not None:
+        chain.insert(0, parent)
+    return chain
+
+
+def requirement_steps(target: str, directory: Path) -> list[str]:
+    """The requirements a stage writes with its `RUN python -c "…" > FILE` steps, run here."""
+    written = []
+    for step in dockerfile_stage(target):
+        if not step.startswith("RUN python -c"):
+            continue
         # `RUN python -c "…" > FILE && …`: run the python part; it writes to stdout.
         program = shlex.split(step[len("RUN ") :].split(" > ", 1)[0])
         done = subprocess.run(
-            [sys.executable, *program[1:]], cwd=tmp_path, capture_output=True, text=True
+            [sys.executable, *program[1:]], cwd=directory, capture_output=True, text=True
         )
         assert done.returncode == 0, done.stderr
-        outputs[target] = done.stdout.split()
+        written += done.stdout.split()
+    return written
+
+
+def test_dockerfile_requirement_steps_install_what_each_role_needs(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
     project = PYPROJECT["project"]
-    assert outputs["base"] == project["dependencies"] + project["optional-dependencies"]["sweeps"]
-    assert not any(line.startswith("torch") for line in outputs["ml-base"])
-    assert set(outputs["ml-base"]) | {"torch>=2.13,<2.15"} >= set(
-        project["optional-dependencies"]["ml"]
-    )
-    # The API image never gets torch, and the app never imports it (checked in a bare process).
-    assert not any(line.startswith("torch") for line in outputs["base"])
+    extras = project["optional-dependencies"]
+    written = {
+        stage: requirement_steps(stage, tmp_path) for stage in ("base", "ml-base", "worker-gpu")
+    }
+    assert written["base"] == project["dependencies"] + extras["sweeps"]
+    assert written["ml-base"] == extras["ml"]
+    assert written["worker-gpu"] == extras["gpu"]
+    assert stage_chain("api") == ["base", "api"]
+    assert stage_chain("worker-cpu") == ["base", "ml-base", "worker-cpu"]
+    assert stage_chain("worker-gpu") == ["base", "ml-base", "worker-gpu"]
+
+    # The API and CPU worker images get no torch: not from their requirements, not by name.
+    for role in ("api", "worker-cpu"):
+        for stage in stage_chain(role):
+            assert not any(line.startswith("torch") for line in written.get(stage, []))
+            runs = [line for line in dockerfile_stage(stage) if line.startswith("RUN ")]
+            assert not [line for line in runs if "torch" in line.lower()], (role, stage)
+    # The GPU worker's gets the `gpu` extra with torch pinned to the version CI tests.
+    (install,) = [line for line in dockerfile_stage("worker-gpu") if "pip install -r" in line]
+    assert '"torch==${TORCH_VERSION}"' in install
+    makefile = (REPO / "Makefile").read_text()
+    (tested,) = re.findall(r"^TORCH_VERSION \?= (\S+)$", makefile, flags=re.M)
+    assert f"ARG TORCH_VERSION={tested}" in dockerfile_stage("worker-gpu")
+
+    # Compose runs each worker image on its queue; the GPU one only under the `gpu` profile.
+    services = COMPOSE["services"]
+    assert services["worker-cpu"]["build"]["target"] == "worker-cpu"
+    assert "profiles" not in services["worker-cpu"]
+    assert services["worker-gpu"]["build"]["target"] == "worker-gpu"
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    for name, queue in (("worker-cpu", "cpu"), ("worker-gpu", "gpu")):
+        command = services[name]["command"]
+        assert command[command.index("--queues") + 1] == queue
+    assert services["api"]["build"]["target"] == "api"
+
+    # The app never imports torch (checked in a bare process).
     bare = subprocess.run(
         [
             sys.executable,

@@ -2,13 +2,12 @@
 worker trains runs, serves their scores, and refreshes them when a comparison arrives."""
 
 import os
-import signal
 import subprocess
 import sys
 
 import httpx
 
-from tests.helpers import free_port, stop, wait_for
+from tests.helpers import free_port, interrupt, wait_for
 from tests.workers.training_support import admin_headers, comparison, wait_for_run
 
 FINAL = {"completed", "cancelled", "failed"}
@@ -93,8 +92,4 @@ def test_serve_trains_and_refreshes_scores_on_sqlite() -> None:
             board = client.get(f"{sweep_url}/leaderboard").json()
             assert board["metric"] == "heldout_accuracy" and board["total"] == 2
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            stop(server)
+        interrupt(server)

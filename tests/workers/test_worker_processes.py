@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from app.core.db import get_engine
 from app.models import WorkerHeartbeat
-from tests.helpers import children, free_port, stop, wait_for
+from tests.helpers import children, free_port, interrupt, stop, wait_for
 
 
 def heartbeat_pids() -> set[int]:
@@ -53,11 +53,7 @@ def test_serve_on_the_embedded_default_runs_and_restarts_its_worker() -> None:
         send_heartbeat()
         wait_for("the restarted worker to run a task", lambda: heartbeat_pids() - first_pids, 90)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            stop(server)
+        interrupt(server)
     assert server.returncode == 0
     assert children(server.pid) == []
 
