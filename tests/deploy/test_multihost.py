@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,8 +197,8 @@ def start_database_host(deployment: Deployment, cluster: Path) -> None:
             admin.dispose()
 
 
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     check_prerequisites()
     remove_stale_namespaces()
     for stale in glob.glob("/tmp/licchavi-multihost-*-*"):
@@ -208,8 +209,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     root = Path(tempfile.mkdtemp(prefix=f"licchavi-multihost-{os.getpid()}-"))
     # The cluster's directory must be reachable by the postgres user, unlike tmp_path.
     root.chmod(0o755)
-    logs = tmp_path / "logs"
-    logs.mkdir()
+    logs = tmp_path_factory.mktemp("logs")
     processes = Processes(network, logs)
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")},
@@ -285,7 +285,7 @@ def attempt_dropped(log: str, run_id: int) -> bool:
     dropped = re.search(
         rf"run {run_id}: (taken over by another worker|lease lost)|run {run_id} failed", log
     )
-    return bool(dropped and re.search(r"Task \S+ succeeded in", log[dropped.end() :]))
+    return bool(dropped and re.search(r"Task \S+ (succeeded in|raised)", log[dropped.end() :]))
 
 
 def wait_until_ended(client: httpx.Client, path: str, timeout: float) -> dict[str, Any]:
@@ -448,3 +448,50 @@ def test_comparisons_runs_and_sweeps_across_hosts_and_a_worker_host_cut_off(
             for client in api.values():
                 client.close()
             database.dispose()
+
+
+# Holds a row lock in an open transaction, as a worker does between its lease renewal and the
+# commit, and says so.
+LOCK_HOLDER = """
+import sys, time
+import sqlalchemy as sa
+connection = sa.create_engine(sys.argv[1]).connect()
+connection.begin()
+connection.execute(sa.text("UPDATE lock_probe SET value = value + 1 WHERE id = 1"))
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(420)
+def test_a_transaction_left_open_by_a_cut_off_host_releases_its_locks_within_20_s(
+    deployment: Deployment,
+) -> None:
+    """With compose's PostgreSQL settings, the database host ends the session of a host cut off
+    mid-transaction, so another host can write the row it had locked (with the kernel's
+    defaults the lock stayed held past 120 s)."""
+    network = deployment.network
+    with network.inside("client"):
+        admin = deployment.database("postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text("CREATE TABLE lock_probe (id int PRIMARY KEY, value int)"))
+            connection.execute(sa.text("INSERT INTO lock_probe VALUES (1, 0)"))
+    url = f"postgresql+psycopg://licchavi:licchavi@{network.address('db')}:5432/postgres"
+    deployment.processes.start(
+        "worker2", "lock-holder", [sys.executable, "-c", LOCK_HOLDER, url], deployment.env
+    )
+    wait_for("the lock", lambda: "locked" in deployment.processes.log("lock-holder"), 60)
+    network.cut("worker2")
+    try:
+        with network.inside("client"), admin.connect() as connection:
+            connection.execute(sa.text("SET lock_timeout = '60s'"))
+            started = time.monotonic()
+            connection.execute(sa.text("UPDATE lock_probe SET value = value + 10 WHERE id = 1"))
+            waited = time.monotonic() - started
+            value = connection.execute(sa.text("SELECT value FROM lock_probe")).scalar()
+    finally:
+        network.restore("worker2")
+        admin.dispose()
+    print(f"the cut-off host's lock was released after {waited:.1f} s")
+    # 20 s of tcp_user_timeout, and slack for a loaded machine; the cut-off update rolled back.
+    assert waited < 35 and value == 10
