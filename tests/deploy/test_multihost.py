@@ -445,6 +445,8 @@ def test_comparisons_runs_and_sweeps_across_hosts_and_a_worker_host_cut_off(
             # The cut-off host's worker lived through it.
             assert all(worker.poll() is None for worker in deployment.workers.values())
         finally:
+            for host in WORKER_HOSTS:  # a failure while one was cut must not outlive this test
+                network.restore(host)
             for client in api.values():
                 client.close()
             database.dispose()
