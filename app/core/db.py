@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, event
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +21,18 @@ from app.core.config import get_settings
 # An execution option: the transactions of a connection carrying it only read (see `read_only`).
 READ_ONLY = "licchavi_read_only"
 NO_WAIT = "licchavi_no_wait"
+# libpq settings of every PostgreSQL connection (the same keys in the URL's query win). A server
+# gone silent (its host, or ours, cut off the network) fails the connection within about 20 s
+# rather than the kernel's 2 hours: keepalive probes while we wait for an answer, and
+# tcp_user_timeout while what we sent goes unacknowledged. A worker stuck waiting would otherwise
+# never learn that its run was taken over.
+POSTGRES_CONNECTION = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,
+}
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -41,6 +53,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # No pre-ping: it costs a round trip per request; a connection found dead is discarded and the
     # pool invalidated by SQLAlchemy on the first error instead.
     kwargs.setdefault("pool_recycle", 1800)
+    query = make_url(url).query
+    kwargs["connect_args"] = {
+        **{name: value for name, value in POSTGRES_CONNECTION.items() if name not in query},
+        **kwargs.get("connect_args", {}),
+    }
     engine = create_engine(url, **kwargs)
     _configure_postgres(engine)
     return engine
