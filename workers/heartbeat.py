@@ -101,7 +101,8 @@ class HeartbeatWriter:
         """Stop the thread and delete the row: a worker that stopped cleanly is not missing."""
         self.stopping.set()
         self.nudged.set()
-        self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
         try:
             with without_waiting(self.engine).begin() as connection:
                 connection.execute(delete(Heartbeat).where(Heartbeat.c.worker == self.worker))

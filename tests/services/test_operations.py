@@ -127,3 +127,30 @@ def test_metrics_still_answer_when_the_database_does_not(
         assert ("licchavi_training_runs", (("status", "queued"), ("trigger", "auto"))) not in broken
     finally:
         execute("ALTER TABLE training_runs_away RENAME TO training_runs")
+
+
+def test_queue_depth_follows_the_broker(api: TestClient) -> None:
+    from app.services.wakeups import wake_workers
+
+    cpu = ("licchavi_queue_messages", (("queue", "cpu"),))
+    before = scrape(api)
+    assert before[("licchavi_broker_up", ())] == 1
+    assert before[cpu] == 0 and before[("licchavi_queue_messages", (("queue", "gpu"),))] == 0
+    # No worker runs here: the wake-ups wait in the (embedded) broker's queue.
+    assert wake_workers(wanted=3, reason="test") == 3
+    assert scrape(api)[cpu] == 3
+
+
+def test_a_broker_that_does_not_answer_is_reported_not_waited_for(
+    committed_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("OPERATIONS_METRICS_CACHE_SECONDS", "0")
+    monkeypatch.setenv("CELERY_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+    reset_caches()
+    with TestClient(create_app()) as client:
+        metrics = scrape(client)
+    assert metrics[("licchavi_broker_up", ())] == 0
+    assert metrics[("licchavi_operations_up", ())] == 1
+    assert not any(name == "licchavi_queue_messages" for name, _labels in metrics)
