@@ -102,7 +102,8 @@ def test_operator_gauges_move_with_the_work(api: TestClient) -> None:
         now=datetime.now(UTC),
     )
     execute(
-        "INSERT INTO worker_heartbeats (worker, pid, seen_at) VALUES ('celery@w1', 1, :at)",
+        "INSERT INTO worker_heartbeats (worker, pid, seen_at, current_run_id)"
+        " VALUES ('celery@w1:1', 1, :at, NULL), ('celery@w2:2', 2, :at, 1)",
         at=datetime.now(UTC) - timedelta(seconds=12),
     )
     done = scrape(api)
@@ -114,7 +115,9 @@ def test_operator_gauges_move_with_the_work(api: TestClient) -> None:
     assert 29 <= done[("licchavi_training_run_duration_seconds_sum", auto)] <= 31
     assert done[("licchavi_training_run_duration_seconds_bucket", (("le", "10.0"), *auto))] == 0
     assert done[("licchavi_training_run_duration_seconds_bucket", (("le", "30.0"), *auto))] == 1
-    assert done[("licchavi_worker_heartbeat_age_seconds", (("worker", "celery@w1"),))] >= 12
+    assert done[("licchavi_worker_heartbeat_age_seconds", (("worker", "celery@w1:1"),))] >= 12
+    assert done[("licchavi_worker_busy", (("worker", "celery@w1:1"),))] == 0
+    assert done[("licchavi_worker_busy", (("worker", "celery@w2:2"),))] == 1
 
 
 def test_metrics_still_answer_when_the_database_does_not(
