@@ -57,18 +57,20 @@ class QueueDepthCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         with self.lock:
-            if self.depths is None or time.monotonic() - self.read_at >= self.cache_seconds:
+            if not self.read_at or time.monotonic() - self.read_at >= self.cache_seconds:
                 try:
                     self.depths = queue_depths(get_settings().resolved_broker_url)
-                    self.read_at = time.monotonic()
                 except Exception as exc:
                     logger.warning("queue metrics: the broker could not be read (%s)", exc)
                     self.depths = None
+                # A failure is kept as long as a reading: while the broker is down, scrapes do
+                # not each wait for its timeout.
+                self.read_at = time.monotonic()
             depths = self.depths
         yield GaugeMetricFamily(
             "licchavi_broker_up",
             "1 when the broker answered for this scrape.",
-            value=int(bool(depths is not None)),
+            value=int(depths is not None),
         )
         if depths is None:
             return
