@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from app.api.openapi import install_openapi
 from app.api.rate_limits import enforce_rate_limits, install_rate_limits
+from app.api.request_id import RequestId
 from app.api.routes import api_keys, catalog, comparisons, health, me, runs, scores, sweeps
 from app.api.routes.docs import install_docs
 from app.api.single_write import SingleWriteFastPath
@@ -19,6 +20,7 @@ from app.core.db import get_engine
 from app.core.errors import install_error_handlers
 from app.core.limits import BodySizeLimit
 from app.services.operations import OperationsCollector
+from app.services.queues import QueueDepthCollector
 from app.web.routes import install_web_app
 
 API_PREFIX = "/api/v1"
@@ -71,10 +73,13 @@ def create_app() -> FastAPI:
     registry.register(
         OperationsCollector(get_engine, cache_seconds=settings.operations_metrics_cache_seconds)
     )
+    registry.register(QueueDepthCollector(cache_seconds=settings.operations_metrics_cache_seconds))
     Instrumentator(excluded_handlers=["/metrics", "/healthz"], registry=registry).instrument(
         application
     ).expose(application, include_in_schema=False)
     application.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost: the id is bound before anything logs, and set on every response.
+    application.add_middleware(RequestId)
     return application
 
 

@@ -3,15 +3,18 @@
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 from kombu import Queue
 
 from app.core.config import get_settings
+from app.services.queues import WORKER_QUEUES
 from workers import lifetime  # noqa: F401  (its signal handlers: parent death, hand-off)
 
 celery_app = Celery(
     "licchavi",
     include=[
+        "workers.heartbeat",
+        "workers.metrics",
         "workers.tasks.maintenance",
         "workers.tasks.sweeps",
         "workers.tasks.training",
@@ -69,7 +72,7 @@ def celery_config() -> dict[str, Any]:
         task_soft_time_limit=settings.task_soft_time_limit_seconds,
         task_time_limit=settings.task_time_limit_seconds,
         task_default_queue="cpu",
-        task_queues=(Queue("cpu"), Queue("gpu")),
+        task_queues=tuple(Queue(name) for name in WORKER_QUEUES),
         task_serializer="json",
         accept_content=["json"],
         worker_hijack_root_logger=False,
@@ -84,3 +87,16 @@ def _fresh_engine_after_fork(**_: Any) -> None:
     from app.core.db import dispose_engine
 
     dispose_engine(close=False)
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: Any = None, **_: Any) -> None:
+    # Replaces Celery's own set-up: the worker logs in LOG_FORMAT, with the request id and the
+    # run or evaluation bound while a claimed job runs (pool processes inherit it by fork).
+    import logging
+
+    from app.core.logs import configure_logging
+
+    settings = get_settings()
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+    configure_logging(str(level or settings.log_level), settings.log_format)

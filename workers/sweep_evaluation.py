@@ -17,6 +17,7 @@ from app.core.version import code_version, git_commit
 from app.models import SweepDataset
 from app.services.sweeps import execution
 from app.services.sweeps.execution import EvaluationClaim, EvaluationLost
+from workers import metrics
 
 if TYPE_CHECKING:
     from ml.licchavi import EpochReport
@@ -160,9 +161,11 @@ class Heartbeat:
     def beat(self, *, progress: float) -> bool:
         """Renew the lease now; returns whether a cancel was asked."""
         self.last = time.monotonic()
-        return execution.heartbeat(
+        cancel = execution.heartbeat(
             self.engine,
             self.claim,
             lease_seconds=self.settings.sweep_lease_seconds,
             progress=progress,
         )
+        metrics.lease_renewed("evaluation")
+        return cancel

@@ -15,7 +15,7 @@ from app.core.db import read_only
 from app.models import TrainingMetric, TrainingRun
 from app.services import leases, publication
 from app.services.snapshot import ComparisonSnapshot, load_snapshot
-from workers import lifetime
+from workers import lifetime, metrics
 
 if TYPE_CHECKING:
     from ml.data import CriterionComparisons
@@ -128,6 +128,7 @@ class ProgressReporter:
                 criterion=self.criterion,
                 max_epochs=self.max_epochs,
             )
+        metrics.lease_renewed("run")
         self.pending = []
         self.last_flush = time.monotonic()
         return cancel

@@ -299,8 +299,10 @@ def serve(
     import uvicorn
 
     from app.cli.supervisor import WorkerSupervisor, worker_command
+    from app.core.logs import configure_logging, logging_config
 
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     prepare_database()
     signin = _demo_signin() if demo else None
     if demo:
@@ -336,6 +338,7 @@ def serve(
             port=port,
             workers=workers,
             log_level=settings.log_level.lower(),
+            log_config=logging_config(settings.log_level, settings.log_format),
         )
     finally:
         if supervisor:

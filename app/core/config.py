@@ -66,6 +66,27 @@ class Settings(BaseSettings):
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`json`: one JSON object per log line, with the request id of the work.",
+    )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a worker's own Prometheus metrics (0: not served).",
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1", description="Address the worker's metrics port listens on."
+    )
+    worker_heartbeat_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often each worker process records that it lives."
+    )
+    worker_heartbeat_retention_seconds: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="A worker silent this long (killed, its host gone) is forgotten.",
+    )
     auto_train_enabled: bool = Field(
         default=True, description="Schedule a warm-started run when comparisons change."
     )

@@ -21,7 +21,7 @@ ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
 # version, when to retry after a 429 or 503, the rate limit, an export's file name.
 EXPOSED_HEADERS = (
     "Location, ETag, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset,"
-    " Content-Disposition"
+    " Content-Disposition, X-Request-ID"
 )
 # Request headers that carry credentials: never allowed to an origin only `*` admits.
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie"})

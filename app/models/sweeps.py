@@ -46,6 +46,8 @@ class Sweep(SQLModel, table=True):
     split_fingerprint: str | None = Field(default=None, max_length=64)
     code_version: str = Field(max_length=64)
     git_commit: str | None = Field(default=None, max_length=64)
+    # The X-Request-ID of the API request that created it: its evaluations' logs carry it.
+    request_id: str | None = Field(default=None, max_length=128)
     error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = timestamp_field(index=True)
     started_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

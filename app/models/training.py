@@ -62,6 +62,8 @@ class TrainingRun(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=sa.Text)
     idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
     request_hash: str | None = Field(default=None, max_length=64)
+    # The X-Request-ID of the API request that queued it: its worker logs carry it too.
+    request_id: str | None = Field(default=None, max_length=128)
     warm_start: bool = True
     not_before: datetime = timestamp_field()
     wakeup_sent_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

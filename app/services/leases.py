@@ -21,6 +21,8 @@ class Claim:
     run_id: int
     owner: str
     attempt: int
+    # The request that queued the run: the worker logs its training under the same id.
+    request_id: str | None = None
 
 
 def now_utc() -> datetime:
@@ -66,11 +68,13 @@ def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> C
             heartbeat_at=now,
             started_at=func.coalesce(Run.c.started_at, now),
         )
-        .returning(Run.c.attempt)
+        .returning(Run.c.attempt, Run.c.request_id)
     )
     with engine.begin() as connection:
-        attempt = connection.execute(statement).scalar()
-    return None if attempt is None else Claim(run_id=run_id, owner=owner, attempt=int(attempt))
+        row = connection.execute(statement).one_or_none()
+    if row is None:
+        return None
+    return Claim(run_id=run_id, owner=owner, attempt=int(row.attempt), request_id=row.request_id)
 
 
 def claimable_run_ids(engine: Engine, *, limit: int = 8) -> list[int]:

@@ -51,6 +51,7 @@ class Reading:
     run_durations: dict[str, tuple[list[int], float, int]] = field(default_factory=dict)
     evaluation_durations: tuple[list[int], float, int] = ([], 0.0, 0)
     workers_seen_at: dict[str, datetime] = field(default_factory=dict)
+    workers_busy: dict[str, bool] = field(default_factory=dict)
 
 
 def _aware(value: Any) -> datetime | None:
@@ -145,10 +146,14 @@ def read(engine: Engine) -> Reading:
         reading.evaluation_durations = _histogram(
             connection, "sweep_evaluations", dialect, "status = 'succeeded'", "'all'"
         ).get("all", ([0] * len(DURATION_BUCKETS), 0.0, 0))
-        for worker, seen_at in connection.execute(
-            text("SELECT worker, seen_at FROM worker_heartbeats")
+        for worker, seen_at, run_id, evaluation_id in connection.execute(
+            text(
+                "SELECT worker, seen_at, current_run_id, current_evaluation_id"
+                " FROM worker_heartbeats"
+            )
         ):
             reading.workers_seen_at[worker] = _aware(seen_at)  # type: ignore[assignment]
+            reading.workers_busy[worker] = run_id is not None or evaluation_id is not None
     return reading
 
 
@@ -241,9 +246,16 @@ def metrics(reading: Reading) -> Iterator[Metric]:
         "Time since each worker last reported in.",
         labels=["worker"],
     )
+    busy = GaugeMetricFamily(
+        "licchavi_worker_busy",
+        "1 when the worker process's last heartbeat named a run or evaluation it works on.",
+        labels=["worker"],
+    )
     for worker, seen_at in sorted(reading.workers_seen_at.items()):
         heartbeats.add_metric([worker], _age(reading, seen_at))
+        busy.add_metric([worker], int(reading.workers_busy.get(worker, False)))
     yield heartbeats
+    yield busy
 
 
 class OperationsCollector(Collector):

@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.errors import validation_errors as format_validation_errors
+from app.core.logs import current_request_id
 from app.core.version import code_version
 from app.models import Criterion, TrainingMetric, TrainingRun
 from app.schemas.runs import EpochMetrics, RunCreate, RunMetrics, RunPublic
@@ -91,6 +92,8 @@ def new_run(
         warm_start=warm_start,
         max_epochs=config.epochs if config.solver == "faithful" else config.max_iterations,
         not_before=not_before or datetime.now(UTC),
+        # Bound by the API request that queues it (None from the CLI or a worker).
+        request_id=current_request_id(),
     )
 
 

@@ -129,7 +129,18 @@ def test_every_compose_service_command_runs_with_its_environment(
     )
     assert migrate.returncode == 0, migrate.stderr
 
-    api_port, flower_port = free_port(), free_port()
+    api_port, flower_port, metrics_port = free_port(), free_port(), free_port()
+    # The workers' own environment: their metrics port, exposed on the compose network, moved
+    # to a free one here as the API's is.
+    worker_environment = service_environment("worker-cpu", OPERATOR)
+    exposed = worker_environment["WORKER_METRICS_PORT"]
+    assert COMPOSE["services"]["worker-cpu"]["expose"] == [exposed]
+    assert worker_environment["WORKER_METRICS_HOST"] == "0.0.0.0"
+    worker_env = {
+        **deployment,
+        **{k: v for k, v in worker_environment.items() if k.startswith("WORKER_")},
+        "WORKER_METRICS_PORT": str(metrics_port),
+    }
     api_log = open(tmp_path / "api.log", "wb")  # noqa: SIM115 (closed with the process)
     processes = [
         subprocess.Popen(
@@ -138,7 +149,7 @@ def test_every_compose_service_command_runs_with_its_environment(
             stderr=api_log,
             start_new_session=True,
         ),
-        subprocess.Popen(command_of("worker-cpu"), env=deployment, start_new_session=True),
+        subprocess.Popen(command_of("worker-cpu"), env=worker_env, start_new_session=True),
         subprocess.Popen(command_of("flower", flower_port), env=deployment, start_new_session=True),
     ]
     try:
@@ -184,6 +195,11 @@ def test_every_compose_service_command_runs_with_its_environment(
                 120,
             )
             assert finished["status"] == "succeeded", finished["error"]
+        # The worker's own metrics saw the run it trained.
+        worker_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert 'licchavi_worker_run_duration_seconds_count{outcome="succeeded"} 1.0' in (
+            worker_metrics
+        )
 
         worker_check = _healthcheck("worker-cpu")
         ping = subprocess.run(

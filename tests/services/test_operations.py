@@ -102,7 +102,8 @@ def test_operator_gauges_move_with_the_work(api: TestClient) -> None:
         now=datetime.now(UTC),
     )
     execute(
-        "INSERT INTO worker_heartbeats (worker, pid, seen_at) VALUES ('celery@w1', 1, :at)",
+        "INSERT INTO worker_heartbeats (worker, pid, seen_at, current_run_id)"
+        " VALUES ('celery@w1:1', 1, :at, NULL), ('celery@w2:2', 2, :at, 1)",
         at=datetime.now(UTC) - timedelta(seconds=12),
     )
     done = scrape(api)
@@ -114,7 +115,9 @@ def test_operator_gauges_move_with_the_work(api: TestClient) -> None:
     assert 29 <= done[("licchavi_training_run_duration_seconds_sum", auto)] <= 31
     assert done[("licchavi_training_run_duration_seconds_bucket", (("le", "10.0"), *auto))] == 0
     assert done[("licchavi_training_run_duration_seconds_bucket", (("le", "30.0"), *auto))] == 1
-    assert done[("licchavi_worker_heartbeat_age_seconds", (("worker", "celery@w1"),))] >= 12
+    assert done[("licchavi_worker_heartbeat_age_seconds", (("worker", "celery@w1:1"),))] >= 12
+    assert done[("licchavi_worker_busy", (("worker", "celery@w1:1"),))] == 0
+    assert done[("licchavi_worker_busy", (("worker", "celery@w2:2"),))] == 1
 
 
 def test_metrics_still_answer_when_the_database_does_not(
@@ -127,3 +130,30 @@ def test_metrics_still_answer_when_the_database_does_not(
         assert ("licchavi_training_runs", (("status", "queued"), ("trigger", "auto"))) not in broken
     finally:
         execute("ALTER TABLE training_runs_away RENAME TO training_runs")
+
+
+def test_queue_depth_follows_the_broker(api: TestClient) -> None:
+    from app.services.wakeups import wake_workers
+
+    cpu = ("licchavi_queue_messages", (("queue", "cpu"),))
+    before = scrape(api)
+    assert before[("licchavi_broker_up", ())] == 1
+    assert before[cpu] == 0 and before[("licchavi_queue_messages", (("queue", "gpu"),))] == 0
+    # No worker runs here: the wake-ups wait in the (embedded) broker's queue.
+    assert wake_workers(wanted=3, reason="test") == 3
+    assert scrape(api)[cpu] == 3
+
+
+def test_a_broker_that_does_not_answer_is_reported_not_waited_for(
+    committed_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("OPERATIONS_METRICS_CACHE_SECONDS", "0")
+    monkeypatch.setenv("CELERY_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
+    reset_caches()
+    with TestClient(create_app()) as client:
+        metrics = scrape(client)
+    assert metrics[("licchavi_broker_up", ())] == 0
+    assert metrics[("licchavi_operations_up", ())] == 1
+    assert not any(name == "licchavi_queue_messages" for name, _labels in metrics)

@@ -1,38 +1,19 @@
-"""Housekeeping: worker heartbeats, and run recovery, which re-wakes stalled or unsent runs."""
+"""Housekeeping: run recovery, which re-wakes stalled or unsent runs."""
 
 import logging
-import os
-import socket
 import threading
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.core.db import background_engine, get_engine
-from app.models import WorkerHeartbeat
-from app.models.base import utcnow
 from app.services.run_recovery import prune_superseded_scores, runs_to_wake
 from app.services.wakeups import wake_workers
 from workers.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
-
-
-@celery_app.task(name="maintenance.heartbeat")
-def heartbeat() -> None:
-    """Record that this worker took a task: proves broker → worker → database end to end."""
-    worker = heartbeat.request.hostname or f"celery@{socket.gethostname()}"
-    with Session(get_engine()) as session:
-        row = session.get(WorkerHeartbeat, worker) or WorkerHeartbeat(
-            worker=worker, pid=os.getpid()
-        )
-        row.pid = os.getpid()
-        row.seen_at = utcnow()
-        session.add(row)
-        session.commit()
 
 
 def wake_stalled_runs(engine: Engine) -> int:

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -14,10 +15,13 @@ from celery.signals import worker_ready, worker_shutdown
 
 from app.core.config import get_settings
 from app.core.db import background_engine, get_engine
+from app.core.logs import bound
 from app.services.sweeps import execution
 from app.services.sweeps.scheduler import SweepScheduler, release_lease
 from app.services.wakeups import wake_workers
+from workers import metrics
 from workers.celery_app import celery_app
+from workers.heartbeat import working_on
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +50,19 @@ def evaluate_next(owner: str) -> bool:
     claim = execution.claim_next(engine, owner=owner, lease_seconds=settings.sweep_lease_seconds)
     if claim is None:
         return False
-    outcome = runner.run(claim)
-    logger.info("evaluation %s: %s", claim.evaluation_id, outcome)
+    started = time.monotonic()
+    # The evaluation's logs carry the id of the request that created its sweep.
+    with (
+        bound(
+            request_id=claim.request_id,
+            sweep_id=claim.sweep_id,
+            evaluation_id=claim.evaluation_id,
+        ),
+        working_on(evaluation_id=claim.evaluation_id),
+    ):
+        outcome = runner.run(claim)
+        logger.info("evaluation %s: %s", claim.evaluation_id, outcome)
+    metrics.evaluation_finished(outcome, time.monotonic() - started)
     return True
 
 

@@ -4,18 +4,22 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from typing import Any
 
 from celery.signals import worker_process_init
+from sqlalchemy.engine import Engine
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 from app.core.db import get_engine
 from app.core.errors import public_error
+from app.core.logs import bound
 from app.services import leases
 from app.services.wakeups import Wakeup, send_wakeup
-from workers import lifetime
+from workers import lifetime, metrics
 from workers.celery_app import celery_app
+from workers.heartbeat import working_on
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +27,6 @@ logger = logging.getLogger(__name__)
 @celery_app.task(name="training.train_run", bind=True)
 def train_run(self: Any, run_id: int) -> str:
     """Wake-up for run `run_id`: a duplicate or late delivery claims nothing and returns."""
-    from ml.licchavi import TrainingCancelled
-    from workers.training_run import HandedOff, TrainingExecution
-
     if lifetime.handoff_requested.is_set():
         # This worker is stopping: leave the run to another one (or to this one's successor).
         send_wakeup(Wakeup(run_id))
@@ -39,7 +40,21 @@ def train_run(self: Any, run_id: int) -> str:
     )
     if claim is None:
         return "not claimed"
-    logger.info("run %s: claimed by %s (attempt %s)", run_id, owner, claim.attempt)
+    started = time.monotonic()
+    # The run's logs carry the id of the request that queued it.
+    with bound(request_id=claim.request_id, run_id=run_id), working_on(run_id=run_id):
+        outcome = _run_claimed(engine, claim, settings)
+    metrics.run_finished(outcome, time.monotonic() - started)
+    return outcome
+
+
+def _run_claimed(engine: Engine, claim: leases.Claim, settings: Settings) -> str:
+    """Train a claimed run to its end; returns how it ended."""
+    from ml.licchavi import TrainingCancelled
+    from workers.training_run import HandedOff, TrainingExecution
+
+    run_id = claim.run_id
+    logger.info("run %s: claimed by %s (attempt %s)", run_id, claim.owner, claim.attempt)
     lifetime.training.set()
     try:
         published = TrainingExecution(engine, claim, settings).run()

@@ -10,6 +10,7 @@ from sqlalchemy import String, func, select, update
 from sqlmodel import Session, col
 
 from app.core.errors import Conflict, InvalidInput, NotFound
+from app.core.logs import current_request_id
 from app.core.version import code_version, git_commit
 from app.models import Criterion, Sweep, SweepEvaluation, SweepTrial
 from app.services.runs import resolved_config
@@ -113,6 +114,7 @@ def submit(session: Session, spec: SweepSpec) -> Sweep:
         units_per_trial=spec.units_per_trial,
         code_version=code_version(),
         git_commit=git_commit(),
+        request_id=current_request_id(),
     )
     session.add(sweep)
     session.flush()

@@ -9,11 +9,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from app.models import SweepEvaluation, SweepEvent, SweepTrial
+from app.models import Sweep, SweepEvaluation, SweepEvent, SweepTrial
 
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
 Trial = SweepTrial.__table__  # type: ignore[attr-defined]
 Event = SweepEvent.__table__  # type: ignore[attr-defined]
+SweepTable = Sweep.__table__  # type: ignore[attr-defined]
 
 
 class EvaluationLost(Exception):
@@ -32,6 +33,8 @@ class EvaluationClaim:
     fold: int
     dataset_id: int
     config: dict[str, Any]
+    # The request that created the sweep: the worker logs the evaluation under the same id.
+    request_id: str | None = None
 
 
 def now_utc() -> datetime:
@@ -117,6 +120,9 @@ def claim_next(engine: Engine, *, owner: str, lease_seconds: float) -> Evaluatio
         config = connection.execute(
             select(Trial.c.config).where(Trial.c.id == row.trial_id)
         ).scalar_one()
+        request_id = connection.execute(
+            select(SweepTable.c.request_id).where(SweepTable.c.id == row.sweep_id)
+        ).scalar()
         record_event(
             connection,
             sweep_id=row.sweep_id,
@@ -137,6 +143,7 @@ def claim_next(engine: Engine, *, owner: str, lease_seconds: float) -> Evaluatio
         fold=int(row.fold),
         dataset_id=int(row.dataset_id),
         config=dict(config),
+        request_id=request_id,
     )
 
 
