@@ -48,47 +48,43 @@ DAMPING = 1e-2
 
 @dataclass(frozen=True)
 class FitCurvature:
-    """The fit's second derivative along each comparison at one iterate, computed once per
-    iteration for both the preconditioner and the Hessian-vector products."""
+    """The fit's second derivatives at one iterate, computed once per iteration for both the
+    preconditioner and the Hessian-vector products."""
 
-    difference: Array  # θ_a − θ_b
-    second_derivative: Array  # f''(s_n (θ_a − θ_b))
-    weight: Array  # f'' · s_n²: the Hessian's weight on (θ_a − θ_b)
+    weight: Array  # f''(s_n (θ_a − θ_b)) · s_n² per comparison: the weight on (θ_a − θ_b)
+    per_user: Array | None  # ∂²fit/∂s_n², only when s moves
 
 
-def fit_curvature(layout: PackedLayout, z: Array) -> FitCurvature:
+def fit_curvature(layout: PackedLayout, z: Array, with_s: bool) -> FitCurvature:
     problem = layout.problem
     k = problem.kernels
     x, rho, s = layout.split(z)
     theta = x + k.take(rho, problem.pair_video)
     scale = k.take(s, problem.comparison_user)
     difference = k.take(theta, problem.pair_a) - k.take(theta, problem.pair_b)
+    del theta
     second = losses.bt_second_derivative(k, scale * difference)
-    return FitCurvature(difference, second, second * scale * scale)
+    per_user = None
+    if with_s:
+        per_user = problem.sum_per_user(second * difference * difference)
+    return FitCurvature(second * scale * scale, per_user)
 
 
-def inverse_curvature(
-    layout: PackedLayout, z: Array, curvature: FitCurvature, w0: float, with_s: bool
-) -> Array:
+def inverse_curvature(layout: PackedLayout, z: Array, curvature: FitCurvature, w0: float) -> Array:
     """1 / diagonal of ∇²F: the conjugate gradients' preconditioner, L-BFGS's starting metric.
 
     Users and videos differ by orders of magnitude in comparison counts; scaling each coordinate
     by its own curvature lets the first step already be a sensible (diagonal Newton) step, which
-    is what makes a warm start from a near-optimal state converge in a few iterations. The s
-    block is only computed when s moves (`with_s`); held fixed, the preconditioner ignores it.
+    is what makes a warm start from a near-optimal state converge in a few iterations. With s
+    held fixed its block is 1: the Newton system leaves s out.
     """
     problem = layout.problem
     k = problem.kernels
     per_pair = problem.sum_over_both_sides(curvature.weight)
     per_video = problem.sum_per_video(per_pair) + 2 * w0
-    if with_s:
+    if curvature.per_user is not None:
         _, _, s = layout.split(z)
-        difference = curvature.difference
-        per_user = (
-            problem.sum_per_user(curvature.second_derivative * difference * difference)
-            + 1
-            + 1 / (s * s)
-        )
+        per_user = curvature.per_user + 1 + 1 / (s * s)
     else:
         per_user = k.zeros(layout.n_users, "float64") + 1
     return 1 / k.clamp(k.concatenate([per_pair, per_video, per_user]), CURVATURE_FLOOR)
@@ -167,7 +163,8 @@ class ConvergedSolver:
             d_rho = vector[n : n + n_videos]
             d_theta = vector[:n] + k.take(d_rho, problem.pair_video)
             change = k.take(d_theta, problem.pair_a) - k.take(d_theta, problem.pair_b)
-            per_pair = problem.sum_per_pair(weight * change)
+            change *= weight
+            per_pair = problem.sum_per_pair(change)
             per_video = problem.sum_per_video(per_pair) + 2 * w0 * d_rho
             out = k.concatenate([per_pair, per_video, no_users])
             out += damping * vector
@@ -221,8 +218,8 @@ class ConvergedSolver:
             if self.stationarity <= config.tolerance:
                 progress.converged = True
                 break
-            curvature = fit_curvature(layout, z)
-            metric = inverse_curvature(layout, z, curvature, w0, config.optimise_s)
+            curvature = fit_curvature(layout, z, config.optimise_s)
+            metric = inverse_curvature(layout, z, curvature, w0)
             if config.optimise_s:
                 direction = self._direction(pg, memory, metric)
             else:
