@@ -104,6 +104,9 @@ class TorchKernels:
     def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
         return float(torch.dot(a, b))
 
+    def multiply(self, a: torch.Tensor, b: Any, out: torch.Tensor) -> torch.Tensor:
+        return torch.mul(a, b, out=out)
+
     @contextlib.contextmanager
     def compute_scope(self) -> Iterator[None]:
         """CPU_THREADS intra-op threads on the CPU, the previous setting restored afterwards."""
