@@ -1,13 +1,13 @@
 """Array primitives the solvers are written against, on NumPy (no torch import) or on torch.
 
-The faithful solver, the objective's terms, the uncertainties and the stationarity measure use
-only the operations below plus Python's arithmetic operators (which NumPy arrays and torch
-tensors share, in place ones included), so the same code runs on either. Both sides do the same
-float32 operations in the same order (gathers, sequential scatter-adds, one-rounding expm1, no
-fused multiply-add), so a run gives the same bits on NumPy as on torch's CPU kernels; the CPU
-choice between them is a matter of speed only. On the CPU the faithful solver runs on NumPy:
-`licchavi train` then never imports torch (1 to 3 s of start-up), and its epochs are as fast
-(docs/benchmarks.md: same CPU time at 5M comparisons, faster at 500k).
+Both solvers, the objective's terms, the uncertainties and the stationarity measure use only
+the operations below plus Python's arithmetic operators (which NumPy arrays and torch tensors
+share, in place ones included), so the same code runs on either. Both sides do the same float32
+operations in the same order (gathers, sequential scatter-adds, one-rounding expm1, no fused
+multiply-add), so a faithful run gives the same bits on NumPy as on torch's CPU kernels; the
+converged solver's float64 results agree to rounding (1e-11). On the CPU both solvers run on
+NumPy: `licchavi train` then never imports torch (1 to 3 s of start-up), and is as fast or
+faster (docs/benchmarks.md, docs/solvers.md "The converged solver on NumPy").
 """
 
 from __future__ import annotations
