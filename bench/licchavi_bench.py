@@ -30,8 +30,12 @@ class Size:
 
 
 SIZES = {
+    # 30k, 200k and 1m have bench/quality.py's sparse shape (users = n/100, videos = 9n/100).
+    "30k": Size("30k", 300, 2_700, 30_000, 1.0, None),
+    "200k": Size("200k", 2_000, 18_000, 200_000, 4.0, None),
     "m": Size("m", 1_000, 9_000, 100_000, 2.0, None),
     "l": Size("l", 5_000, 40_000, 500_000, 10.0, 1.5),
+    "1m": Size("1m", 10_000, 90_000, 1_000_000, 20.0, 2.0),
     "xl": Size("xl", 50_000, 400_000, 5_000_000, 120.0, 8.0),
 }
 HELDOUT_FRACTION = 0.05
@@ -189,7 +193,7 @@ def _optional(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", default="m,l", help="comma-separated among m, l, xl")
+    parser.add_argument("--sizes", default="m,l", help="comma-separated among " + ", ".join(SIZES))
     parser.add_argument("--xl", action="store_true", help="also run the 5M-comparison set")
     parser.add_argument("--solvers", default="faithful", help="faithful, converged or both")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "out" / "licchavi")

@@ -44,16 +44,17 @@ def resolve_device(device: str) -> str:
     return "cuda" if available else "cpu"
 
 
-# "numpy" (the default) or "torch": the faithful solver's kernels on the CPU; the numbers are the
-# same either way.
+# "numpy" (the default) or "torch": the solvers' kernels on the CPU. The faithful solver's numbers
+# are the same bits either way, the converged solver's the same to within rounding (1e-9).
 CPU_KERNELS_VARIABLE = "LICCHAVI_CPU_KERNELS"
 
 
 def kernels_for(device: str, solver: str) -> Kernels:
-    """The kernels a run uses: torch for CUDA and for the converged solver (its conjugate
-    gradients and L-BFGS are written in torch), NumPy for the faithful solver on the CPU unless
-    LICCHAVI_CPU_KERNELS=torch. `device` is a resolved device ('cpu' or 'cuda')."""
-    if device == "cpu" and solver == "faithful":
+    """The kernels a run uses: torch for CUDA, NumPy for both solvers on the CPU unless
+    LICCHAVI_CPU_KERNELS=torch. `device` is a resolved device ('cpu' or 'cuda'); `solver` is
+    kept for callers, both solvers run on either kernel set."""
+    del solver
+    if device == "cpu":
         choice = os.environ.get(CPU_KERNELS_VARIABLE, "numpy").strip().lower() or "numpy"
         if choice not in ("numpy", "torch"):
             raise ValueError(f"{CPU_KERNELS_VARIABLE}: expected numpy or torch, got {choice!r}")

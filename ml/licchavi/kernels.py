@@ -1,18 +1,19 @@
 """Array primitives the solvers are written against, on NumPy (no torch import) or on torch.
 
-The faithful solver, the objective's terms, the uncertainties and the stationarity measure use
-only the operations below plus Python's arithmetic operators (which NumPy arrays and torch
-tensors share, in place ones included), so the same code runs on either. Both sides do the same
-float32 operations in the same order (gathers, sequential scatter-adds, one-rounding expm1, no
-fused multiply-add), so a run gives the same bits on NumPy as on torch's CPU kernels; the CPU
-choice between them is a matter of speed only. On the CPU the faithful solver runs on NumPy:
-`licchavi train` then never imports torch (1 to 3 s of start-up), and its epochs are as fast
-(docs/benchmarks.md: same CPU time at 5M comparisons, faster at 500k).
+Both solvers, the objective's terms, the uncertainties and the stationarity measure use only
+the operations below plus Python's arithmetic operators (which NumPy arrays and torch tensors
+share, in place ones included), so the same code runs on either. Both sides do the same float32
+operations in the same order (gathers, sequential scatter-adds, one-rounding expm1, no fused
+multiply-add), so a faithful run gives the same bits on NumPy as on torch's CPU kernels; the
+converged solver's float64 results agree to rounding (1e-11). On the CPU both solvers run on
+NumPy: `licchavi train` then never imports torch (1 to 3 s of start-up), and is as fast or
+faster (docs/benchmarks.md, docs/solvers.md "The converged solver on NumPy").
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -30,6 +31,7 @@ class Kernels(Protocol):
     def array(self, values: np.ndarray, dtype: DTypeName) -> Array: ...
     def zeros(self, size: int, dtype: DTypeName) -> Array: ...
     def astype(self, values: Array, dtype: DTypeName) -> Array: ...
+    def copy(self, values: Array) -> Array: ...
     def to_numpy(self, values: Array) -> np.ndarray: ...
     def dtype_name(self, values: Array) -> str: ...
     def take(self, values: Array, index: Array) -> Array: ...
@@ -46,6 +48,8 @@ class Kernels(Protocol):
     def total(self, values: Array) -> float: ...
     def count_nonzero(self, values: Array) -> int: ...
     def norm(self, values: Array) -> float: ...
+    def dot(self, a: Array, b: Array) -> float: ...
+    def multiply(self, a: Array, b: Array | float, out: Array) -> Array: ...
     def compute_scope(self) -> contextlib.AbstractContextManager[None]: ...
 
 
@@ -63,6 +67,9 @@ class NumpyKernels:
 
     def astype(self, values: np.ndarray, dtype: DTypeName) -> np.ndarray:
         return values.astype(dtype, copy=False)
+
+    def copy(self, values: np.ndarray) -> np.ndarray:
+        return np.array(values, copy=True)
 
     def to_numpy(self, values: np.ndarray) -> np.ndarray:
         return np.array(values, copy=True)
@@ -114,7 +121,18 @@ class NumpyKernels:
         return int(np.count_nonzero(values))
 
     def norm(self, values: np.ndarray) -> float:
-        return float(np.linalg.norm(values))
+        return math.sqrt(self.dot(values, values))
+
+    def dot(self, a: np.ndarray, b: np.ndarray) -> float:
+        # Not `a @ b` nor np.linalg.norm: those call the bundled BLAS, whose threads busy-wait
+        # for the next call. On the shared 2-core machine (load 7) a 60k-element product took
+        # 3.7 ms instead of 0.05, and the spinning threads slowed every NumPy call after it 5×.
+        # einsum's own loop is as fast as one BLAS thread and never starts another.
+        return float(np.einsum("i,i->", a, b, dtype=np.float64))
+
+    def multiply(self, a: np.ndarray, b: Any, out: np.ndarray) -> np.ndarray:
+        """a × b written into `out` (an existing array of a's shape), which is returned."""
+        return np.multiply(a, b, out=out)
 
     def compute_scope(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()

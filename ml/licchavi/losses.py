@@ -97,8 +97,9 @@ class FitTerms:
     comparison_derivative: Array  # f'(t) per comparison, reused by callers
 
 
-def fit_terms(problem: Problem, theta: Array, s: Array) -> FitTerms:
-    """Σ f(s_n (θ_a − θ_b), r) with ∂/∂θ (per pair) and ∂/∂s (per user)."""
+def fit_terms(problem: Problem, theta: Array, s: Array, with_s_gradient: bool = True) -> FitTerms:
+    """Σ f(s_n (θ_a − θ_b), r) with ∂/∂θ (per pair) and ∂/∂s (per user; zeros without
+    `with_s_gradient`, for callers that hold s fixed)."""
     k = problem.kernels
     difference = k.take(theta, problem.pair_a) - k.take(theta, problem.pair_b)
     scale = k.take(s, problem.comparison_user)
@@ -106,7 +107,11 @@ def fit_terms(problem: Problem, theta: Array, s: Array) -> FitTerms:
     return FitTerms(
         value=k.total(loss),
         grad_theta=problem.sum_per_pair(derivative * scale),
-        grad_s=problem.sum_per_user(derivative * difference),
+        grad_s=(
+            problem.sum_per_user(derivative * difference)
+            if with_s_gradient
+            else k.zeros(problem.n_users, problem.dtype)
+        ),
         comparison_derivative=derivative,
     )
 

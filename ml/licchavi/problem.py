@@ -105,3 +105,12 @@ class Problem:
         b_side = self.kernels.scatter_add(self.n_pairs, self.pair_b, comparison_values)
         a_side -= b_side
         return a_side
+
+    def sum_over_both_sides(self, comparison_values: Array) -> Array:
+        """Each pair's sum of a per-comparison quantity over the comparisons it is in, on
+        either side (+ on both): the a-sides first, then the b-sides, in comparison order."""
+        k = self.kernels
+        both_sides = k.concatenate([self.pair_a, self.pair_b])
+        return k.scatter_add(
+            self.n_pairs, both_sides, k.concatenate([comparison_values, comparison_values])
+        )

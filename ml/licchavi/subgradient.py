@@ -69,25 +69,30 @@ def smooth_part(layout: PackedLayout, z: Array, w0: float, optimise_s: bool = Tr
         infinite = float("inf")
         return SmoothPart(infinite, k.zeros(layout.size, "float64"), infinite, infinite, 0.0)
     theta = x + k.take(rho, problem.pair_video)
-    fit = losses.fit_terms(problem, theta, s)
+    fit = losses.fit_terms(problem, theta, s, with_s_gradient=optimise_s)
     s_prior = losses.s_prior(k, s)
     reg = losses.regularisation(k, rho, w0)
     grad = k.concatenate(
         [
             fit.grad_theta,
             problem.sum_per_video(fit.grad_theta) + 2 * w0 * rho,
-            (
-                fit.grad_s + losses.s_prior_gradient(s)
-                if optimise_s
-                else k.zeros(layout.n_users, "float64")
-            ),
+            fit.grad_s + losses.s_prior_gradient(s) if optimise_s else fit.grad_s,
         ]
     )
     return SmoothPart(fit.value + s_prior + reg, grad, fit.value, s_prior, reg)
 
 
+def coupling_value(layout: PackedLayout, z: Array, w: float) -> float:
+    """The coupling w·Σ|θ − ρ| = w‖x‖₁ at z (its only value in these coordinates)."""
+    return w * layout.problem.kernels.total(abs(z[: layout.n_pairs]))
+
+
 def pseudo_gradient(layout: PackedLayout, z: Array, grad: Array, w: float) -> Array:
-    """Minimal-norm subgradient of F + w‖x‖₁ (zero exactly at stationary points of J)."""
+    """Minimal-norm subgradient of F + w‖x‖₁ (zero exactly at stationary points of J).
+
+    The coupling's only gradient in these coordinates (w·sign(x), or the interval [−w, w] at
+    x = 0); it has no curvature, so the Newton system does not see w.
+    """
     k = layout.problem.kernels
     n = layout.n_pairs
     x, g = z[:n], grad[:n]

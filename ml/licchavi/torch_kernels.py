@@ -46,6 +46,9 @@ class TorchKernels:
     def astype(self, values: torch.Tensor, dtype: DTypeName) -> torch.Tensor:
         return values.to(_DTYPES[dtype])
 
+    def copy(self, values: torch.Tensor) -> torch.Tensor:
+        return values.clone()
+
     def to_numpy(self, values: torch.Tensor) -> np.ndarray:
         return np.array(values.detach().cpu().numpy(), copy=True)
 
@@ -97,6 +100,12 @@ class TorchKernels:
 
     def norm(self, values: torch.Tensor) -> float:
         return float(torch.linalg.vector_norm(values))
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.dot(a, b))
+
+    def multiply(self, a: torch.Tensor, b: Any, out: torch.Tensor) -> torch.Tensor:
+        return torch.mul(a, b, out=out)
 
     @contextlib.contextmanager
     def compute_scope(self) -> Iterator[None]:

@@ -32,7 +32,7 @@ from ml.licchavi.uncertainty import (
 )
 
 if TYPE_CHECKING:
-    # The converged solver is written in torch: imported only when a run uses it.
+    # Imported only when a run uses the converged solver.
     from ml.licchavi.converged import ConvergedSolver
 
 # Settings that do not change the numbers a run produces; a checkpoint stays resumable across them.

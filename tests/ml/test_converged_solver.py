@@ -1,6 +1,11 @@
 """The converged solver: reaches its tolerance where it used to stall, is independent of row
 order, and refuses to return scores it did not converge to."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +13,7 @@ import pytest
 from ml.config import LicchaviConfig
 from ml.data import ComparisonDataset, CriterionComparisons
 from ml.licchavi import NotConverged, finished_result, train_criterion
+from ml.licchavi.devices import CPU_KERNELS_VARIABLE
 from ml.licchavi.problem import data_fingerprint
 from ml.sybil import sybil_attack
 from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate
@@ -15,6 +21,9 @@ from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate
 
 def criterion(frame: pd.DataFrame) -> CriterionComparisons:
     return ComparisonDataset.from_frame(frame).criteria[MAIN_CRITERION]
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def sparse_set(seed: int = 7) -> pd.DataFrame:
@@ -95,3 +104,57 @@ def test_global_uncertainty_covers_the_truth_where_videos_have_six_contributors_
         pd.Series(result.n_comparisons), method="spearman"
     )
     assert spread_vs_data < -0.8
+
+
+# torch made unimportable (None in sys.modules): the converged solver must run on NumPy alone.
+TRAIN_WITH_TORCH_UNIMPORTABLE = """
+import sys
+sys.modules["torch"] = None
+from ml.config import LicchaviConfig
+from ml.data import ComparisonDataset
+from ml.licchavi import train_criterion
+from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate
+
+data = generate(SyntheticParams(n_users=50, n_videos=450, n_comparisons=5000, seed=7))
+criterion = ComparisonDataset.from_frame(data.comparisons).criteria[MAIN_CRITERION]
+result = train_criterion(criterion, LicchaviConfig(solver="converged", device="cpu"))
+assert result.kernels == "numpy" and result.converged, (result.kernels, result.converged)
+print(result.epochs)
+"""
+
+
+def test_converged_solver_on_the_cpu_runs_without_torch() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop(CPU_KERNELS_VARIABLE, None)
+    completed = subprocess.run(
+        [sys.executable, "-c", TRAIN_WITH_TORCH_UNIMPORTABLE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert int(completed.stdout.strip()) > 0
+
+
+@pytest.mark.parametrize("w", [1.0, 0.2])
+def test_numpy_and_torch_kernels_give_the_same_converged_scores(
+    monkeypatch: pytest.MonkeyPatch, w: float
+) -> None:
+    # torch's kernels are the CUDA path; on the CPU they must agree with NumPy's to rounding.
+    pytest.importorskip("torch")
+    data = criterion(sparse_set())
+    results = {}
+    for kernels in ("numpy", "torch"):
+        monkeypatch.setenv(CPU_KERNELS_VARIABLE, kernels)
+        results[kernels] = train_criterion(data, config(w=w, compute_uncertainty=True))
+    on_numpy, on_torch = results["numpy"], results["torch"]
+    assert (on_numpy.kernels, on_torch.kernels) == ("numpy", "torch")
+    assert on_numpy.converged and on_torch.converged
+    assert on_numpy.epochs == on_torch.epochs
+    for name in ("global_scores", "local_scores", "s", "global_uncertainty", "local_uncertainty"):
+        np.testing.assert_allclose(
+            getattr(on_numpy, name), getattr(on_torch, name), rtol=0, atol=1e-9, err_msg=name
+        )
