@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-# The default install (API, CPU workers, `licchavi train` with the faithful solver) has no torch;
+# The default install (API, CPU workers, `licchavi train` with either solver) has no torch;
 # GPU workers install it through this extra.
 GPU_EXTRA = "gpu"
 INSTALL_HINT = f"install the `{GPU_EXTRA}` extra: pip install 'licchavi-service[{GPU_EXTRA}]'"
 
 
 class TorchNotInstalled(RuntimeError):
-    """A run asked for something written in torch (CUDA, the converged solver, the torch CPU
-    kernels) where torch is not installed."""
+    """A run asked for something written in torch (CUDA or the torch CPU kernels) where torch
+    is not installed."""
 
     def __init__(self, purpose: str) -> None:
         super().__init__(f"{purpose} needs torch, which is not installed; {INSTALL_HINT}")

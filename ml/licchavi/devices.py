@@ -62,8 +62,6 @@ def kernels_for(device: str, solver: str) -> Kernels:
             return NumpyKernels()
     if device != "cpu":
         require_torch(f"device {device!r}")
-    elif solver != "faithful":
-        require_torch(f"the {solver} solver")
     else:
         require_torch(f"{CPU_KERNELS_VARIABLE}=torch")
     from ml.licchavi.torch_kernels import TorchKernels
