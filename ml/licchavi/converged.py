@@ -25,7 +25,7 @@ from ml.config import LicchaviConfig
 from ml.licchavi import losses
 from ml.licchavi.parameters import Parameters, Progress
 from ml.licchavi.problem import Problem
-from ml.licchavi.subgradient import PackedLayout, pseudo_gradient, smooth_part
+from ml.licchavi.subgradient import PackedLayout, coupling_term, pseudo_gradient, smooth_part
 
 HISTORY_SIZE = 12
 MAX_CG_STEPS = 200
@@ -180,7 +180,7 @@ class ConvergedSolver:
         elapsed_before = progress.history[-1]["elapsed"] if progress.history else 0.0
         z = self.z
         smooth = smooth_part(layout, z, w0, config.optimise_s)
-        total = smooth.value + w * float(z[:n].abs().sum())
+        total = smooth.value + coupling_term(layout, z, w)
         memory: list[tuple[torch.Tensor, torch.Tensor, float]] = []
         previous_grad_rho: torch.Tensor | None = None
         for iteration in range(progress.epoch + 1, progress.epoch + config.max_iterations + 1):
@@ -213,7 +213,7 @@ class ConvergedSolver:
                 x_new = candidate[:n]
                 candidate[:n] = torch.where(torch.sign(x_new) == orthant, x_new, 0.0)
                 smooth_new = smooth_part(layout, candidate, w0, config.optimise_s)
-                total_new = smooth_new.value + w * float(candidate[:n].abs().sum())
+                total_new = smooth_new.value + coupling_term(layout, candidate, w)
                 if total_new <= total + ARMIJO * float(pg @ (candidate - z)):
                     accepted = True
                     break
@@ -234,7 +234,7 @@ class ConvergedSolver:
             row = {
                 "fit": smooth.fit,
                 "s": smooth.s_prior,
-                "gen": w * float(z[:n].abs().sum()),
+                "gen": coupling_term(layout, z, w),
                 "reg": smooth.reg,
                 "l2_norm": float(z[n : n + layout.n_videos].norm()),
                 "grad_sp": 0.0

@@ -57,6 +57,15 @@ class PackedLayout:
         return x + self.problem.kernels.take(rho, self.problem.pair_video)
 
 
+def coupling_term(layout: PackedLayout, z: Array, w: float) -> float:
+    """w·Σ v_nv·|x_nv|, the L1 part of J (v_nv = 1 without voting rights)."""
+    problem = layout.problem
+    x = abs(z[: layout.n_pairs])
+    if problem.voting_rights is None:
+        return w * float(x.sum())
+    return float((problem.coupling_weight(w) * x).sum())
+
+
 def smooth_part(layout: PackedLayout, z: Array, w0: float, optimise_s: bool = True) -> SmoothPart:
     """F = fit + s-prior + w0·Σρ² and its gradient in the (x, ρ, s) coordinates.
 
@@ -87,10 +96,14 @@ def smooth_part(layout: PackedLayout, z: Array, w0: float, optimise_s: bool = Tr
 
 
 def pseudo_gradient(layout: PackedLayout, z: Array, grad: Array, w: float) -> Array:
-    """Minimal-norm subgradient of F + w‖x‖₁ (zero exactly at stationary points of J)."""
+    """Minimal-norm subgradient of F + w‖x‖₁ (zero exactly at stationary points of J).
+
+    With voting rights the L1 term is Σ w·v_nv·|x_nv|: the same, coordinate by coordinate.
+    """
     k = layout.problem.kernels
     n = layout.n_pairs
     x, g = z[:n], grad[:n]
+    w = layout.problem.coupling_weight(w)  # w·v_nv per pair with voting rights
     at_zero = k.sign(g) * k.clamp(abs(g) - w, 0.0)
     pg_x = k.where(x != 0, g + w * k.sign(x), at_zero)
     return k.concatenate([pg_x, grad[n:]])
