@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 
-# Tournesol's constants (its backend's OVER_TRUST_BIAS and OVER_TRUST_SCALE, Solidago's
-# AffineOvertrust min_overtrust and overtrust_ratio): two untrusted votes' worth plus a tenth of
-# the trusted votes on the video.
-OVER_TRUST_BIAS = 2.0
-OVER_TRUST_SCALE = 0.1
+# Tournesol uses 2 and 0.1 (its backend's OVER_TRUST_BIAS and OVER_TRUST_SCALE, Solidago's
+# AffineOvertrust min_overtrust and overtrust_ratio). Under Licchavi's coupling one voting unit
+# is worth a lot on a thinly compared video: on the attacked set of docs/solvers.md ("Trust and
+# voting rights") a budget of 2.5 let 5+ fake accounts lift the target 920 of 2,670 ranks
+# despite 5 trusted contributors, and 1.0 still 457. A budget of 0.1 + 0.02 per trusted
+# contributor keeps that lift under a tenth of v1's.
+OVER_TRUST_BIAS = 0.1
+OVER_TRUST_SCALE = 0.02
 
 
 def voting_rights(
