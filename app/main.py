@@ -11,7 +11,17 @@ from starlette.types import ASGIApp
 from app.api.openapi import install_openapi
 from app.api.rate_limits import enforce_rate_limits, install_rate_limits
 from app.api.request_id import RequestId
-from app.api.routes import api_keys, catalog, comparisons, health, me, runs, scores, sweeps
+from app.api.routes import (
+    api_keys,
+    catalog,
+    comparisons,
+    health,
+    me,
+    runs,
+    scores,
+    sweeps,
+    users,
+)
 from app.api.routes.docs import install_docs
 from app.api.single_write import SingleWriteFastPath
 from app.core.config import get_settings
@@ -63,6 +73,7 @@ def create_app() -> FastAPI:
     application.include_router(sweeps.router, prefix=API_PREFIX)
     application.include_router(sweeps.defaults_router, prefix=API_PREFIX)
     application.include_router(api_keys.router, prefix=API_PREFIX)
+    application.include_router(users.router, prefix=API_PREFIX)
     application.include_router(me.router, prefix=API_PREFIX)
     # Innermost of the middleware, so the Prometheus one and the body-size limit see its requests.
     application.add_middleware(SingleWriteFastPath, path=API_PREFIX + comparisons.router.prefix)

@@ -66,11 +66,30 @@ def train(
     warm_start: Annotated[
         Path | None, typer.Option("--warm-start", help="state.pt of an earlier run.")
     ] = None,
+    trusted: Annotated[
+        Path | None,
+        typer.Option(
+            "--trusted",
+            help="File of trusted user ids, one a line: they get full voting rights, the"
+            " untrusted contributors of each video share a capped one.",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train Licchavi on comparisons and write global/individual scores, history, config, state."""
     try:
-        _train(input, output, config, overrides, criteria, solver, device, warm_start, progress)
+        _train(
+            input,
+            output,
+            config,
+            overrides,
+            criteria,
+            solver,
+            device,
+            warm_start,
+            trusted,
+            progress,
+        )
     except CliError as error:
         raise _fail(str(error)) from None
 
@@ -84,6 +103,7 @@ def _train(
     solver: str | None,
     device: str | None,
     warm_start: Path | None,
+    trusted_path: Path | None,
     show_progress: bool,
 ) -> None:
     from ml.config import ConfigError, load_config
@@ -106,6 +126,7 @@ def _train(
         raise CliError(f"input file not found: {input_path}")
     if warm_start is not None and not warm_start.is_file():
         raise CliError(f"warm-start file not found: {warm_start}")
+    trusted = None if trusted_path is None else read_trusted(trusted_path)
     if output.exists() and not output.is_dir():
         raise CliError(f"output is not a directory: {output}")
     started = time.perf_counter()
@@ -113,6 +134,8 @@ def _train(
         dataset = read_comparisons(input_path)
     except (ValueError, KeyError, OSError) as error:
         raise CliError(f"cannot read {input_path}: {error}") from error
+    if trusted is not None:
+        dataset = dataset.with_trusted(trusted)
     read_seconds = time.perf_counter() - started
 
     wanted = _split_items(criteria_options) or sorted(dataset.criteria)
@@ -150,7 +173,8 @@ def _train(
         err.print(
             f"{name}: {len(result.video_ids)} videos, {len(result.user_ids)} users, "
             f"{result.epochs} epochs ({status}), stationarity {result.stationarity:.3g}, "
-            f"{result.kernels} on {result.config.device}",
+            f"{result.kernels} on {result.config.device}"
+            + (f", {result.trusted_users} trusted users" if trusted is not None else ""),
             highlight=False,
             soft_wrap=True,
         )
@@ -160,6 +184,17 @@ def _train(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def read_trusted(path: Path) -> list[str]:
+    """User ids, one a line (blank lines and lines starting with # skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise CliError(f"trusted-users file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CliError(f"cannot read {path}: {error}") from error
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 class _EpochProgress:

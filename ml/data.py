@@ -32,6 +32,9 @@ class CriterionComparisons:
     video_a_index: np.ndarray
     video_b_index: np.ndarray
     ratings: np.ndarray
+    # Boolean per user: trusted by an operator (voting rights, ml/licchavi/voting_rights.py);
+    # None without trust data, where every contributor has a full voting right as in v1.
+    trusted: np.ndarray | None = None
 
     @property
     def n_comparisons(self) -> int:
@@ -90,7 +93,24 @@ class CriterionComparisons:
             video_a_index=pair_index[:n].astype(np.int64),
             video_b_index=pair_index[n:].astype(np.int64),
             ratings=self.ratings[mask],
+            trusted=(
+                self.trusted[kept_users]
+                if self.trusted is not None and self.trusted[kept_users].any()
+                else None
+            ),
         )
+
+    def with_trusted(self, trusted: Iterable[str] | None) -> CriterionComparisons:
+        """The same comparisons with the users in ``trusted`` marked trusted.
+
+        When none of this criterion's users is in it (or it is None) there is no trust data:
+        trusted stays None, every voting right is 1 and the fingerprint is v1's.
+        """
+        wanted = set() if trusted is None else {str(user) for user in trusted}
+        mask = np.fromiter(
+            (str(user) in wanted for user in self.user_ids), dtype=bool, count=self.n_users
+        )
+        return replace(self, trusted=mask if mask.any() else None)
 
     def to_frame(self) -> pd.DataFrame:
         """Back to the public column layout (score expressed out of 10)."""
@@ -251,6 +271,13 @@ class ComparisonDataset:
     @property
     def n_comparisons(self) -> int:
         return sum(data.n_comparisons for data in self.criteria.values())
+
+    def with_trusted(self, trusted: Iterable[str] | None) -> ComparisonDataset:
+        """Every criterion with the users in ``trusted`` marked trusted (None: no trust data)."""
+        users = None if trusted is None else frozenset(str(user) for user in trusted)
+        return ComparisonDataset(
+            criteria={name: data.with_trusted(users) for name, data in self.criteria.items()}
+        )
 
 
 def _csv_engine() -> dict[str, Any]:

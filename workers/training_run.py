@@ -18,7 +18,7 @@ from app.services.snapshot import ComparisonSnapshot, load_snapshot
 from workers import lifetime, metrics
 
 if TYPE_CHECKING:
-    from ml.data import CriterionComparisons
+    from ml.data import ComparisonDataset, CriterionComparisons
     from ml.licchavi import CriterionResult, EpochReport, LicchaviState
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ class TrainingExecution:
         started = time.perf_counter()
         with reader.begin() as connection:
             snapshot = load_snapshot(connection, criteria=criteria)
-        dataset = ComparisonDataset.from_frame(snapshot.frame)
+        # Trust shapes the voting rights; without any trusted user every right is 1 (v1's J).
+        dataset = ComparisonDataset.from_frame(snapshot.frame).with_trusted(snapshot.trusted)
         with self.engine.connect() as connection:
             served = publication.published_criteria(connection)
         wanted = list(criteria) if criteria else sorted(set(dataset.criteria) | set(served))
@@ -180,6 +181,7 @@ class TrainingExecution:
                 self.claim,
                 fingerprint=_combined(fingerprints),
                 n_comparisons=sum(dataset.criteria[name].n_comparisons for name in names),
+                n_trusted=_trusted_contributors(dataset, names),
                 at=snapshot.taken_at,
             )
         loaded = time.perf_counter()
@@ -323,6 +325,17 @@ class TrainingExecution:
                 return None, 0
             published = publication.published_state(connection, criterion=criterion)
         return (LicchaviState.from_bytes(published) if published else None), 0
+
+
+def _trusted_contributors(dataset: "ComparisonDataset", names: list[str]) -> int:
+    """Trusted users among the contributors of the criteria trained (the run's record of the
+    trust its voting rights used)."""
+    users: set[str] = set()
+    for name in names:
+        data = dataset.criteria[name]
+        if data.trusted is not None:
+            users.update(str(user) for user in data.user_ids[data.trusted])
+    return len(users)
 
 
 def _combined(fingerprints: dict[str, str]) -> str:

@@ -1,7 +1,9 @@
-"""`licchavi`: serve the API, run workers, migrate, import/export comparisons, manage API keys."""
+"""`licchavi`: serve the API, run workers, migrate, import/export comparisons, manage API keys
+and trusted users."""
 
 import signal
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -21,8 +23,10 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 api_key_cli = typer.Typer(help="API keys.", no_args_is_help=True)
+users_cli = typer.Typer(help="Users and their trust mark (voting rights).", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(api_key_cli, name="api-key")
+cli.add_typer(users_cli, name="users")
 cli.add_typer(sweep_cli, name="sweep")
 
 err = Console(stderr=True)
@@ -76,6 +80,14 @@ def database_failure(exc: Exception) -> typer.Exit:
     from app.core.errors import public_error
 
     return fail(f"database error: {public_error(exc)} (is it migrated? `licchavi db upgrade`)")
+
+
+def print_columns(lines: Sequence[tuple[str, ...]]) -> None:
+    """Plain aligned columns, never wrapped or cut, so that scripts can read them."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
 
 
 @db_cli.command("upgrade")
@@ -159,11 +171,7 @@ def api_key_list() -> None:
             )
             for row in rows
         ]
-    # Plain aligned columns, never wrapped or cut, so that scripts can read them.
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for line in lines:
-        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
-        typer.echo("  ".join(cells).rstrip())
+    print_columns(lines)
 
 
 @api_key_cli.command("revoke")
@@ -184,6 +192,107 @@ def api_key_revoke(
     except UnknownKey as exc:
         raise fail(str(exc), code=1) from exc
     out.print(f"revoked {shown}", highlight=False)
+
+
+def _user_ids(values: list[str]) -> list[str]:
+    """The ids given (repeated or comma-separated), each checked as the API checks it."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from app.schemas.common import UserId
+
+    checked = []
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            checked.append(TypeAdapter(UserId).validate_python(item))
+        except ValidationError as exc:
+            raise fail(f"invalid user id {item!r}: {exc.errors()[0]['msg']}") from exc
+    if not checked:
+        raise fail("no user id given")
+    return checked
+
+
+@users_cli.command("trust")
+def users_trust(
+    user_ids: Annotated[list[str], typer.Argument(help="User id(s); comma-separate or repeat.")],
+) -> None:
+    """Mark users trusted (a user no comparison named yet is created): full voting rights from
+    the next training run."""
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session
+
+    from app.core.db import get_engine
+    from app.services.trust import set_trusted
+
+    wanted = _user_ids(user_ids)
+    try:
+        prepare_database()
+        with Session(get_engine()) as session:
+            for user_id in wanted:
+                set_trusted(session, user_id, True)
+            session.commit()
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
+    out.print(f"trusted {', '.join(wanted)}", highlight=False)
+
+
+@users_cli.command("untrust")
+def users_untrust(
+    user_ids: Annotated[list[str], typer.Argument(help="User id(s); comma-separate or repeat.")],
+) -> None:
+    """Remove the trust mark; exit 1 (and change nothing) if a user is unknown."""
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session
+
+    from app.core.db import get_engine
+    from app.services.trust import UnknownUser, untrust
+
+    wanted = _user_ids(user_ids)
+    try:
+        prepare_database()
+        with Session(get_engine()) as session:
+            for user_id in wanted:
+                untrust(session, user_id)
+            session.commit()
+    except UnknownUser as exc:
+        raise fail(str(exc), code=1) from exc
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
+    out.print(f"untrusted {', '.join(wanted)}", highlight=False)
+
+
+@users_cli.command("list")
+def users_list(
+    trusted: Annotated[
+        bool | None,
+        typer.Option("--trusted/--untrusted", help="Only trusted (or only untrusted) users."),
+    ] = None,
+) -> None:
+    """List users: id, trusted, when the mark changed (one per line, plain aligned columns)."""
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session
+
+    from app.core.db import get_engine
+    from app.services.trust import aware, list_users
+
+    lines = [("user", "trusted", "changed")]
+    try:
+        prepare_database()
+        with Session(get_engine()) as session:
+            rows, _total = list_users(session, trusted=trusted)
+            for row in rows:
+                changed = aware(row.trust_changed_at)
+                lines.append(
+                    (
+                        row.external_id,
+                        "yes" if row.trusted else "no",
+                        "-" if changed is None else f"{changed:%Y-%m-%dT%H:%MZ}",
+                    )
+                )
+    except SQLAlchemyError as exc:
+        raise database_failure(exc) from exc
+    print_columns(lines)
 
 
 @cli.command("import")
@@ -239,9 +348,10 @@ def import_command(
     if report.rejected > 20:
         err.print(f"… and {report.rejected - 20} more rejected rows", highlight=False)
     stored = "nothing stored (--strict)" if strict and report.rejected else "stored"
+    trust = f", trust marks changed {report.trust_changed}" if report.trust_changed else ""
     out.print(
         f"inserted {report.inserted}, updated {report.updated}, unchanged {report.unchanged}, "
-        f"rejected {report.rejected}; {stored}",
+        f"rejected {report.rejected}{trust}; {stored}",
         highlight=False,
     )
     if strict and report.rejected:

@@ -2,19 +2,27 @@
 
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from app.models.base import timestamp_field
 
 
 class User(SQLModel, table=True):
-    """A contributor, known by the platform's external id (Tournesol's public username)."""
+    """A contributor, known by the platform's external id (Tournesol's public username).
+
+    `trusted` is an operator's mark: a trusted user's voting right on every video is 1, while
+    the untrusted contributors of a video share a capped one (ml/licchavi/voting_rights.py).
+    """
 
     __tablename__ = "users"
 
     id: int | None = Field(default=None, primary_key=True)
     external_id: str = Field(max_length=150, unique=True, index=True)
     created_at: datetime = timestamp_field()
+    trusted: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    # When the current mark was set (trusted or untrusted); None: never marked.
+    trust_changed_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
 
 class Video(SQLModel, table=True):

@@ -49,6 +49,9 @@ class TrainingRun(SQLModel, table=True):
     code_version: str = Field(max_length=64)
     data_fingerprint: str | None = Field(default=None, max_length=64)
     n_comparisons: int | None = None
+    # Trusted users among the contributors of the trained criteria (0: no trust data, every
+    # voting right 1); None until the snapshot is taken.
+    n_trusted: int | None = None
     snapshot_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     progress: float = 0.0
     epoch: int = 0

@@ -45,6 +45,11 @@ class RunPublic(BaseModel):
     code_version: str
     data_fingerprint: str | None
     n_comparisons: int | None
+    n_trusted: int | None = Field(
+        default=None,
+        description="Trusted users among the contributors the run trained on (0: no trust data,"
+        " every voting right 1); null until the run has read its comparisons.",
+    )
     warm_start: bool
     progress: float
     epoch: int

@@ -12,6 +12,10 @@ from app.services.upsert import ComparisonRow, oriented
 
 REQUIRED_COLUMNS = ("public_username", "video_a", "video_b", "criteria", "score")
 EXPORT_COLUMNS = (*REQUIRED_COLUMNS, "score_max", "week_date")
+# Optional: whether an operator trusts the row's user. The export writes it when any user is
+# trusted, as `true`/`false`, so that export → import → export gives the same bytes.
+TRUSTED_COLUMN = "trusted"
+TRUST_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
 
 @dataclass(frozen=True)
@@ -34,10 +38,15 @@ def parse_rows(
     criteria: set[str],
     default_score_max: float,
     default_user: str | None = None,
+    trust_marks: dict[str, bool] | None = None,
 ) -> Iterator[ComparisonRow | RowError]:
     """Validate each data row; yields a row or the first problem found in it, in file order.
 
-    With `default_user`, the `public_username` column may be left out: every row is that user's."""
+    With `default_user`, the `public_username` column may be left out: every row is that user's.
+    With `trust_marks` (an operator's import), a `trusted` column's value of each valid row is
+    recorded there for its user (true/false/1/0, any case; an empty cell leaves the user as
+    they are; the last row of a user wins); a row with another value is refused. Without it the
+    column is not read: only operators mark users trusted."""
     # The csv module's reader with column positions: a dict per row (DictReader) cost as much as
     # the validation itself. Rows are read as DictReader would: blank lines skipped and not
     # counted, a short row's missing fields empty, a repeated column's last occurrence used.
@@ -57,6 +66,7 @@ def parse_rows(
     a_at, b_at, criterion_at, score_at = (position[c] for c in REQUIRED_COLUMNS[1:])
     score_max_at = position.get("score_max")
     week_at = position.get("week_date")
+    trusted_at = position.get(TRUSTED_COLUMN) if trust_marks is not None else None
     width = len(header)
     number = 0
     for record in _records(reader):
@@ -74,7 +84,7 @@ def parse_rows(
         fields: Sequence[str | None] = record
         if len(record) < width:
             fields = [*record, *[None] * (width - len(record))]
-        yield _parse_record(
+        parsed = _parse_record(
             number,
             # An empty cell, like a missing column, is the default user's.
             (None if user_at is None else fields[user_at]) or default_user,
@@ -87,6 +97,17 @@ def parse_rows(
             criteria,
             default_score_max,
         )
+        if trusted_at is not None and trust_marks is not None and not isinstance(parsed, RowError):
+            raw = (fields[trusted_at] or "").strip()
+            if raw:
+                mark = TRUST_VALUES.get(raw.lower())
+                if mark is None:
+                    yield RowError(
+                        number, TRUSTED_COLUMN, f"trusted must be true, false, 1 or 0: {raw!r}"
+                    )
+                    continue
+                trust_marks[parsed.user] = mark
+        yield parsed
 
 
 def _records(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:

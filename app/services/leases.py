@@ -134,12 +134,23 @@ def _owned(claim: Claim) -> ColumnElement[bool]:
 
 
 def record_snapshot(
-    connection: Connection, claim: Claim, *, fingerprint: str, n_comparisons: int, at: datetime
+    connection: Connection,
+    claim: Claim,
+    *,
+    fingerprint: str,
+    n_comparisons: int,
+    at: datetime,
+    n_trusted: int = 0,
 ) -> None:
     result = connection.execute(
         update(Run)
         .where(_owned(claim))
-        .values(data_fingerprint=fingerprint, n_comparisons=n_comparisons, snapshot_at=at)
+        .values(
+            data_fingerprint=fingerprint,
+            n_comparisons=n_comparisons,
+            snapshot_at=at,
+            n_trusted=n_trusted,
+        )
     )
     if not result.rowcount:
         raise LeaseLost(f"run {claim.run_id}: lease lost")

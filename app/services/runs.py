@@ -273,6 +273,7 @@ def public(run: TrainingRun, *, metrics: dict[str, dict[str, float]] | None = No
         code_version=run.code_version,
         data_fingerprint=run.data_fingerprint,
         n_comparisons=run.n_comparisons,
+        n_trusted=run.n_trusted,
         warm_start=run.warm_start,
         progress=run.progress,
         epoch=run.epoch,

@@ -8,6 +8,8 @@ import pandas as pd
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from app.services.trust import trusted_users
+
 
 @dataclass(frozen=True)
 class ComparisonSnapshot:
@@ -18,6 +20,8 @@ class ComparisonSnapshot:
     user_ids: dict[str, int]
     video_ids: dict[str, int]
     criterion_ids: dict[str, int]
+    # External ids of the users an operator trusts, read in the same transaction.
+    trusted: frozenset[str] = frozenset()
 
     @property
     def n_comparisons(self) -> int:
@@ -70,4 +74,5 @@ def load_snapshot(connection: Connection, *, criteria: list[str] | None) -> Comp
             str(external): int(pk) for pk, external in zip(videos.index, videos, strict=True)
         },
         criterion_ids=criterion_ids,
+        trusted=trusted_users(connection),
     )

@@ -16,6 +16,7 @@ from app.core.config import get_settings
 from app.services.comparisons import known_criteria
 from app.services.dataset_csv import (
     EXPORT_COLUMNS,
+    TRUSTED_COLUMN,
     CsvHeaderError,
     RowError,
     format_number,
@@ -23,6 +24,7 @@ from app.services.dataset_csv import (
     week_date,
 )
 from app.services.freshness import comparisons_changed
+from app.services.trust import mark_users
 from app.services.upsert import ComparisonRow, upsert_comparisons
 
 MAX_KEPT_REJECTIONS = 1000
@@ -38,6 +40,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     rejected: int = 0
+    trust_changed: int = 0  # users whose trust mark the `trusted` column set or removed
     rejections: list[RowError] = field(default_factory=list)
 
     def reject(self, error: RowError) -> None:
@@ -112,6 +115,8 @@ def import_comparisons(
     """Upsert every valid row, batch by batch (each batch its own transaction; re-running is safe).
 
     With `strict`, the whole file is validated first and nothing is written if any row is bad.
+    An optional `trusted` column marks each row's user trusted or not (dataset_csv.parse_rows),
+    in the same transaction as the batch that holds the user's rows.
     """
     with Session(engine) as session:
         criteria = known_criteria(session)
@@ -119,37 +124,42 @@ def import_comparisons(
     report = ImportReport()
     if strict:
         with open_comparisons(path) as lines:
-            for item in _parsed(path, lines, criteria, default_max):
+            for item in _parsed(path, lines, criteria, default_max, {}):
                 if isinstance(item, RowError):
                     report.reject(item)
         if report.rejected:
             return report
     batch: list[ComparisonRow] = []
+    marks: dict[str, bool] = {}  # filled by the parser as it reads, emptied by each flush
     with open_comparisons(path, on_read) as lines:
-        for item in _parsed(path, lines, criteria, default_max):
+        for item in _parsed(path, lines, criteria, default_max, marks):
             if isinstance(item, RowError):
                 report.reject(item)
                 continue
             batch.append(item)
             if len(batch) >= batch_size:
-                _flush(engine, batch, report)
+                _flush(engine, batch, marks, report)
                 batch = []
-    _flush(engine, batch, report)
+    _flush(engine, batch, marks, report)
     return report
 
 
 def _parsed(
-    path: Path, lines: IO[str], criteria: set[str], default_max: float
+    path: Path, lines: IO[str], criteria: set[str], default_max: float, marks: dict[str, bool]
 ) -> Iterator[ComparisonRow | RowError]:
     try:
-        yield from parse_rows(lines, criteria=criteria, default_score_max=default_max)
+        yield from parse_rows(
+            lines, criteria=criteria, default_score_max=default_max, trust_marks=marks
+        )
     except CsvHeaderError as exc:
         raise ImportSourceError(f"{path}: {exc}") from exc
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ImportSourceError(f"{path}: not a readable CSV ({exc})") from exc
 
 
-def _flush(engine: Engine, batch: list[ComparisonRow], report: ImportReport) -> None:
+def _flush(
+    engine: Engine, batch: list[ComparisonRow], marks: dict[str, bool], report: ImportReport
+) -> None:
     if not batch:
         return
     with Session(engine) as session:
@@ -159,6 +169,9 @@ def _flush(engine: Engine, batch: list[ComparisonRow], report: ImportReport) -> 
             criteria={row.criterion for row in batch},
             changed=outcome.inserted + outcome.updated,
         )
+        # Every marked user has a row in this batch or an earlier one: the user exists now.
+        report.trust_changed += mark_users(session, marks)
+        marks.clear()
         session.commit()
     report.inserted += outcome.inserted
     report.updated += outcome.updated
@@ -167,7 +180,7 @@ def _flush(engine: Engine, batch: list[ComparisonRow], report: ImportReport) -> 
 
 EXPORT_QUERY = """
     SELECT u.external_id, va.external_id, vb.external_id, c.name, cmp.score, cmp.score_max,
-           cmp.created_at
+           cmp.created_at, u.trusted
     FROM comparisons cmp
     JOIN users u ON u.id = cmp.user_id
     JOIN videos va ON va.id = cmp.video_a_id
@@ -187,7 +200,8 @@ def export_comparisons(engine: Engine, directory: Path) -> int:
 
     Rows come in code-point order of (user, video_a, video_b, criterion), not in storage order:
     an import of the file stores them in another order (each batch is written in key order), and
-    only a canonical order makes export → import → export give the same bytes."""
+    only a canonical order makes export → import → export give the same bytes. When any user is
+    trusted, a last `trusted` column (true/false) carries the marks, which the import reads."""
     from datetime import datetime
 
     from sqlalchemy import text
@@ -199,23 +213,25 @@ def export_comparisons(engine: Engine, directory: Path) -> int:
         engine.connect() as connection,
     ):
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(EXPORT_COLUMNS)
+        with_trust = bool(
+            connection.execute(text("SELECT 1 FROM users WHERE trusted LIMIT 1")).first()
+        )
+        writer.writerow((*EXPORT_COLUMNS, TRUSTED_COLUMN) if with_trust else EXPORT_COLUMNS)
         result = connection.execution_options(stream_results=True, yield_per=10_000).execute(
             text(EXPORT_QUERY.format(collate=_CODE_POINT_ORDER[engine.dialect.name]))
         )
-        for user, a, b, criterion, score, score_max, created_at in result:
+        for user, a, b, criterion, score, score_max, created_at, trusted in result:
             if isinstance(created_at, str):  # SQLite hands back text through raw SQL
                 created_at = datetime.fromisoformat(created_at)
-            writer.writerow(
-                (
-                    user,
-                    a,
-                    b,
-                    criterion,
-                    format_number(score),
-                    format_number(score_max),
-                    week_date(created_at),
-                )
+            row = (
+                user,
+                a,
+                b,
+                criterion,
+                format_number(score),
+                format_number(score_max),
+                week_date(created_at),
             )
+            writer.writerow((*row, "true" if trusted else "false") if with_trust else row)
             count += 1
     return count

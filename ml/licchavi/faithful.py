@@ -1,7 +1,8 @@
 """The v1 training schedule: alternating plain SGD steps, learning-rate decay, equilibrium stop.
 
 This replays the September 2022 Tournesol Licchavi loop with every user handled at once:
-per epoch one local step on (θ, s) of fit + s-prior + w·coupling, then gen_freq steps on ρ of
+per epoch one local step on (θ, s) of fit + s-prior + w·coupling (weighted by the voting rights
+when some users are trusted), then gen_freq steps on ρ of
 w·coupling + w0·Σρ², with the same learning-rate schedule and the same random draws for the
 equilibrium test.
 """
@@ -119,7 +120,8 @@ class FaithfulSolver:
         theta += delta
         fit = losses.fit_terms(self.problem, theta, parameters.s)
         deviation = losses.coupling_deviation(self.problem, theta, parameters.rho)
-        gradient = fit.grad_theta + self.config.w * self.kernels.sign(deviation)
+        weight = self.problem.coupling_weight(self.config.w)
+        gradient = fit.grad_theta + weight * self.kernels.sign(deviation)
         theta -= delta
         return gradient * delta
 
@@ -143,7 +145,7 @@ class FaithfulSolver:
         # Local step on (θ, s): fit + s-prior + w·coupling, ρ fixed.
         fit = losses.fit_terms(problem, theta, s)
         s_term = losses.s_prior(k, s)
-        grad_theta = fit.grad_theta + config.w * k.sign(
+        grad_theta = fit.grad_theta + problem.coupling_weight(config.w) * k.sign(
             losses.coupling_deviation(problem, theta, rho)
         )
         grad_s = fit.grad_s + losses.s_prior_gradient(s)
@@ -157,7 +159,7 @@ class FaithfulSolver:
         gradient = k.zeros(problem.n_videos, problem.dtype)
         for _ in range(config.gen_freq):
             deviation = losses.coupling_deviation(problem, theta, rho)
-            gen = config.w * k.total(abs(deviation))
+            gen = losses.coupling_value(problem, deviation, config.w)
             reg = losses.regularisation(k, rho, config.w0)
             gradient = losses.global_gradient(problem, deviation, rho, config.w, config.w0)
             rho -= gradient * self.progress.lr_gen

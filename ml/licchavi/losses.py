@@ -2,10 +2,11 @@
 
     J(θ, s, ρ) = Σ_comparisons f(s_n (θ_na − θ_nb), r)        fit
                + Σ_n (s_n²/2 − log s_n)                          s prior
-               + w  Σ_(n, v) |θ_nv − ρ_v|                        coupling
+               + w  Σ_(n, v) v_nv |θ_nv − ρ_v|                   coupling
                + w0 Σ_v ρ_v²                                     regularisation
 
-with f(t, r) = log(2 sinh(t) / t) + r t. The original evaluated f piecewise for float32
+with f(t, r) = log(2 sinh(t) / t) + r t, and v_nv the voting rights (1 without trust data,
+ml/licchavi/voting_rights.py). The original evaluated f piecewise for float32
 stability (|t| ≤ 0.01: t²/6 + log 2; |t| ≥ 10: |t| − log|t|). Here |t| ≤ 0.01 keeps that
 polynomial, and every other |t| uses log(2 sinh m / m) = m + log(−expm1(−2m) / m), which never
 overflows and equals |t| − log|t| to within e^(−20) beyond 10, so one formula covers both.
@@ -139,19 +140,30 @@ def coupling_deviation(problem: Problem, theta: Array, rho: Array) -> Array:
     return theta - problem.kernels.take(rho, problem.pair_video)
 
 
+def coupling_value(problem: Problem, deviation: Array, w: float) -> float:
+    """w·Σ v_nv·|θ_nv − ρ_v| (v1's w·Σ|θ − ρ| without voting rights)."""
+    k = problem.kernels
+    if problem.voting_rights is None:
+        return w * k.total(abs(deviation))
+    return k.total(problem.coupling_weight(w) * abs(deviation))
+
+
 def regularisation(kernels: Kernels, rho: Array, w0: float) -> float:
     return w0 * kernels.total(rho * rho)
 
 
 def global_gradient(problem: Problem, deviation: Array, rho: Array, w: float, w0: float) -> Array:
-    """∂/∂ρ of w·Σ|θ − ρ| + w0·Σρ², taking sign(0) = 0 like torch's |x|."""
-    return problem.sum_per_video(problem.kernels.sign(deviation)) * (-w) + 2 * w0 * rho
+    """∂/∂ρ of w·Σ v_nv·|θ − ρ| + w0·Σρ², taking sign(0) = 0 like torch's |x|."""
+    signs = problem.kernels.sign(deviation)
+    if problem.voting_rights is None:  # v1's expression, kept bit for bit
+        return problem.sum_per_video(signs) * (-w) + 2 * w0 * rho
+    return problem.sum_per_video(signs * problem.coupling_weight(w)) * -1 + 2 * w0 * rho
 
 
 def objective(problem: Problem, theta: Array, rho: Array, s: Array, w: float, w0: float) -> float:
     """J(θ, s, ρ)."""
     k = problem.kernels
-    coupling = w * k.total(abs(coupling_deviation(problem, theta, rho)))
+    coupling = coupling_value(problem, coupling_deviation(problem, theta, rho), w)
     return fit_value(problem, theta, s) + s_prior(k, s) + coupling + regularisation(k, rho, w0)
 
 
@@ -161,7 +173,7 @@ def objective_gradients(
     """(∂J/∂θ, ∂J/∂ρ, ∂J/∂s) with sign(0) = 0 for the |·| terms."""
     fit = fit_terms(problem, theta, s)
     deviation = coupling_deviation(problem, theta, rho)
-    grad_theta = fit.grad_theta + w * problem.kernels.sign(deviation)
+    grad_theta = fit.grad_theta + problem.coupling_weight(w) * problem.kernels.sign(deviation)
     grad_rho = global_gradient(problem, deviation, rho, w, w0)
     grad_s = fit.grad_s + s_prior_gradient(s)
     return grad_theta, grad_rho, grad_s

@@ -9,6 +9,7 @@ import numpy as np
 
 from ml.data import CriterionComparisons
 from ml.licchavi.kernels import Array, DTypeName, Kernels
+from ml.licchavi.voting_rights import voting_rights
 
 
 def data_fingerprint(data: CriterionComparisons) -> str:
@@ -20,6 +21,8 @@ def data_fingerprint(data: CriterionComparisons) -> str:
         digest.update(b"\x1e")
     for array in (data.user_index, data.video_a_index, data.video_b_index, data.ratings):
         digest.update(np.ascontiguousarray(array).tobytes())
+    if data.trusted is not None:  # absent without trust data: v1 fingerprints are unchanged
+        digest.update(b"trusted\x1e" + np.packbits(data.trusted).tobytes())
     return digest.hexdigest()
 
 
@@ -48,6 +51,14 @@ class Problem:
     # numpy copies of the pair layout, for outputs and state
     pair_user_np: np.ndarray
     pair_video_np: np.ndarray
+    # Voting right v_nv per pair (ml/licchavi/voting_rights.py), in the parameters' dtype; None
+    # when all are 1, so runs without trust data compute exactly v1's terms.
+    voting_rights: Array | None = None
+    voting_rights_np: np.ndarray | None = None
+
+    def coupling_weight(self, w: float) -> Array | float:
+        """w·v_nv per pair, the weight of each |θ_nv − ρ_v|; plain w without voting rights."""
+        return w if self.voting_rights is None else w * self.voting_rights
 
     @property
     def n_pairs(self) -> int:
@@ -70,6 +81,8 @@ class Problem:
         def as_index(array: np.ndarray) -> Array:
             return kernels.array(np.asarray(array, dtype=np.int64), "int64")
 
+        rights = voting_rights(pair_user, pair_video, data.trusted, n_videos)
+
         return cls(
             kernels=kernels,
             dtype=dtype,
@@ -84,6 +97,8 @@ class Problem:
             comparisons_per_user=np.bincount(data.user_index, minlength=data.n_users),
             pair_user_np=pair_user,
             pair_video_np=pair_video,
+            voting_rights=None if rights is None else kernels.array(rights, dtype),
+            voting_rights_np=rights,
         )
 
     def sum_per_user(self, values: Array) -> Array:

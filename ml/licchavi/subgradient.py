@@ -83,19 +83,26 @@ def smooth_part(layout: PackedLayout, z: Array, w0: float, optimise_s: bool = Tr
 
 
 def coupling_value(layout: PackedLayout, z: Array, w: float) -> float:
-    """The coupling w·Σ|θ − ρ| = w‖x‖₁ at z (its only value in these coordinates)."""
-    return w * layout.problem.kernels.total(abs(z[: layout.n_pairs]))
+    """The coupling w·Σ v_nv·|θ − ρ| = w·Σ v_nv·|x_nv| at z (its only value in these coordinates;
+    v_nv = 1 without voting rights)."""
+    problem = layout.problem
+    x = abs(z[: layout.n_pairs])
+    if problem.voting_rights is None:
+        return w * problem.kernels.total(x)
+    return problem.kernels.total(problem.coupling_weight(w) * x)
 
 
 def pseudo_gradient(layout: PackedLayout, z: Array, grad: Array, w: float) -> Array:
     """Minimal-norm subgradient of F + w‖x‖₁ (zero exactly at stationary points of J).
 
     The coupling's only gradient in these coordinates (w·sign(x), or the interval [−w, w] at
-    x = 0); it has no curvature, so the Newton system does not see w.
+    x = 0); it has no curvature, so the Newton system does not see w. With voting rights the L1
+    term is Σ w·v_nv·|x_nv|: the same, coordinate by coordinate.
     """
     k = layout.problem.kernels
     n = layout.n_pairs
     x, g = z[:n], grad[:n]
+    w = layout.problem.coupling_weight(w)  # w·v_nv per pair with voting rights
     at_zero = k.sign(g) * k.clamp(abs(g) - w, 0.0)
     pg_x = k.where(x != 0, g + w * k.sign(x), at_zero)
     return k.concatenate([pg_x, grad[n:]])

@@ -105,6 +105,7 @@ class CriterionResult:
     stationarity: float
     state: LicchaviState
     kernels: str  # the array library it ran on: "numpy" or "torch"
+    trusted_users: int = 0  # trusted contributors (0: no trust data, every voting right 1)
 
 
 def training_fingerprint(config: LicchaviConfig) -> str:
@@ -341,6 +342,7 @@ def _result(
         stationarity=final_stationarity,
         state=snapshot(),
         kernels=problem.kernels.backend,
+        trusted_users=0 if data.trusted is None else int(data.trusted.sum()),
     )
 
 

@@ -4,8 +4,9 @@ Local:  Δθ_nv = (s_n² Σ_{comparisons of n involving v} f''(t))^(-1/2), the c
         fit term along θ_nv (the |·| coupling has no curvature).
 Global: Δρ_v = median({|θ_nv − ρ_v| over raters} ∪ {4, 4, 4, 4, 4}) / sqrt(#raters), i.e. the
         raters' spread with a prior of five pseudo-observations at 4.
-Global, converged solver: Δρ_v = (2·w0 + Σ_n Δθ_nv^(−2))^(−1/2), the curvature of the fit
-        passed on to ρ_v from every rater (docs/solvers.md, "Uncertainty": at the default w its
+Global, converged solver: Δρ_v = (2·w0 + Σ_n v_nv·Δθ_nv^(−2))^(−1/2), the curvature of the
+        fit passed on to ρ_v from every rater, in proportion to their voting right v_nv (1
+        without trust data; docs/solvers.md, "Uncertainty": at the default w its
         95 % intervals cover 86–99 % of true scores for videos with ≥ 6 contributors, where the
         v1 formula's covered 0–1 % with this solver).
 """
@@ -79,5 +80,9 @@ def curvature_global_uncertainty(
     """
     with np.errstate(divide="ignore"):
         precision = np.asarray(local_spread, dtype=np.float64) ** -2.0
+    if problem.voting_rights_np is not None:
+        # A rater passes on only their voting right's share: a hundred untrusted accounts must
+        # not make a video look certain when they may move its score by their capped share only.
+        precision = precision * problem.voting_rights_np
     per_video = np.bincount(problem.pair_video_np, weights=precision, minlength=problem.n_videos)
     return np.asarray((2.0 * w0 + per_video) ** -0.5)
