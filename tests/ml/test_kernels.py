@@ -55,7 +55,10 @@ def _train(
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CPU_KERNELS_VARIABLE, kernels)
         return train_criterion(
-            data, LicchaviConfig(device="cpu"), callback=callback, initial_state=initial_state
+            data,
+            LicchaviConfig(solver="faithful", device="cpu"),
+            callback=callback,
+            initial_state=initial_state,
         )
 
 
@@ -106,7 +109,9 @@ def test_licchavi_train_on_the_cpu_never_imports_torch(tmp_path: Path) -> None:
         pytest.skip("device=auto probes CUDA through torch on a machine with an NVIDIA device")
     source = REPO.parent / "shared" / "data" / "licchavi-v1-reference" / "xs" / "comparisons.csv"
     output = tmp_path / "scores"
+    # The faithful solver runs on NumPy; the converged one (the default) is written in torch.
     command = ["--input", str(source), "--output", str(output), "--no-progress"]
+    command += ["--solver", "faithful"]
     for warm in ([], ["--warm-start", str(output / "state.pt")]):
         completed = subprocess.run(
             [sys.executable, "-c", TRAIN_WITHOUT_TORCH, "train", *command, *warm],
