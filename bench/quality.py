@@ -9,6 +9,10 @@ truth"). Usage:
 
     python bench/quality.py [--comparisons 30000] [--sets typical,dense]
         [--run faithful:solver=faithful --run converged-w0.2:solver=converged,w=0.2]
+
+The default runs are v1's solver (`faithful`), the converged solver with its own local scores
+(`converged`, personalise=false) and the library default (`default`: converged + personal
+scores).
 """
 
 from __future__ import annotations
@@ -37,10 +41,8 @@ from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate  # noqa: E402
 SETS = ("typical", "inverted", "niche", "dense", "attacked")
 DEFAULT_RUNS = (
     "faithful:solver=faithful",
-    "converged:solver=converged",
-    "converged-w0.5:solver=converged,w=0.5",
-    "faithful-w0.2:solver=faithful,w=0.2",
-    "converged-w0.2:solver=converged,w=0.2",
+    "converged:solver=converged,personalise=false",
+    "default:",
 )
 BUCKETS = ((1, 5, "≤5"), (6, 20, "6–20"), (21, 10**9, ">20"))
 Z95 = 1.96
