@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 
 class LicchaviConfig(BaseModel):
-    """All settings of one training run; defaults are the original `hyperparameters.gin`.
+    """All settings of one training run; defaults are the original `hyperparameters.gin`, with
+    the converged solver and personal scores (docs/solvers.md; `solver="faithful"` is v1).
 
     Every number is finite and bounded: a setting is stored in JSON (PostgreSQL refuses
     Infinity) and drives loops and allocations, so an absurd value must be refused here, where
