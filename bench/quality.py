@@ -9,6 +9,10 @@ truth"). Usage:
 
     python bench/quality.py [--comparisons 30000] [--sets typical,dense]
         [--run faithful:solver=faithful --run converged-w0.2:solver=converged,w=0.2]
+
+The default runs are v1's solver (`faithful`), the converged solver with its own local scores
+(`converged`, personalise=false) and the library default (`default`: converged + personal
+scores).
 """
 
 from __future__ import annotations
@@ -37,10 +41,8 @@ from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate  # noqa: E402
 SETS = ("typical", "inverted", "niche", "dense", "attacked")
 DEFAULT_RUNS = (
     "faithful:solver=faithful",
-    "converged:solver=converged",
-    "converged-w0.5:solver=converged,w=0.5",
-    "faithful-w0.2:solver=faithful,w=0.2",
-    "converged-w0.2:solver=converged,w=0.2",
+    "converged:solver=converged,personalise=false",
+    "default:",
 )
 BUCKETS = ((1, 5, "≤5"), (6, 20, "6–20"), (21, 10**9, ">20"))
 Z95 = 1.96
@@ -111,6 +113,7 @@ def _local(result: CriterionResult) -> pd.DataFrame:
             "public_username": result.user_ids[result.local_user_index].astype(str),
             "video": result.video_ids[result.local_video_index].astype(str),
             "score": result.local_scores,
+            "uncertainty": result.local_uncertainty,
             "tied": result.local_scores == result.global_scores[result.local_video_index],
         }
     )
@@ -138,6 +141,16 @@ def coverage(
         covered = error[inside] <= Z95 * spread[inside]
         out[f"{prefix}cov {label}"] = float(covered.mean()) if inside.any() else float("nan")
     return out
+
+
+def local_coverage(result: CriterionResult, truth: Truth, local: pd.DataFrame) -> float:
+    """Share of the honest users' local scores whose own true score, mapped onto the score scale
+    by the global fit's line (score ≈ a·truth + b), lies within ±1.96·local uncertainty."""
+    true = truth.global_truth.reindex(result.video_ids.astype(str)).to_numpy()
+    slope, intercept = np.polyfit(true, result.global_scores, 1)
+    honest = local[~local["public_username"].isin(set(truth.excluded) - set(truth.deviating))]
+    error = np.abs(honest["score"] - (slope * honest["true_score"] + intercept))
+    return float((error <= Z95 * honest["uncertainty"]).mean())
 
 
 def curvature_spread(result: CriterionResult) -> np.ndarray:
@@ -203,6 +216,7 @@ def measure(
         "deviating users": users_mean(deviating) if truth.deviating else float("nan"),
         "local = global": float(local["tied"].mean()),
         **coverage(result, truth.global_truth),
+        "local cov": local_coverage(result, truth, local),
         "target rank": (
             int((scores > scores[truth.target]).sum()) + 1 if truth.target is not None else None
         ),

@@ -60,7 +60,10 @@ def train(
         ),
     ] = None,
     solver: Annotated[
-        str | None, typer.Option(help="faithful (v1's SGD) or converged (minimise J).")
+        str | None,
+        typer.Option(
+            help="converged (minimise J, the default, with personal scores) or faithful (v1)."
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     warm_start: Annotated[

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 
 class LicchaviConfig(BaseModel):
-    """All settings of one training run; defaults are the original `hyperparameters.gin`.
+    """All settings of one training run; defaults are the original `hyperparameters.gin`, with
+    the converged solver and personal scores (docs/solvers.md; `solver="faithful"` is v1).
 
     Every number is finite and bounded: a setting is stored in JSON (PostgreSQL refuses
     Infinity) and drives loops and allocations, so an absurd value must be refused here, where
@@ -74,7 +75,9 @@ class LicchaviConfig(BaseModel):
         0.1, gt=0, le=MAX_WEIGHT, description="perturbation of the equilibrium test"
     )
     solver: Literal["faithful", "converged"] = Field(
-        "faithful", description="'faithful' replays v1's SGD; 'converged' minimises J to tolerance"
+        "converged",
+        description="'converged' minimises J to tolerance (the default); 'faithful' replays v1's"
+        " SGD, the reference",
     )
     tolerance: float = Field(
         1e-5, gt=0, le=1, description="converged solver: max |minimal-norm subgradient| to stop"
@@ -87,12 +90,32 @@ class LicchaviConfig(BaseModel):
         description="converged solver: also minimise over s_n (by default s_n stays at its"
         " starting value: 1, or the warm-start state's; see docs/solvers.md)",
     )
+    personalise: bool | None = Field(
+        None,
+        description="re-fit each user's local scores to their own comparisons around the fixed"
+        " global scores, through a personal slope (ml/licchavi/personalisation.py); None: on"
+        " with the converged solver, off with the faithful one (v1's local scores)",
+    )
+    personal_coupling: float = Field(
+        3.0,
+        gt=0,
+        le=MAX_WEIGHT,
+        description="weight of the Gaussian tie of the personal re-fit (larger: closer to the"
+        " global scores)",
+    )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="seed of the equilibrium test's random draws"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     compute_uncertainty: bool = True
+
+
+def personalises(config: LicchaviConfig) -> bool:
+    """Whether a run re-fits local scores per user (`personalise`, or the solver's default)."""
+    if config.personalise is None:
+        return config.solver == "converged"
+    return config.personalise
 
 
 def _parse_scalar(text: str) -> Any:

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ml.config import LicchaviConfig
+from ml.config import LicchaviConfig, personalises
 from ml.data import ComparisonDataset, CriterionComparisons
 from ml.licchavi.devices import kernels_for, resolve_device
 from ml.licchavi.faithful import FaithfulSolver, continued_progress, initial_progress
 from ml.licchavi.kernels import DTypeName
 from ml.licchavi.parameters import Parameters, Progress
+from ml.licchavi.personalisation import UserComparisons, personalise
 from ml.licchavi.problem import Problem, data_fingerprint
 from ml.licchavi.state import (
     LicchaviState,
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
     # Imported only when a run uses the converged solver.
     from ml.licchavi.converged import ConvergedSolver
 
-# Settings that do not change the numbers a run produces; a checkpoint stays resumable across them.
-_NON_NUMERICAL_SETTINGS = ("device", "compute_uncertainty")
+# Settings that do not change the solver's state; a checkpoint stays resumable across them (the
+# personal re-fit runs after the solver, from its final state).
+_NON_NUMERICAL_SETTINGS = ("device", "compute_uncertainty", "personalise", "personal_coupling")
 
 
 class TrainingCancelled(Exception):
@@ -309,6 +311,10 @@ def _result(
     snapshot: Callable[[], LicchaviState],
 ) -> CriterionResult:
     n_videos = problem.n_videos
+    kernels = problem.kernels
+    local_scores = kernels.to_numpy(parameters.theta).astype(np.float64)
+    s = kernels.to_numpy(parameters.s).astype(np.float64)
+    global_scores = kernels.to_numpy(parameters.rho).astype(np.float64)
     if config.compute_uncertainty:
         local_spread = local_uncertainty(problem, parameters.theta, parameters.s)
         if config.solver == "converged":
@@ -318,6 +324,13 @@ def _result(
     else:  # the original reported 0 when uncertainty was not computed
         local_spread = np.zeros(problem.n_pairs)
         global_spread = np.zeros(n_videos)
+    if personalises(config):
+        personal = personalise(
+            UserComparisons.of(problem), global_scores, s, config.personal_coupling
+        )
+        local_scores = personal.theta
+        if config.compute_uncertainty:
+            local_spread = personal.uncertainty
     comparisons_per_video = np.bincount(
         np.concatenate([data.video_a_index, data.video_b_index]), minlength=n_videos
     )
@@ -325,15 +338,15 @@ def _result(
         criterion=data.criterion,
         config=config,
         video_ids=data.video_ids,
-        global_scores=problem.kernels.to_numpy(parameters.rho).astype(np.float64),
+        global_scores=global_scores,
         global_uncertainty=global_spread,
         n_comparisons=comparisons_per_video.astype(np.int64),
         n_contributors=np.bincount(problem.pair_video_np, minlength=n_videos).astype(np.int64),
         user_ids=data.user_ids,
-        s=problem.kernels.to_numpy(parameters.s).astype(np.float64),
+        s=s,
         local_user_index=problem.pair_user_np,
         local_video_index=problem.pair_video_np,
-        local_scores=problem.kernels.to_numpy(parameters.theta).astype(np.float64),
+        local_scores=local_scores,
         local_uncertainty=local_spread,
         history=[dict(row) for row in progress.history],
         # Faithful: epochs run (a warm start that continues the schedule starts inside it).

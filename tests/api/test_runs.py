@@ -24,7 +24,11 @@ def test_starting_a_run_needs_the_runs_write_scope(client: ApiClient) -> None:
 def test_post_queues_a_run_with_its_resolved_config(client: ApiClient) -> None:
     response = client.post(
         RUNS,
-        json={"criteria": ["reliability", "largely_recommended"], "config": {"w": 2, "epochs": 30}},
+        json={
+            "criteria": ["reliability", "largely_recommended"],
+            "solver": "faithful",
+            "config": {"w": 2, "epochs": 30},
+        },
         headers=client.key(WRITE),
     )
     assert response.status_code == 202, response.text
@@ -39,8 +43,10 @@ def test_post_queues_a_run_with_its_resolved_config(client: ApiClient) -> None:
     shown = client.get(f"{RUNS}/{run['id']}").json()
     assert shown["status"] == "queued" and shown["metrics"] == {}
 
-    converged = client.post(RUNS, json={"solver": "converged"}, headers=client.key(WRITE)).json()
+    # Without a solver the default runs: the converged solver with personal scores.
+    converged = client.post(RUNS, json={}, headers=client.key(WRITE)).json()
     assert converged["solver"] == "converged" and converged["criteria"] is None
+    assert converged["config"]["personalise"] is None
 
 
 def test_an_idempotency_key_replays_the_same_run_and_rejects_another_body(

@@ -29,7 +29,7 @@ data = generate(SyntheticParams(n_users=1000, n_videos=9000, n_comparisons=100_0
 dataset = ComparisonDataset.from_frame(data.comparisons)
 result = train_criterion(
     dataset.criteria["largely_recommended"],
-    LicchaviConfig(device="cpu", compute_uncertainty=False),
+    LicchaviConfig(solver="faithful", device="cpu", compute_uncertainty=False),
 )
 np.savez(sys.argv[1], rho=result.global_scores, theta=result.local_scores, s=result.s)
 """

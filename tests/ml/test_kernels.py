@@ -55,7 +55,10 @@ def _train(
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CPU_KERNELS_VARIABLE, kernels)
         return train_criterion(
-            data, LicchaviConfig(device="cpu"), callback=callback, initial_state=initial_state
+            data,
+            LicchaviConfig(solver="faithful", device="cpu"),
+            callback=callback,
+            initial_state=initial_state,
         )
 
 

@@ -44,7 +44,9 @@ def shrunk_median(values: np.ndarray, w: float, w0: float) -> float:
 
 @pytest.fixture(scope="module")
 def converged_xs() -> CriterionResult:
-    config = LicchaviConfig(solver="converged", device="cpu", compute_uncertainty=False)
+    config = LicchaviConfig(
+        solver="converged", personalise=False, device="cpu", compute_uncertainty=False
+    )
     return train_criterion(reference_comparisons("xs"), config)
 
 
@@ -75,7 +77,9 @@ def test_an_adversarial_user_moves_global_scores_within_the_bound(
 ) -> None:
     """A new user pushes the lowest-ranked video above the top ones with maximal scores."""
     base = reference_comparisons("xs")
-    config = LicchaviConfig(solver="converged", device="cpu", compute_uncertainty=False, w=w, w0=w0)
+    config = LicchaviConfig(
+        solver="converged", personalise=False, device="cpu", compute_uncertainty=False, w=w, w0=w0
+    )
     before = train_criterion(base, config)
     scores = pd.Series(before.global_scores, index=before.video_ids)
     target = scores.idxmin()

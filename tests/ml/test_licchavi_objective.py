@@ -75,7 +75,9 @@ def test_piecewise_loss_derivatives(kernels: Kernels, t: float) -> None:
 @BOTH_KERNELS
 def test_pseudo_gradient_is_zero_only_at_a_stationary_point(kernels: Kernels) -> None:
     _, problem = small_problem(kernels)
-    config = LicchaviConfig(solver="converged", device="cpu", compute_uncertainty=False)
+    config = LicchaviConfig(
+        solver="converged", personalise=False, device="cpu", compute_uncertainty=False
+    )
     result = train_criterion(reference_comparisons("xs"), config)
     assert result.converged and result.stationarity <= config.tolerance
     layout = PackedLayout(problem)

@@ -64,7 +64,7 @@ def test_real_tournesol_export_trains_every_criterion(solver: str) -> None:
 
 def test_result_shapes_and_per_video_counts() -> None:
     data = reference_comparisons("xs")
-    result = train_criterion(data, LicchaviConfig(device="cpu"))
+    result = train_criterion(data, LicchaviConfig(solver="faithful", device="cpu"))
     n_videos, n_users = len(result.video_ids), len(result.user_ids)
     assert result.global_scores.shape == result.global_uncertainty.shape == (n_videos,)
     assert result.s.shape == (n_users,)
@@ -79,9 +79,12 @@ def test_result_shapes_and_per_video_counts() -> None:
 
 def test_float64_option_runs_the_same_schedule_in_double_precision() -> None:
     data = reference_comparisons("xs")
-    single = train_criterion(data, LicchaviConfig(device="cpu", compute_uncertainty=False))
+    single = train_criterion(
+        data, LicchaviConfig(solver="faithful", device="cpu", compute_uncertainty=False)
+    )
     double = train_criterion(
-        data, LicchaviConfig(device="cpu", dtype="float64", compute_uncertainty=False)
+        data,
+        LicchaviConfig(solver="faithful", device="cpu", dtype="float64", compute_uncertainty=False),
     )
     assert double.config.dtype == "float64" and double.state.rho.dtype == np.float64
     # Same maths, different rounding: sign(θ − ρ) ties break differently, so the trajectories
@@ -94,7 +97,7 @@ def test_float64_option_runs_the_same_schedule_in_double_precision() -> None:
 def test_resuming_a_mid_run_snapshot_reproduces_the_uninterrupted_run() -> None:
     data = reference_comparisons("s")
     # A low precision makes the equilibrium test stop the run, so its random draws matter too.
-    config = LicchaviConfig(device="cpu", precision=0.5)
+    config = LicchaviConfig(solver="faithful", device="cpu", precision=0.5)
     uninterrupted = train_criterion(data, config)
     assert uninterrupted.converged and uninterrupted.epochs < config.epochs
 
@@ -131,8 +134,10 @@ def test_resuming_a_mid_run_snapshot_reproduces_the_uninterrupted_run() -> None:
 
 def test_a_finished_state_on_other_data_is_a_warm_start_not_a_resume() -> None:
     data = reference_comparisons("xs")
-    first = train_criterion(data, LicchaviConfig(device="cpu", epochs=5))
-    again = train_criterion(data, LicchaviConfig(device="cpu", epochs=5), initial_state=first.state)
+    first = train_criterion(data, LicchaviConfig(solver="faithful", device="cpu", epochs=5))
+    again = train_criterion(
+        data, LicchaviConfig(solver="faithful", device="cpu", epochs=5), initial_state=first.state
+    )
     assert again.epochs == 5  # the schedule ran again from the saved scores
     assert not np.array_equal(again.global_scores, first.global_scores)
 
@@ -147,9 +152,13 @@ def test_warm_start_maps_saved_scores_by_id() -> None:
     full = reference_comparisons("xs")
     older = full.subset(full.user_index != 0)  # user 0 is new in `full`
     older = older.subset(older.video_a_index != 0)  # and so are some pairs/videos
-    first = train_criterion(older, LicchaviConfig(device="cpu", compute_uncertainty=False))
+    first = train_criterion(
+        older, LicchaviConfig(solver="faithful", device="cpu", compute_uncertainty=False)
+    )
     state = first.state
-    config = LicchaviConfig(device="cpu", epochs=1, lr_node=1e-12, lr_gen=1e-12, lr_s=1e-12)
+    config = LicchaviConfig(
+        solver="faithful", device="cpu", epochs=1, lr_node=1e-12, lr_gen=1e-12, lr_s=1e-12
+    )
     warm = train_criterion(full, config, initial_state=state)
 
     saved_rho = pd.Series(state.rho, index=state.video_ids)
@@ -181,7 +190,9 @@ def test_warm_start_after_one_percent_more_comparisons_needs_far_fewer_iteration
 
 def test_faithful_warm_start_runs_the_schedules_last_epochs_as_accurately() -> None:
     full = reference_comparisons("s")
-    config = LicchaviConfig(device="cpu", compute_uncertainty=False)  # warm_epochs=10
+    config = LicchaviConfig(
+        solver="faithful", device="cpu", compute_uncertainty=False
+    )  # warm_epochs=10
     earlier = train_criterion(grow(full, 0.01), config)
     cold = train_criterion(full, config)
     warm = train_criterion(full, config, initial_state=earlier.state)
@@ -203,7 +214,7 @@ def test_faithful_warm_start_runs_the_schedules_last_epochs_as_accurately() -> N
 
 def test_an_interrupted_warm_start_resumes_inside_the_schedule() -> None:
     full = reference_comparisons("s")
-    config = LicchaviConfig(device="cpu", compute_uncertainty=False)
+    config = LicchaviConfig(solver="faithful", device="cpu", compute_uncertainty=False)
     earlier = train_criterion(grow(full, 0.01), config).state
     uninterrupted = train_criterion(full, config, initial_state=earlier)
     saved: list[LicchaviState] = []
@@ -233,7 +244,7 @@ def test_an_interrupted_warm_start_resumes_inside_the_schedule() -> None:
 
 def test_a_warm_start_onto_mostly_new_pairs_runs_the_whole_schedule() -> None:
     full = reference_comparisons("s")
-    config = LicchaviConfig(device="cpu", compute_uncertainty=False)
+    config = LicchaviConfig(solver="faithful", device="cpu", compute_uncertainty=False)
     half = train_criterion(grow(full, 0.5), config)
     assert train_criterion(full, config, initial_state=half.state).epochs == 60
 
@@ -247,7 +258,9 @@ def test_callback_sees_every_epoch_and_can_cancel() -> None:
         return None if report.epoch < 3 else False
 
     with pytest.raises(TrainingCancelled):
-        train_criterion(data, LicchaviConfig(device="cpu"), callback=stop_at_three)
+        train_criterion(
+            data, LicchaviConfig(solver="faithful", device="cpu"), callback=stop_at_three
+        )
     assert [r.epoch for r in reports] == [1, 2, 3]
     assert all(r.max_epochs == 60 and r.criterion == data.criterion for r in reports)
     assert reports[0].history_row["fit"] == pytest.approx(1000 * np.log(2), rel=1e-6)
@@ -255,7 +268,7 @@ def test_callback_sees_every_epoch_and_can_cancel() -> None:
 
 def test_state_bytes_round_trip() -> None:
     data = reference_comparisons("xs")
-    state = train_criterion(data, LicchaviConfig(device="cpu", epochs=3)).state
+    state = train_criterion(data, LicchaviConfig(solver="faithful", device="cpu", epochs=3)).state
     back = LicchaviState.from_bytes(state.to_bytes())
     for name in ("rho", "s", "age", "theta", "pair_user", "pair_video", "rng_state"):
         np.testing.assert_array_equal(getattr(back, name), getattr(state, name))
@@ -272,7 +285,7 @@ def test_state_bytes_round_trip() -> None:
 def test_train_rejects_unknown_criteria() -> None:
     dataset = ComparisonDataset.from_records([("u", "a", "b", "c1", 3.0)])
     with pytest.raises(KeyError, match="nope"):
-        train(dataset, LicchaviConfig(device="cpu"), criteria=["nope"])
+        train(dataset, LicchaviConfig(solver="faithful", device="cpu"), criteria=["nope"])
 
 
 def test_auto_device_resolves_to_what_is_available_without_cuda_at_import() -> None:
@@ -283,14 +296,16 @@ def test_auto_device_resolves_to_what_is_available_without_cuda_at_import() -> N
 
     probe = "import ml.licchavi, torch; assert not torch.cuda.is_initialized()"
     subprocess.run([sys.executable, "-c", probe], check=True, cwd=Path(__file__).parents[2])
-    result = train_criterion(reference_comparisons("xs"), LicchaviConfig(epochs=2))
+    result = train_criterion(
+        reference_comparisons("xs"), LicchaviConfig(solver="faithful", epochs=2)
+    )
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert result.config.device == expected
 
 
 def test_a_finished_state_rebuilds_its_result_without_training() -> None:
     data = reference_comparisons("xs")
-    config = LicchaviConfig(device="cpu", epochs=7)
+    config = LicchaviConfig(solver="faithful", device="cpu", epochs=7)
     trained = train_criterion(data, config)
     rebuilt = finished_result(data, config, LicchaviState.from_bytes(trained.state.to_bytes()))
     assert rebuilt.epochs == trained.epochs == 7
@@ -299,6 +314,8 @@ def test_a_finished_state_rebuilds_its_result_without_training() -> None:
     np.testing.assert_allclose(rebuilt.global_uncertainty, trained.global_uncertainty)
     assert rebuilt.stationarity == pytest.approx(trained.stationarity)
     with pytest.raises(ValueError, match="not a finished run on this data"):
-        finished_result(data, LicchaviConfig(device="cpu", epochs=8), trained.state)
+        finished_result(
+            data, LicchaviConfig(solver="faithful", device="cpu", epochs=8), trained.state
+        )
     with pytest.raises(ValueError, match="not a finished run on this data"):
         finished_result(grow(data, 0.1), config, trained.state)

@@ -16,7 +16,7 @@ from ml.synthetic import SyntheticParams, generate
 
 CRITERION = "largely_recommended"
 SMALL: dict[str, object] = {"n_users": 20, "n_videos": 60, "comps_per_video": 3}
-FAST = LicchaviConfig(epochs=15, compute_uncertainty=False)
+FAST = LicchaviConfig(solver="faithful", epochs=15, compute_uncertainty=False)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_evaluate_unit_finds_the_truth_of_an_easy_set() -> None:
     }
     frozen = freeze_synthetic(generator, seed=1, criterion=CRITERION, heldout_fraction=0.2)
     metrics = evaluate_unit(
-        frozen, LicchaviConfig(epochs=30, compute_uncertainty=False), test_fold=1
+        frozen, LicchaviConfig(solver="faithful", epochs=30, compute_uncertainty=False), test_fold=1
     ).metrics
     assert metrics["spearman"] > 0.5 and metrics["heldout_accuracy"] > 0.55
 

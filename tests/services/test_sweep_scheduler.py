@@ -160,7 +160,7 @@ def test_the_median_pruner_stops_a_trial_that_falls_behind(engine: Engine) -> No
     # Two trials: 60 epochs, then a single epoch (far worse); one unit at a time.
     spec = grid_spec(
         parameters={"epochs": {"values": [60, 1]}},
-        base={"compute_uncertainty": False},
+        base={"solver": "faithful", "compute_uncertainty": False},
         early_stopping={"pruner": "median", "n_startup_trials": 1},
         budget={"max_parallel": 1},
         include_baseline=False,

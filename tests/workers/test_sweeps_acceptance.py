@@ -34,7 +34,7 @@ SMALL = {"n_users": 20, "n_videos": 60, "comps_per_video": 3}
 # Big enough that one evaluation lasts a few seconds (a kill lands mid-training), and
 # precision 1.0 so the faithful solver runs all its epochs.
 SLOW = {"n_users": 200, "n_videos": 2000, "comps_per_video": 8}
-SLOW_BASE = {"epochs": 3000, "precision": 1.0}
+SLOW_BASE = {"solver": "faithful", "epochs": 3000, "precision": 1.0}
 FINAL = {"completed", "cancelled", "failed"}
 
 
@@ -220,7 +220,9 @@ def _pool_of(owner: str) -> str:
 
 
 def test_pause_then_resume_loses_and_repeats_nothing(stack: Stack) -> None:
-    sweep_id = stack.submit(grid_spec("pause", SLOW, {"epochs": 800, "precision": 1.0}))
+    sweep_id = stack.submit(
+        grid_spec("pause", SLOW, {"solver": "faithful", "epochs": 800, "precision": 1.0})
+    )
     wait_for(
         "a first result",
         lambda: any(row["status"] == "succeeded" for row in evaluations(sweep_id)),

@@ -42,7 +42,11 @@ def test_cancel_queued_and_running_runs_and_a_failure_keep_published_scores(
             # the only worker process, so the next one stays queued.
             long = client.post(
                 RUNS,
-                json={"config": {"epochs": 100_000, "precision": 1.0}, "warm_start": False},
+                json={
+                    "solver": "faithful",
+                    "config": {"epochs": 100_000, "precision": 1.0},
+                    "warm_start": False,
+                },
                 headers=headers,
             ).json()["id"]
             wait_for_run(client, long, 60, statuses={"running"})
@@ -64,9 +68,15 @@ def test_cancel_queued_and_running_runs_and_a_failure_keep_published_scores(
             assert failed["status"] == "failed"
             assert "no comparisons for criterion pedagogy" in failed["error"]
 
-            # The converged solver stopped short of its tolerance: failed, saying so.
+            # The converged solver stopped short of its tolerance: failed, saying so (cold: the
+            # published run is the converged default's, from which one iteration is enough).
             short = client.post(
-                RUNS, json={"config": {"solver": "converged", "max_iterations": 1}}, headers=headers
+                RUNS,
+                json={
+                    "config": {"solver": "converged", "max_iterations": 1},
+                    "warm_start": False,
+                },
+                headers=headers,
             ).json()["id"]
             unfinished = wait_for_run(client, short, 120)
             assert unfinished["status"] == "failed"
