@@ -17,6 +17,7 @@ from app.core.db import background_engine, get_engine
 from app.services.sweeps import execution
 from app.services.sweeps.scheduler import SweepScheduler, release_lease
 from app.services.wakeups import wake_workers
+from workers import lifetime
 from workers.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def evaluate_next(owner: str) -> bool:
     """Claim and run the oldest queued evaluation; False when none is queued."""
     settings = get_settings()
     engine = get_engine()
+    if lifetime.handoff_requested.is_set():
+        return False  # this worker is stopping: the evaluation is for another one
     if not execution.queued_count(engine, limit=1):
         return False  # no sweep work: the sweep engine need not even be loaded
     # Load the engine before claiming: a claim starts the lease clock, and importing it in a
