@@ -192,15 +192,7 @@ def hand_back(engine: Engine, claim: EvaluationClaim) -> bool:
         )
         if not result.rowcount:
             return False
-        record_event(
-            connection,
-            sweep_id=claim.sweep_id,
-            trial_id=claim.trial_id,
-            evaluation_id=claim.evaluation_id,
-            status="queued",
-            attempt=claim.attempt,
-            detail="handed back: worker stopping",
-        )
+        _record_claim_event(connection, claim, "queued", "handed back: worker stopping")
     return True
 
 
@@ -232,13 +224,19 @@ def finish(
         )
         if not result.rowcount:
             return False
-        record_event(
-            connection,
-            sweep_id=claim.sweep_id,
-            trial_id=claim.trial_id,
-            evaluation_id=claim.evaluation_id,
-            status=status,
-            attempt=claim.attempt,
-            detail=detail,
-        )
+        _record_claim_event(connection, claim, status, detail)
     return True
+
+
+def _record_claim_event(
+    connection: Connection, claim: EvaluationClaim, status: str, detail: str | None
+) -> None:
+    record_event(
+        connection,
+        sweep_id=claim.sweep_id,
+        trial_id=claim.trial_id,
+        evaluation_id=claim.evaluation_id,
+        status=status,
+        attempt=claim.attempt,
+        detail=detail,
+    )
