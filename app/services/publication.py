@@ -2,6 +2,7 @@
 the published pointers and its status moved in one small transaction."""
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from app.core.config import get_settings
+from app.core.db import BATCH_PAUSE_SECONDS
 from app.services.leases import Claim, LeaseLost, extend, finish
 
 COPY_CHUNK_ROWS = 200_000
@@ -119,6 +121,11 @@ class StagedCriterion:
     criterion: str
 
 
+def _between_batches(engine: Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        time.sleep(BATCH_PAUSE_SECONDS)  # let another process's waiting writer in
+
+
 def score_batch_rows(engine: Engine) -> int:
     """Score rows written or deleted per transaction: on SQLite each such transaction holds the
     database's only write lock, which every API write then waits for, so batches are small; on
@@ -174,6 +181,7 @@ def stage(
                     bulk_insert(
                         connection, table, names, [c[start : start + batch] for c in columns]
                     )
+                _between_batches(engine)
         staged.append(StagedCriterion(output.criterion_id, output.criterion))
     return staged
 
@@ -245,6 +253,7 @@ def delete_in_batches(
         deleted += count
         if count < batch_rows:
             return deleted
+        _between_batches(engine)
 
 
 def _move_pointer(
