@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         ),
     )
     sqlite_score_batch_rows: int = Field(
-        default=2_000,
+        default=1_000,
         ge=1,
         description=(
             "Embedded default: score rows a run writes, or pruning deletes, per transaction; each"
