@@ -24,8 +24,8 @@ READ_ONLY = "licchavi_read_only"
 NO_WAIT = "licchavi_no_wait"
 # How often a SQLite writer tries again for the write lock another process holds.
 LOCK_POLL_SECONDS = 0.001
-# What a process writing many batches in a row waits after each, so that a writer of another
-# process, trying every LOCK_POLL_SECONDS, takes the lock in between.
+# What a process writing many batches in a row waits after each, at least, so that a writer of
+# another process, trying every LOCK_POLL_SECONDS, takes the lock in between.
 BATCH_PAUSE_SECONDS = 2 * LOCK_POLL_SECONDS
 
 

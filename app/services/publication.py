@@ -121,9 +121,13 @@ class StagedCriterion:
     criterion: str
 
 
-def _between_batches(engine: Engine) -> None:
+def _between_batches(engine: Engine, held: float) -> None:
+    """After a batch that held SQLite's write lock for `held` seconds, leave it free as long (at
+    least BATCH_PAUSE_SECONDS): the API's writers, queued meanwhile, then all get in before the
+    next batch, rather than one per batch, and keep at least half of the lock's time however
+    long the run's writes go on."""
     if engine.dialect.name == "sqlite":
-        time.sleep(BATCH_PAUSE_SECONDS)  # let another process's waiting writer in
+        time.sleep(max(BATCH_PAUSE_SECONDS, held))
 
 
 def score_batch_rows(engine: Engine) -> int:
@@ -176,12 +180,13 @@ def stage(
             )
         for table, names, columns in _score_tables(claim.run_id, output):
             for start in range(0, len(columns[0]), batch):
+                began = time.monotonic()
                 with engine.begin() as connection:
                     owned(connection)
                     bulk_insert(
                         connection, table, names, [c[start : start + batch] for c in columns]
                     )
-                _between_batches(engine)
+                _between_batches(engine, time.monotonic() - began)
         staged.append(StagedCriterion(output.criterion_id, output.criterion))
     return staged
 
@@ -244,6 +249,7 @@ def delete_in_batches(
         )
     deleted = 0
     while True:
+        began = time.monotonic()
         with engine.begin() as connection:
             if before is not None and not before(connection):
                 return deleted
@@ -253,7 +259,7 @@ def delete_in_batches(
         deleted += count
         if count < batch_rows:
             return deleted
-        _between_batches(engine)
+        _between_batches(engine, time.monotonic() - began)
 
 
 def _move_pointer(
