@@ -17,7 +17,8 @@ from app.core.version import code_version, git_commit
 from app.models import SweepDataset
 from app.services.sweeps import execution
 from app.services.sweeps.execution import EvaluationClaim, EvaluationLost
-from workers import metrics
+from app.services.wakeups import wake_workers
+from workers import lifetime, metrics
 
 if TYPE_CHECKING:
     from ml.licchavi import EpochReport
@@ -81,7 +82,8 @@ class EvaluationRunner:
         return entry
 
     def run(self, claim: EvaluationClaim) -> str:
-        """Returns how the evaluation ended: succeeded, failed, cancelled or lost."""
+        """Returns how the evaluation ended: succeeded, failed, cancelled, lost, or handed back
+        (queued again for another worker: this one is stopping)."""
         from ml.config import LicchaviConfig, config_hash
         from ml.licchavi import TrainingCancelled
         from ml.sweep.evaluate import evaluate_unit
@@ -89,6 +91,7 @@ class EvaluationRunner:
         capture = CappedLog(self.settings.sweep_log_max_bytes)
         engine_logger = logging.getLogger("ml")
         engine_logger.addHandler(capture)
+        heartbeat = Heartbeat(self.engine, claim, self.settings)
         try:
             dataset, fingerprint, split_fingerprint = self.dataset(claim.dataset_id)
             config = LicchaviConfig.model_validate({**claim.config, "seed": claim.seed})
@@ -101,12 +104,18 @@ class EvaluationRunner:
                 claim.fold,
                 claim.attempt,
             )
-            heartbeat = Heartbeat(self.engine, claim, self.settings)
             heartbeat.beat(progress=0.0)  # decoding a large dataset may have taken a while
             outcome = evaluate_unit(dataset, config, test_fold=claim.fold, on_epoch=heartbeat)
         except EvaluationLost:
             return "lost"
         except TrainingCancelled:
+            if heartbeat.handing_off:
+                # The worker is stopping: another one starts the evaluation over now (an
+                # evaluation is short and keeps no checkpoint) rather than after the lease.
+                if not execution.hand_back(self.engine, claim):
+                    return "lost"
+                wake_workers(reason=f"evaluation {claim.evaluation_id} handed back")
+                return "handed back"
             ended = execution.finish(
                 self.engine, claim, status="cancelled", values={"log": capture.text()}
             )
@@ -145,15 +154,20 @@ class EvaluationRunner:
 
 
 class Heartbeat:
-    """The engine's per-epoch callback: renews the lease every few seconds, stops on cancel."""
+    """The engine's per-epoch callback: renews the lease every few seconds, stops on cancel, and
+    stops when the worker asks its work to hand off (`handing_off` then tells why it stopped)."""
 
     def __init__(self, engine: Engine, claim: EvaluationClaim, settings: Settings) -> None:
         self.engine = engine
         self.claim = claim
         self.settings = settings
         self.last = time.monotonic()
+        self.handing_off = False
 
     def __call__(self, report: EpochReport) -> bool:
+        if lifetime.handoff_requested.is_set():
+            self.handing_off = True
+            return False
         if time.monotonic() - self.last < self.settings.sweep_heartbeat_seconds:
             return True
         return not self.beat(progress=min(1.0, report.epoch / max(report.max_epochs, 1)))

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
             " the API answers 503 with Retry-After."
         ),
     )
+    sqlite_score_batch_rows: int = Field(
+        default=1_000,
+        ge=1,
+        description=(
+            "Embedded default: score rows a run writes, or pruning deletes, per transaction; each"
+            " holds SQLite's write lock, so API writes wait at most one batch."
+        ),
+    )
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
     log_level: str = "INFO"

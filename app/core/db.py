@@ -4,6 +4,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -33,6 +34,11 @@ POSTGRES_CONNECTION = {
     "keepalives_count": 3,
     "tcp_user_timeout": 20_000,
 }
+# How often a SQLite writer tries again for the write lock another process holds.
+LOCK_POLL_SECONDS = 0.001
+# What a process writing many batches in a row waits after each, at least, so that a writer of
+# another process, trying every LOCK_POLL_SECONDS, takes the lock in between.
+BATCH_PAUSE_SECONDS = 2 * LOCK_POLL_SECONDS
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -114,18 +120,32 @@ class _SQLiteConnection(sqlite3.Connection):
             raise sqlite3.OperationalError("database is locked")
         self.gate = gate
         try:
-            if self.no_wait:
-                self.execute("PRAGMA busy_timeout=0")
             # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
             # when another writer committed meanwhile; taking the write lock up front makes it
-            # wait instead.
-            self.execute("BEGIN IMMEDIATE")
+            # wait instead. The wait is ours, not SQLite's busy handler: see `_begin_immediate`.
+            self.execute("PRAGMA busy_timeout=0")
+            self._begin_immediate(0.0 if self.no_wait else self.gate_timeout)
         except BaseException:
             self._release_gate()
             raise
         finally:
-            if self.no_wait:
-                self.execute(f"PRAGMA busy_timeout={int(self.gate_timeout * 1000)}")
+            self.execute(f"PRAGMA busy_timeout={int(self.gate_timeout * 1000)}")
+
+    def _begin_immediate(self, timeout: float) -> None:
+        """BEGIN IMMEDIATE, retried every millisecond while another process holds the write lock,
+        for up to `timeout` seconds. SQLite's busy handler sleeps 1, 2, 5, … up to 100 ms between
+        tries: a writer asleep in it missed the gaps between another process's short
+        transactions (a run storing its scores in batches), and the writers of its own process
+        queued behind it at the gate all that time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(LOCK_POLL_SECONDS)
 
     def _release_gate(self) -> None:
         gate, self.gate = self.gate, None

@@ -127,6 +127,21 @@ def renew(
     return bool(cancel)
 
 
+def extend(connection: Connection, claim: Claim, *, lease_seconds: float) -> None:
+    """Extend the lease, and hold the run's row until the transaction ends, so that whatever
+    else the transaction writes is written by the run's owner only (on PostgreSQL a takeover's
+    claim waits for it, then finds the lease fresh). Raises LeaseLost when the run is no longer
+    ours."""
+    now = now_utc()
+    result = connection.execute(
+        update(Run)
+        .where(_owned(claim))
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+    )
+    if not result.rowcount:
+        raise LeaseLost(f"run {claim.run_id}: lease lost")
+
+
 def _owned(claim: Claim) -> ColumnElement[bool]:
     return and_(
         Run.c.id == claim.run_id, Run.c.status == "running", Run.c.lease_owner == claim.owner

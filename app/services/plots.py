@@ -54,7 +54,9 @@ def scores_plot(session: Session, run_id: int) -> bytes:
     get_run(session, run_id)
     rows = session.execute(
         text(
+            # A run stores its scores before it succeeds; until then they are not its scores.
             "SELECT c.name, g.score FROM global_scores g JOIN criteria c ON c.id = g.criterion_id"
+            " JOIN training_runs r ON r.id = g.run_id AND r.status = 'succeeded'"
             " WHERE g.run_id = :run ORDER BY c.name"
         ),
         {"run": run_id},

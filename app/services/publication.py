@@ -1,16 +1,20 @@
-"""Publishing a run: scores, final states and the published pointers, in one transaction."""
+"""Publishing a run: its final states and scores stored under its id in short transactions, then
+the published pointers and its status moved in one small transaction."""
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
-from app.services.leases import Claim, LeaseLost, finish
+from app.core.config import get_settings
+from app.core.db import BATCH_PAUSE_SECONDS
+from app.services.leases import Claim, LeaseLost, extend, finish
 
 COPY_CHUNK_ROWS = 200_000
 
@@ -109,38 +113,108 @@ def published_criteria(connection: Connection) -> list[str]:
     return sorted(str(name) for (name,) in rows)
 
 
+@dataclass(frozen=True)
+class StagedCriterion:
+    """A criterion whose final state and scores `stage` stored under the run's id."""
+
+    criterion_id: int
+    criterion: str
+
+
+def _between_batches(engine: Engine, held: float) -> None:
+    """After a batch that held SQLite's write lock for `held` seconds, leave it free as long (at
+    least BATCH_PAUSE_SECONDS): the API's writers, queued meanwhile, then all get in before the
+    next batch, rather than one per batch, and keep at least half of the lock's time however
+    long the run's writes go on."""
+    if engine.dialect.name == "sqlite":
+        time.sleep(max(BATCH_PAUSE_SECONDS, held))
+
+
+def score_batch_rows(engine: Engine) -> int:
+    """Score rows written or deleted per transaction: on SQLite each such transaction holds the
+    database's only write lock, which every API write then waits for, so batches are small; on
+    PostgreSQL writers do not exclude each other, and a COPY chunk is the batch."""
+    if engine.dialect.name == "sqlite":
+        return get_settings().sqlite_score_batch_rows
+    return COPY_CHUNK_ROWS
+
+
+def stage(
+    engine: Engine, claim: Claim, outputs: Sequence[CriterionOutput], *, lease_seconds: float
+) -> list[StagedCriterion]:
+    """Store each criterion's final state and scores under the run's id, ahead of `publish`.
+
+    Nothing serves them yet: scores are read through the published pointer, or by run id once
+    the run has succeeded, and `publish` moves both in one transaction. So they are written in
+    many short transactions (`score_batch_rows` rows each), each of which first extends the
+    lease: a worker that lost the run writes no further batch. A later attempt of the run first
+    deletes what an earlier one left, so the run ends with each score once.
+    """
+    batch = score_batch_rows(engine)
+
+    def owned(connection: Connection) -> bool:
+        extend(connection, claim, lease_seconds=lease_seconds)
+        return True
+
+    staged = []
+    for output in outputs:
+        if claim.attempt > 1:
+            for table in ("local_scores", "global_scores"):
+                delete_in_batches(
+                    engine,
+                    table,
+                    "run_id = :run AND criterion_id = :criterion",
+                    {"run": claim.run_id, "criterion": output.criterion_id},
+                    batch_rows=batch,
+                    before=owned,
+                )
+        with engine.begin() as connection:
+            owned(connection)
+            save_state(
+                connection,
+                run_id=claim.run_id,
+                criterion=output.criterion,
+                epoch=output.epoch,
+                state=output.state,
+                is_checkpoint=False,
+            )
+        for table, names, columns in _score_tables(claim.run_id, output):
+            for start in range(0, len(columns[0]), batch):
+                began = time.monotonic()
+                with engine.begin() as connection:
+                    owned(connection)
+                    bulk_insert(
+                        connection, table, names, [c[start : start + batch] for c in columns]
+                    )
+                _between_batches(engine, time.monotonic() - began)
+        staged.append(StagedCriterion(output.criterion_id, output.criterion))
+    return staged
+
+
 def publish(
     connection: Connection,
     claim: Claim,
-    outputs: Sequence[CriterionOutput],
+    staged: Sequence[StagedCriterion],
     snapshot_at: datetime,
     *,
     withdrawn: Sequence[int] = (),
 ) -> list[str]:
-    """Write every criterion's scores and move its published pointer, then mark the run succeeded.
+    """Move each staged criterion's published pointer to the run, and mark the run succeeded.
 
-    Call inside one transaction: readers see the previous run's scores until it commits, then
-    this run's, never a mix. The status moves first, so a run taken over by another worker
-    writes nothing. A criterion whose published run read newer comparisons keeps it (a slower,
-    older run never replaces fresher scores). The `withdrawn` criteria (ids), which had no
-    comparison left in the snapshot, are published empty: their pointer moves to this run, which
-    holds no scores for them. Returns the names of the criteria published.
+    Call inside one transaction, after `stage`: readers see the previous run's scores until it
+    commits, then this run's, never a mix; the transaction writes a row per criterion, whatever
+    the number of scores. The status moves first, so a run taken over by another worker
+    publishes nothing. A criterion whose published run read newer comparisons keeps it (a
+    slower, older run never replaces fresher scores). The `withdrawn` criteria (ids), which had
+    no comparison left in the snapshot, are published empty: their pointer moves to this run,
+    which holds no scores for them. Returns the names of the criteria published.
     """
     if not finish(connection, claim, status="succeeded", unless_cancelled=True):
         raise LeaseLost(f"run {claim.run_id}: lease lost before publication")
     published = []
-    for output in outputs:
-        save_state(
-            connection,
-            run_id=claim.run_id,
-            criterion=output.criterion,
-            epoch=output.epoch,
-            state=output.state,
-            is_checkpoint=False,
-        )
-        _write_scores(connection, claim.run_id, output)
-        if _move_pointer(connection, claim.run_id, output.criterion_id, snapshot_at):
-            published.append(output.criterion)
+    for criterion in staged:
+        if _move_pointer(connection, claim.run_id, criterion.criterion_id, snapshot_at):
+            published.append(criterion.criterion)
     for criterion_id in withdrawn:
         if _move_pointer(connection, claim.run_id, criterion_id, snapshot_at):
             published.append(_criterion_name(connection, criterion_id))
@@ -149,6 +223,43 @@ def publish(
         {"run": claim.run_id},
     )
     return published
+
+
+def delete_in_batches(
+    engine: Engine,
+    table: str,
+    where: str,
+    params: dict[str, Any],
+    *,
+    batch_rows: int,
+    before: Callable[[Connection], bool] | None = None,
+) -> int:
+    """Delete the rows of `table` matching `where`, at most `batch_rows` per transaction; each
+    transaction first asks `before`, and the deletion stops when it answers False. Returns the
+    number of rows deleted."""
+    if engine.dialect.name == "sqlite":
+        statement = (
+            f"DELETE FROM {table} WHERE rowid IN"
+            f" (SELECT rowid FROM {table} WHERE {where} LIMIT :batch_rows)"
+        )
+    else:  # a TID scan per batch, however large the table
+        statement = (
+            f"DELETE FROM {table} WHERE ctid = ANY (ARRAY"
+            f" (SELECT ctid FROM {table} WHERE {where} LIMIT :batch_rows))"
+        )
+    deleted = 0
+    while True:
+        began = time.monotonic()
+        with engine.begin() as connection:
+            if before is not None and not before(connection):
+                return deleted
+            count = connection.execute(
+                text(statement), {**params, "batch_rows": batch_rows}
+            ).rowcount
+        deleted += count
+        if count < batch_rows:
+            return deleted
+        _between_batches(engine, time.monotonic() - began)
 
 
 def _move_pointer(
@@ -196,46 +307,47 @@ def _aware(value: Any) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _write_scores(connection: Connection, run_id: int, output: CriterionOutput) -> None:
+def _score_tables(
+    run_id: int, output: CriterionOutput
+) -> list[tuple[str, tuple[str, ...], list[np.ndarray]]]:
+    """The score rows of one criterion: (table, column names, columns) for each score table."""
     n_global = len(output.video_ids)
-    global_columns = [
-        np.full(n_global, run_id, dtype=np.int64),
-        np.full(n_global, output.criterion_id, dtype=np.int64),
-        output.video_ids,
-        output.global_scores,
-        output.global_uncertainty,
-        output.n_comparisons,
-        output.n_contributors,
-    ]
     n_local = len(output.local_scores)
-    local_columns = [
-        np.full(n_local, run_id, dtype=np.int64),
-        np.full(n_local, output.criterion_id, dtype=np.int64),
-        output.local_user_ids,
-        output.local_video_ids,
-        output.local_scores,
-        output.local_uncertainty,
-    ]
-    bulk_insert(
-        connection,
-        "global_scores",
+    return [
         (
-            "run_id",
-            "criterion_id",
-            "video_id",
-            "score",
-            "uncertainty",
-            "n_comparisons",
-            "n_contributors",
+            "global_scores",
+            (
+                "run_id",
+                "criterion_id",
+                "video_id",
+                "score",
+                "uncertainty",
+                "n_comparisons",
+                "n_contributors",
+            ),
+            [
+                np.full(n_global, run_id, dtype=np.int64),
+                np.full(n_global, output.criterion_id, dtype=np.int64),
+                output.video_ids,
+                output.global_scores,
+                output.global_uncertainty,
+                output.n_comparisons,
+                output.n_contributors,
+            ],
         ),
-        global_columns,
-    )
-    bulk_insert(
-        connection,
-        "local_scores",
-        ("run_id", "criterion_id", "user_id", "video_id", "score", "uncertainty"),
-        local_columns,
-    )
+        (
+            "local_scores",
+            ("run_id", "criterion_id", "user_id", "video_id", "score", "uncertainty"),
+            [
+                np.full(n_local, run_id, dtype=np.int64),
+                np.full(n_local, output.criterion_id, dtype=np.int64),
+                output.local_user_ids,
+                output.local_video_ids,
+                output.local_scores,
+                output.local_uncertainty,
+            ],
+        ),
+    ]
 
 
 def _rows(columns: Sequence[np.ndarray], start: int, stop: int) -> Iterator[tuple[Any, ...]]:

@@ -3,9 +3,11 @@
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select, text, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
+from app.core.db import read_only
 from app.models import TrainingRun
+from app.services.publication import delete_in_batches, score_batch_rows
 
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
 
@@ -44,29 +46,70 @@ def runs_to_wake(connection: Connection, *, resend_after_seconds: float) -> list
     return ids
 
 
-def prune_superseded_scores(connection: Connection, *, runs_kept: int) -> list[int]:
+def prune_superseded_scores(engine: Engine, *, runs_kept: int) -> list[int]:
     """Delete the score rows of succeeded runs that are neither published nor among the
-    `runs_kept` newest succeeded runs; returns the runs pruned.
+    `runs_kept` newest succeeded runs, and those a failed or cancelled run stored before it
+    ended; returns the runs pruned.
 
     Every run writes a score per (user, video) pair it trained on, so without this the score
-    tables would grow by the size of the dataset at every auto run.
+    tables would grow by the size of the dataset at every auto run. Rows go in batches of
+    `score_batch_rows`, each its own transaction (on SQLite each holds the only write lock);
+    a run once found superseded stays so (pointers only ever move to the run publishing), and
+    each batch checks again that no pointer names it. Reads by run id answer 410 for a
+    superseded run from the moment it is found so (`is_superseded`), not only once its rows
+    are gone, so none reads a half-deleted run.
     """
     # One statement, so one snapshot: read in separate statements, a run published between them
     # looked neither newest nor published and lost its scores.
-    run_ids = [
-        int(row[0])
-        for row in connection.execute(
-            text(
-                "SELECT r.id FROM training_runs r WHERE r.status = 'succeeded'"
-                " AND r.id NOT IN (SELECT run_id FROM published_runs)"
-                " AND r.id NOT IN (SELECT n.id FROM training_runs n WHERE n.status = 'succeeded'"
-                " ORDER BY n.id DESC LIMIT :kept)"
-                " AND EXISTS (SELECT 1 FROM global_scores g WHERE g.run_id = r.id)"
-            ),
-            {"kept": runs_kept},
-        ).all()
-    ]
+    with read_only(engine).connect() as connection:
+        run_ids = [
+            int(row[0])
+            for row in connection.execute(
+                text(
+                    "SELECT r.id FROM training_runs r WHERE ((r.status = 'succeeded'"
+                    f" AND {_SUPERSEDED}) OR r.status IN ('failed', 'cancelled'))"
+                    " AND (EXISTS (SELECT 1 FROM global_scores g WHERE g.run_id = r.id)"
+                    " OR EXISTS (SELECT 1 FROM local_scores l WHERE l.run_id = r.id))"
+                ),
+                {"kept": runs_kept},
+            ).all()
+        ]
+    batch = score_batch_rows(engine)
     for run_id in run_ids:
+
+        def unpublished(connection: Connection, run_id: int = run_id) -> bool:
+            return not connection.execute(
+                text("SELECT 1 FROM published_runs WHERE run_id = :run"), {"run": run_id}
+            ).first()
+
         for table in ("local_scores", "global_scores"):
-            connection.execute(text(f"DELETE FROM {table} WHERE run_id = :run"), {"run": run_id})
+            delete_in_batches(
+                engine,
+                table,
+                "run_id = :run",
+                {"run": run_id},
+                batch_rows=batch,
+                before=unpublished,
+            )
     return run_ids
+
+
+# A succeeded run `r` whose scores nobody is served: not published, and older than the `:kept`
+# newest succeeded runs.
+_SUPERSEDED = (
+    "r.id NOT IN (SELECT run_id FROM published_runs)"
+    " AND r.id NOT IN (SELECT n.id FROM training_runs n WHERE n.status = 'succeeded'"
+    " ORDER BY n.id DESC LIMIT :kept)"
+)
+
+
+def is_superseded(connection: Connection, run_id: int, *, runs_kept: int) -> bool:
+    """Whether the succeeded run `run_id` is one `prune_superseded_scores` deletes the scores of."""
+    row = connection.execute(
+        text(
+            "SELECT 1 FROM training_runs r WHERE r.id = :run AND r.status = 'succeeded'"
+            f" AND {_SUPERSEDED}"
+        ),
+        {"run": run_id, "kept": runs_kept},
+    ).first()
+    return row is not None

@@ -14,6 +14,7 @@ from app.core.config import get_settings
 from app.core.db import read_only
 from app.core.errors import Conflict, Gone, NotFound
 from app.schemas.scores import GlobalScorePublic, ScorePage
+from app.services.run_recovery import is_superseded
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,10 @@ def _check_readable_run(session: Session, run_id: int) -> None:
         raise NotFound(f"No training run {run_id}.")
     if row[0] != "succeeded":
         raise Conflict(f"Run {run_id} is {row[0]}; only succeeded runs have scores.")
-    if not row[1]:
+    # A superseded run is gone once pruning may have started on it, not only once it is done.
+    if not row[1] or is_superseded(
+        session.connection(), run_id, runs_kept=get_settings().score_runs_kept
+    ):
         raise Gone(f"The scores of run {run_id} were deleted (superseded runs are pruned).")
 
 

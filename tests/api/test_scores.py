@@ -115,9 +115,8 @@ def test_scores_of_the_published_run_and_of_any_succeeded_run(trained: ApiClient
         assert png.content.startswith(b"\x89PNG")
 
     # Superseded runs' scores are pruned; the published run's never are.
-    with get_engine().begin() as connection:
-        assert prune_superseded_scores(connection, runs_kept=1) == [first]
-        assert prune_superseded_scores(connection, runs_kept=1) == []
+    assert prune_superseded_scores(get_engine(), runs_kept=1) == [first]
+    assert prune_superseded_scores(get_engine(), runs_kept=1) == []
     assert_problem(client.get(SCORES, params={"run_id": first}), 410)
     assert client.get(SCORES).json()["total"] == 100
 

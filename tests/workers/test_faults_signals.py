@@ -1,11 +1,13 @@
 """Signals to the service's processes: SIGTERM to a worker mid-run hands the run off at once from
-a fresh checkpoint; SIGTERM or SIGKILL to `licchavi serve` leaves none of its processes behind."""
+a fresh checkpoint, and mid-evaluation hands the sweep evaluation back at once; SIGTERM or SIGKILL
+to `licchavi serve` leaves none of its processes behind."""
 
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -193,3 +195,79 @@ def test_serve_stopped_mid_run_hands_the_run_to_the_next_serve(
         for pid in started:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# One evaluation long enough to be stopped in the middle (the second worker never finishes it).
+LONG_EVALUATION = {
+    "name": "handed back",
+    "method": "grid",
+    "parameters": {"w": {"values": [1.0]}},
+    "repeats": {"seeds": [0]},
+    "evaluation": {
+        "kind": "synthetic",
+        "generator": {"n_users": 50, "n_videos": 300, "comps_per_video": 10},
+    },
+    "objectives": [{"metric": "spearman", "direction": "maximize"}],
+    "base": {"epochs": 100_000, "compute_uncertainty": False},
+}
+
+
+def evaluation_row(sweep_id: int) -> dict[str, Any] | None:
+    with get_engine().connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT id, status, attempt, lease_owner, progress FROM sweep_evaluations"
+                " WHERE sweep_id = :sweep"
+            ),
+            {"sweep": sweep_id},
+        ).mappings()
+        found = row.one_or_none()
+    return None if found is None else dict(found)
+
+
+def test_sigterm_to_a_worker_mid_evaluation_hands_the_evaluation_back_at_once(
+    postgres_and_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease far longer than the test: only a hand-back frees the evaluation in time.
+    monkeypatch.setenv("SWEEP_LEASE_SECONDS", "3600")
+    monkeypatch.setenv("SWEEP_HEARTBEAT_SECONDS", "0.2")
+    monkeypatch.setenv("SWEEP_SCHEDULER_INTERVAL_SECONDS", "0.5")
+    reset_caches()
+    first = start_worker()
+    second = None
+    try:
+        with TestClient(create_app()) as client:
+            created = client.post("/api/v1/sweeps", json=LONG_EVALUATION, headers=admin_headers())
+            assert created.status_code == 202, created.text
+            sweep_id = int(created.json()["id"])
+
+            def training(attempt: int) -> dict[str, Any] | None:
+                row = evaluation_row(sweep_id)
+                busy = row is not None and row["status"] == "running" and row["progress"] > 0
+                return row if busy and row is not None and row["attempt"] == attempt else None
+
+            running = wait_for("the evaluation to train", lambda: training(1), 180, 0.1)
+            first.send_signal(signal.SIGTERM)
+            first.wait(60)  # a warm shutdown that does not wait for the evaluation to end
+            assert first.returncode == 0
+            handed = evaluation_row(sweep_id)
+            assert handed is not None
+            assert (handed["status"], handed["attempt"], handed["lease_owner"]) == (
+                "queued",
+                1,
+                None,
+            )
+            with get_engine().connect() as connection:
+                details = connection.execute(
+                    text("SELECT detail FROM sweep_events WHERE evaluation_id = :id"),
+                    {"id": running["id"]},
+                ).scalars()
+                assert "handed back: worker stopping" in list(details)
+
+            second = start_worker()
+            taken = wait_for("another worker to take it over", lambda: training(2), 180, 0.1)
+            assert taken["lease_owner"] != running["lease_owner"]
+    finally:
+        stop_worker(first)
+        if second is not None:
+            stop_worker(second)

@@ -26,8 +26,7 @@ def wake_stalled_runs(engine: Engine) -> int:
         # One wake-up for all of them, and none while one still waits in the queue: the worker
         # it wakes claims every claimable run in turn, so copies would only pile up behind it.
         wake_workers(max_pending=1, reason=f"stalled run(s) {run_ids}")
-    with engine.begin() as connection:
-        pruned = prune_superseded_scores(connection, runs_kept=settings.score_runs_kept)
+    pruned = prune_superseded_scores(engine, runs_kept=settings.score_runs_kept)
     if pruned:
         logger.info("run recovery: scores of superseded run(s) %s deleted", pruned)
     return len(run_ids)

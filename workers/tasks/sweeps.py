@@ -19,7 +19,7 @@ from app.core.logs import bound
 from app.services.sweeps import execution
 from app.services.sweeps.scheduler import SweepScheduler, release_lease
 from app.services.wakeups import wake_workers
-from workers import metrics
+from workers import lifetime, metrics
 from workers.celery_app import celery_app
 from workers.heartbeat import working_on
 
@@ -40,6 +40,8 @@ def evaluate_next(owner: str) -> bool:
     """Claim and run the oldest queued evaluation; False when none is queued."""
     settings = get_settings()
     engine = get_engine()
+    if lifetime.handoff_requested.is_set():
+        return False  # this worker is stopping: the evaluation is for another one
     if not execution.queued_count(engine, limit=1):
         return False  # no sweep work: the sweep engine need not even be loaded
     # Load the engine before claiming: a claim starts the lease clock, and importing it in a

@@ -13,6 +13,7 @@ from app.core.db import get_engine
 from app.services import leases
 from app.services.sweeps import execution
 from app.services.wakeups import WAKE_TASK, wake_workers
+from workers import lifetime
 from workers.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ def work(host: str) -> int:
     started = time.monotonic()
     done = 0
     while time.monotonic() - started < CLAIM_LOOP_SECONDS:
+        if lifetime.handoff_requested.is_set():
+            return done  # stopping: what is left is for other workers, already woken
         if backlog(engine, limit=2) > 1:
             wake_workers(reason="work left")
         if not (train_next(engine) or evaluate_next(owner)):

@@ -180,6 +180,29 @@ def heartbeat(
     return bool(cancel)
 
 
+def hand_back(engine: Engine, claim: EvaluationClaim) -> bool:
+    """Give an evaluation up at once (its worker is stopping): queued again now, for any worker
+    to claim as its next attempt, instead of after its lease expires. False when it was no longer
+    ours (nothing written)."""
+    now = now_utc()
+    with engine.begin() as connection:
+        result = connection.execute(
+            update(Evaluation)
+            .where(_owned(claim))
+            .values(
+                status="queued",
+                lease_owner=None,
+                lease_expires_at=None,
+                progress=0.0,
+                wakeup_sent_at=now,
+            )
+        )
+        if not result.rowcount:
+            return False
+        _record_claim_event(connection, claim, "queued", "handed back: worker stopping")
+    return True
+
+
 def finish(
     engine: Engine,
     claim: EvaluationClaim,
@@ -208,13 +231,19 @@ def finish(
         )
         if not result.rowcount:
             return False
-        record_event(
-            connection,
-            sweep_id=claim.sweep_id,
-            trial_id=claim.trial_id,
-            evaluation_id=claim.evaluation_id,
-            status=status,
-            attempt=claim.attempt,
-            detail=detail,
-        )
+        _record_claim_event(connection, claim, status, detail)
     return True
+
+
+def _record_claim_event(
+    connection: Connection, claim: EvaluationClaim, status: str, detail: str | None
+) -> None:
+    record_event(
+        connection,
+        sweep_id=claim.sweep_id,
+        trial_id=claim.trial_id,
+        evaluation_id=claim.evaluation_id,
+        status=status,
+        attempt=claim.attempt,
+        detail=detail,
+    )
