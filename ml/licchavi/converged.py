@@ -10,13 +10,9 @@ reported as `stationarity` (its largest coordinate).
 With s held fixed (the default) J is convex in (θ, ρ): each step solves the Newton system on
 the free coordinates by preconditioned conjugate gradients (Hessian-vector products are the
 same gathers and scatters as the gradient), so convergence is fast near the optimum and a warm
-start needs few steps. The fit only sees differences of one user's scores, so shifting all the
-x of one user's connected comparisons together leaves F unchanged: the Newton system holds one
-of them still, and after each step an exact weighted-median shift minimises the coupling along
-that direction (see `shift_components`). With s free the problem is not convex and an L-BFGS
-direction is used. All arithmetic is float64 and written against the kernel protocol
-(`ml/licchavi/kernels.py`): NumPy on the CPU, torch on CUDA (`ml/licchavi/devices.py` chooses);
-the component bookkeeping is on NumPy.
+start needs few steps. With s free the problem is not convex and an L-BFGS direction is used.
+All arithmetic is float64 and written against the kernel protocol (`ml/licchavi/kernels.py`):
+NumPy on the CPU, torch on CUDA (`ml/licchavi/devices.py` chooses).
 """
 
 from __future__ import annotations
@@ -24,8 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
 
 from ml.config import LicchaviConfig
 from ml.licchavi import losses
@@ -45,88 +39,21 @@ IterationCallback = Callable[[dict[str, float]], bool]
 CURVATURE_FLOOR = 1e-3
 # Levenberg–Marquardt damping of the Newton system, times min(1, stationarity), relative to the
 # diagonal of ∇²F (Marquardt's scaling): the system is ∇²F + λ·diag(∇²F). The smooth part is
-# flat along shifting all of one user's x by the same amount (the fit only sees differences);
-# undamped, CG ran off along it to steps of 1e32. That direction is now held (one anchored
-# coordinate per component, `anchored_free`) and handled exactly (`shift_components`), and the
-# damping bounds what is left. It must be relative: with an extreme rating (|r| = 1) the fit
-# f(t, r) decreases like −log|t| without end, and only the coupling w·v_nv·|x| stops it, so a
-# pair with a tiny voting right settles far out: a fake account's target (100 comparisons,
-# v_nv = 0.0018) near |t| = 100/(w·v_nv) = 55,000, where its diagonal Σf'' ≈ 100/t² is 3e-8.
-# A damping of 1e-2 (with the old curvature floor of 1e-3) there turned Newton's doubling of t
-# per step into steps of a few units, and 3,000 iterations were not enough (20 % of the users
-# trusted, 10 or more fake accounts).
+# flat along shifting all of one user's x by the same amount (the fit only sees differences):
+# while all of a user's x are free the system is singular, the L1 term's slope w·Σsign(x) lies
+# along that flat direction, and undamped CG ran off to steps of 1e32 that no backtracking
+# recovers (the solver stopped after 1 to 5 iterations, far from stationary). The damping bounds
+# the step there; shrinking with stationarity keeps Newton's fast convergence near the optimum.
+# It must be relative to the curvature: with an extreme rating (|r| = 1) the fit f(t, r)
+# decreases like −log|t| without end, and only the coupling w·v_nv·|x| stops it, so a pair with
+# a tiny voting right settles far out: a fake account's target (100 comparisons, v_nv = 0.0018)
+# near |t| = 100/(w·v_nv) = 55,000, where its diagonal Σf'' ≈ 100/t² is 3e-8. A damping of 1e-2
+# added to every coordinate there turned Newton's doubling of t per step into steps of a few
+# units, and 3,000 iterations were not enough (20 % of the users trusted, 10 or more fake
+# accounts: docs/solvers.md, "Convergence with few trusted users").
 DAMPING = 1e-2
-# Only keeps 1/diagonal finite (the damping scales with the diagonal, so no floor is needed for
-# the step to be bounded on anchored systems).
+# Only keeps 1/diagonal finite; ρ's diagonal is at least 2·w0, and every x is in a comparison.
 DIAGONAL_FLOOR = 1e-12
-
-
-def pair_components(pair_a: np.ndarray, pair_b: np.ndarray, n_pairs: int) -> np.ndarray:
-    """Per (user, video) pair, the least pair index of its connected component in the graph
-    whose nodes are pairs and whose edges are comparisons (a component never spans two users:
-    a user who compared a–b and c–d has two)."""
-    label = np.arange(n_pairs, dtype=np.int64)
-    while True:
-        before = label
-        low = np.minimum(label[pair_a], label[pair_b])
-        label = label.copy()
-        np.minimum.at(label, pair_a, low)
-        np.minimum.at(label, pair_b, low)
-        label = label[label]  # pointer jumping: each label moves to its own label's
-        if np.array_equal(label, before):
-            return label
-
-
-def anchored_free(free: np.ndarray, x: np.ndarray, component: np.ndarray) -> np.ndarray:
-    """`free` less one coordinate at 0 (the first) of each component whose coordinates are all
-    free: F is flat along moving such a component together, which the anchor rules out of the
-    Newton system (the shift after the step covers that direction)."""
-    size = x.size
-    held = np.bincount(component, weights=~free, minlength=size) > 0
-    candidates = np.flatnonzero(~held[component] & (x == 0))
-    _, first = np.unique(component[candidates], return_index=True)
-    result = free.copy()
-    result[candidates[first]] = False
-    return result
-
-
-def shift_components(x: np.ndarray, component: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """x with each component shifted by the c minimising its coupling Σ w·v_nv·|x + c|, the
-    only term of J that sees the shift; components already at a minimum (c = 0) do not move.
-
-    The minimisers are a weighted median of −x, or an interval of them when the weights tie;
-    the point of it nearest 0 moves the scores the least. The pair at the median ends at
-    exactly 0 (x + (−x)).
-    """
-    size = x.size
-    slope = np.bincount(component, weights=weight * np.sign(x), minlength=size)
-    at_zero = np.bincount(component, weights=weight * (x == 0), minlength=size)
-    total = np.bincount(component, weights=weight, minlength=size)
-    # The relative margin keeps rounding in the sums from moving a component that is at its
-    # minimum (equal weights on both sides).
-    move = np.abs(slope) > at_zero + 1e-9 * total
-    if not bool(move.any()):
-        return x
-    pairs = np.flatnonzero(move[component])
-    labels, values = component[pairs], -x[pairs]
-    order = np.lexsort((values, labels))
-    labels, values = labels[order], values[order]
-    cumulative = np.cumsum(weight[pairs][order])
-    starts = np.searchsorted(labels, labels, side="left")
-    within = cumulative - np.concatenate([[0.0], cumulative])[starts]
-    half = total[labels] / 2
-    # φ(c) = Σ w_i |c − y_i| (y = −x sorted) is least on [y_k, y_m]: k the first index where
-    # the cumulative weight reaches half the total, m the first where it passes it.
-    reach = np.flatnonzero(within >= half)
-    low_components, low_first = np.unique(labels[reach], return_index=True)
-    passes = np.flatnonzero(within > half)
-    high_components, high_first = np.unique(labels[passes], return_index=True)
-    low = values[reach[low_first]]
-    high = np.full(low.size, np.inf)
-    high[np.searchsorted(low_components, high_components)] = values[passes[high_first]]
-    shift = np.zeros(size)
-    shift[low_components] = np.clip(0.0, low, np.maximum(low, high))
-    return x + shift[component]
 
 
 @dataclass(frozen=True)
@@ -195,16 +122,6 @@ class ConvergedSolver:
         self.z = self.layout.pack(parameters)
         self.stationarity = float("inf")
         self.inner_steps = 0  # conjugate-gradient steps (Hessian-vector products) of the last step
-        # Connected components of each user's comparisons and the coupling's weight per pair,
-        # on NumPy: the flat directions of F that the Newton steps hold and the shift handles.
-        k = self.kernels
-        self.component = pair_components(
-            k.to_numpy(problem.pair_a), k.to_numpy(problem.pair_b), self.layout.n_pairs
-        )
-        rights = problem.voting_rights_np
-        self.pair_weight = (
-            np.full(self.layout.n_pairs, config.w) if rights is None else config.w * rights
-        )
 
     def current_parameters(self) -> Parameters:
         """θ, ρ, s of the current iterate, in the parameters' dtype."""
@@ -239,17 +156,16 @@ class ConvergedSolver:
         """Approximately solve (∇²F + λ·diag ∇²F)·d = −pg on the free coordinates by
         preconditioned CG.
 
-        Free: ρ, and every x that is non-zero or may leave 0 (pg ≠ 0), but one anchor per
-        component whose x are all free; s is held fixed. λ is DAMPING·min(1, stationarity).
+        Free: ρ, and every x that is non-zero or may leave 0 (pg ≠ 0); s is held fixed. λ is
+        DAMPING·min(1, stationarity), so that the system has a bounded solution.
         """
         layout, problem, w0, k = self.layout, self.problem, self.config.w0, self.kernels
         n, n_videos, n_users = layout.n_pairs, layout.n_videos, layout.n_users
         x = z[:n]
         weight = curvature.weight
-        free_x = anchored_free(k.to_numpy((x != 0) | (pg[:n] != 0)), k.to_numpy(x), self.component)
         free = k.concatenate(
             [
-                k.array(free_x.astype(np.float64), "float64"),
+                k.astype((x != 0) | (pg[:n] != 0), "float64"),
                 k.zeros(n_videos, "float64") + 1,
                 k.zeros(n_users, "float64"),
             ]
@@ -364,16 +280,6 @@ class ConvergedSolver:
                 step_size *= 0.5  # backtrack
             if not accepted:
                 break  # no progress possible at float64 precision
-            if not config.optimise_s:
-                # Along each component's shift F is unchanged and the coupling is piecewise
-                # linear: minimise it exactly (with s free the L-BFGS pairs would not hold).
-                x_new = k.to_numpy(candidate[:n])
-                shifted = shift_components(x_new, self.component, self.pair_weight)
-                if shifted is not x_new:
-                    candidate[:n] = k.array(shifted, "float64")
-                    smooth_new = smooth_part(layout, candidate, w0, config.optimise_s)
-                    coupling_new = coupling_value(layout, candidate, w)
-                    total_new = smooth_new.value + coupling_new
             if config.optimise_s:
                 step, change = candidate - z, smooth_new.grad - smooth.grad
                 curvature_along = k.dot(step, change)

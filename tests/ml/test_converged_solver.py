@@ -13,7 +13,6 @@ import pytest
 from ml.config import LicchaviConfig
 from ml.data import ComparisonDataset, CriterionComparisons
 from ml.licchavi import NotConverged, finished_result, train_criterion
-from ml.licchavi.converged import pair_components, shift_components
 from ml.licchavi.devices import CPU_KERNELS_VARIABLE
 from ml.licchavi.problem import data_fingerprint
 from ml.sybil import sybil_attack
@@ -159,27 +158,3 @@ def test_numpy_and_torch_kernels_give_the_same_converged_scores(
         np.testing.assert_allclose(
             getattr(on_numpy, name), getattr(on_torch, name), rtol=0, atol=1e-9, err_msg=name
         )
-
-
-def test_components_split_users_into_their_connected_comparisons() -> None:
-    # Pairs 0-2: one user's a–b, b–c; pairs 3-6: another's d–e and f–g (two components).
-    pair_a, pair_b = np.array([0, 1, 3, 5]), np.array([1, 2, 4, 6])
-    assert pair_components(pair_a, pair_b, 7).tolist() == [0, 0, 0, 3, 3, 5, 5]
-
-
-def test_the_shift_minimises_the_coupling_along_each_component() -> None:
-    component = np.array([0, 0, 0, 3, 3, 5, 5])
-    weight = np.array([1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 2.0])
-    x = np.array([2.0, 5.0, 1.0, 0.0, 4.0, 3.0, 7.0])
-    shifted = shift_components(x, component, weight)
-    # Component 0: the heavier pair (weight 3 of 5) is the median and ends at exactly 0.
-    assert shifted[:3].tolist() == [1.0, 4.0, 0.0]
-    # Component 3: equal weights, already at a minimum (one pair at 0): unchanged.
-    assert shifted[3:5].tolist() == [0.0, 4.0]
-    # Component 5: the weight-2 pair is the median.
-    assert shifted[5:].tolist() == [-4.0, 0.0]
-    # A tie (equal weights, both positive): the nearest end of the interval of minimisers.
-    tie = shift_components(np.array([2.0, 5.0]), np.array([0, 0]), np.array([1.0, 1.0]))
-    assert tie.tolist() == [0.0, 3.0]
-    at_minimum = np.array([-1.0, 2.0])
-    assert shift_components(at_minimum, np.array([0, 0]), np.array([1.0, 1.0])) is at_minimum

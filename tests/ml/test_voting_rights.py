@@ -124,7 +124,7 @@ def test_a_small_trusted_share_under_attack_reaches_the_tolerance() -> None:
     data = criterion(attack.comparisons).with_trusted(trusted)
     result = train_criterion(data, config())
     assert result.converged and result.stationarity <= 1e-5
-    assert result.epochs < 300  # 54 here
+    assert result.epochs < 500  # 133 here
     # Canonical order: the same comparisons in another order give the same bits.
     shuffled = attack.comparisons.sample(frac=1.0, random_state=3).reset_index(drop=True)
     again = train_criterion(criterion(shuffled).with_trusted(trusted), config())
