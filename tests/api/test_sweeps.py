@@ -552,7 +552,11 @@ def test_a_rerun_with_overrides_runs_as_a_child_trial(live: Live) -> None:
     client, auth = live.client, live.auth
     # Two configurations over two seeds are enough here.
     parameters = {"w": {"values": [0.5, 1.0]}, "w0": {"values": [1.0]}}
-    finished = submit(client, auth, parameters=parameters, repeats={"seeds": [0, 1]})["id"]
+    # The faithful solver trains the epochs it is given, so the override shows in the metrics.
+    faithful = {"epochs": 20, "compute_uncertainty": False, "solver": "faithful"}
+    finished = submit(
+        client, auth, parameters=parameters, repeats={"seeds": [0, 1]}, base=faithful
+    )["id"]
     assert live.run(finished) == "completed"
     base = f"{SWEEPS}/{finished}"
     retried = client.post(f"{base}/retry-failed", headers=auth)
