@@ -103,11 +103,21 @@ class _SQLiteConnection(sqlite3.Connection):
     reads_only = False
     no_wait = False
     gate: "threading.Lock | None" = None
+    # The busy timeout SQLite now applies on this connection, in ms.
+    busy_ms = 0
+
+    def _busy_timeout(self, ms: int) -> None:
+        """Set SQLite's busy timeout, with no statement when it already is `ms`."""
+        if self.busy_ms != ms:
+            self.execute(f"PRAGMA busy_timeout={ms}")
+            self.busy_ms = ms
 
     def begin(self) -> None:
         if self.reads_only:
             # A deferred transaction reads a WAL snapshot and never takes the write lock, so a
-            # reader neither waits for writers nor makes them wait.
+            # reader neither waits for writers nor makes them wait. Its rare waits (a WAL being
+            # recovered or reset) are left to SQLite's busy handler.
+            self._busy_timeout(int(self.gate_timeout * 1000))
             self.execute("BEGIN")
             return
         gate = _write_gates.setdefault(self.gate_key, threading.Lock())
@@ -123,13 +133,15 @@ class _SQLiteConnection(sqlite3.Connection):
             # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
             # when another writer committed meanwhile; taking the write lock up front makes it
             # wait instead. The wait is ours, not SQLite's busy handler: see `_begin_immediate`.
-            self.execute("PRAGMA busy_timeout=0")
+            # The busy timeout stays 0 after BEGIN IMMEDIATE: a WAL transaction holding the write
+            # lock never waits for another lock (its commit appends to the WAL; the checkpoint
+            # after it is passive), so setting it back would cost two statements a write for
+            # nothing. The next reader on this connection sets it back (see above).
+            self._busy_timeout(0)
             self._begin_immediate(0.0 if self.no_wait else self.gate_timeout)
         except BaseException:
             self._release_gate()
             raise
-        finally:
-            self.execute(f"PRAGMA busy_timeout={int(self.gate_timeout * 1000)}")
 
     def _begin_immediate(self, timeout: float) -> None:
         """BEGIN IMMEDIATE, retried every millisecond while another process holds the write lock,
@@ -186,6 +198,7 @@ def _configure_sqlite(engine: Engine, *, timeout: float) -> None:
         dbapi_connection.isolation_level = None
         dbapi_connection.gate_key = gate_key
         dbapi_connection.gate_timeout = timeout
+        dbapi_connection.busy_ms = int(timeout * 1000)
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
