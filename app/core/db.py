@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 from starlette.concurrency import run_in_threadpool
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 
 # An execution option: the transactions of a connection carrying it only read (see `read_only`).
 READ_ONLY = "licchavi_read_only"
@@ -283,11 +283,23 @@ def _engine_for(url: str) -> Engine:
     return make_engine(url)
 
 
+# The engine `get_engine` last returned and the settings it was for: each request asks for the
+# engine, and working it out again (the data directory's mkdir, the SQLite path's realpath) cost
+# syscalls on every write.
+_latest: tuple[Settings, Engine] | None = None
+
+
 def get_engine() -> Engine:
     """The process-wide engine for the configured database."""
+    global _latest
     settings = get_settings()
+    latest = _latest
+    if latest is not None and latest[0] is settings:
+        return latest[1]
     settings.ensure_data_dir()
-    return _engine_for(settings.resolved_database_url)
+    engine = _engine_for(settings.resolved_database_url)
+    _latest = (settings, engine)
+    return engine
 
 
 def dispose_engine(*, close: bool = True) -> None:
@@ -296,9 +308,11 @@ def dispose_engine(*, close: bool = True) -> None:
     In a forked child pass `close=False`: closing an inherited connection would end the parent's
     session on the server too; the child just drops its references and opens its own.
     """
+    global _latest
     if _engine_for.cache_info().currsize:
         get_engine().dispose(close=close)
     _engine_for.cache_clear()
+    _latest = None
 
 
 @contextlib.asynccontextmanager
