@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Coroutine
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -192,11 +194,40 @@ def runs_settled(client: httpx.Client, timeout: float) -> dict[str, int]:
     return wait_until("every run to end", settled, timeout, every=1.0)
 
 
+def auto_runs(client: httpx.Client) -> dict[str, Any]:
+    """The auto runs of the whole bench: how many, how long each trained (start to end, s), and
+    the idle time between one's end and the next one's start (s)."""
+    items = client.get("/api/v1/training-runs", params={"trigger": "auto", "limit": 1000}).json()[
+        "items"
+    ]
+    spans = sorted(
+        (datetime.fromisoformat(i["started_at"]), datetime.fromisoformat(i["finished_at"]))
+        for i in items
+        if i["started_at"] and i["finished_at"]
+    )
+    return {
+        "count": len(items),
+        "seconds": [round((end - start).total_seconds(), 1) for start, end in spans],
+        "gaps": [
+            round((start - previous_end).total_seconds(), 1)
+            for (_, previous_end), (start, _) in pairwise(spans)
+        ],
+    }
+
+
 def api_cpu_seconds(pid: int) -> float:
     """CPU time used so far by the API process (`licchavi serve` itself, not its worker)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return round((int(fields[11]) + int(fields[12])) / ticks, 1)  # utime + stime
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def cpu_per_write(pid: int, before: float, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The API process's CPU time during a load, and per answered write (its worker excluded)."""
+    used = api_cpu_seconds(pid) - before
+    answered = outcome["sent"] - outcome["errors"]
+    per_write = round(used * 1000 / answered, 2) if answered else None
+    return {"api_cpu_seconds": round(used, 1), "api_cpu_ms_per_write": per_write}
 
 
 def main() -> None:
@@ -258,9 +289,12 @@ def main() -> None:
             seconds=args.seconds,
             timeout=args.timeout,
         )
+        cpu_before = api_cpu_seconds(server.pid)
         report["closed_loop"], closed_run = run(
             measured(base, key, load, fail_after=args.seconds / 3, start_run=not args.no_worker)
         )
+        report["closed_loop"].update(cpu_per_write(server.pid, cpu_before, report["closed_loop"]))
+        report["closed_loop"]["load_average"] = os.getloadavg()[0]
         print("closed loop:", json.dumps(report["closed_loop"]), flush=True)
 
         requests = [writes.next() for _ in range(int(args.rate * args.seconds))]
@@ -276,6 +310,7 @@ def main() -> None:
                 warm_up=[writes.next() for _ in range(args.writers)],
             ),
         )
+        cpu_before = api_cpu_seconds(server.pid)
         result, open_run = run(
             measured(
                 base, key, fixed_rate, fail_after=args.seconds / 3, start_run=not args.no_worker
@@ -286,13 +321,16 @@ def main() -> None:
             if result is not None
             else f"did not finish within {args.seconds + 2 * args.timeout:.0f} s"
         )
+        if isinstance(report["open_loop"], dict):
+            report["open_loop"].update(cpu_per_write(server.pid, cpu_before, report["open_loop"]))
+            report["open_loop"]["load_average"] = os.getloadavg()[0]
         print("open loop:", json.dumps(report["open_loop"]), flush=True)
 
         try:
             report["runs"] = None if args.no_worker else runs_settled(client, args.settle)
         except TimeoutError as exc:
             report["runs"] = str(exc)
-        report["api_cpu_seconds"] = api_cpu_seconds(server.pid)
+        report["api_cpu_seconds"] = round(api_cpu_seconds(server.pid), 1)
         report["failing_runs"] = [
             client.get(f"/api/v1/training-runs/{run_id}").json()["status"]
             if isinstance(run_id, int)
@@ -303,6 +341,7 @@ def main() -> None:
             "items"
         ]
         report["latest_auto_run"] = latest[0]["status"] if latest else None
+        report["auto_runs"] = auto_runs(client)
         stored = client.get("/api/v1/comparisons", params={"limit": 1}).json()
         report["comparisons_stored"] = stored.get("total")
         client.close()

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     auto_train_delay_seconds: float = Field(
         default=2.0, ge=0, description="Debounce: an auto run starts this long after a change."
     )
+    auto_train_spacing_factor: float = Field(
+        default=3.0,
+        ge=0,
+        description="An auto run starts at least this many times the criterion's last auto run's"
+        " training time after a change (at most 10 s), so that back-to-back runs leave the API"
+        " most of the CPU; 0: only the debounce.",
+    )
     run_lease_seconds: float = Field(
         default=60.0, gt=0, description="A running run whose lease is this old is taken over."
     )

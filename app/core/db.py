@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 from starlette.concurrency import run_in_threadpool
 
-from app.core.config import get_settings
+from app.core.config import Settings, get_settings
 
 # An execution option: the transactions of a connection carrying it only read (see `read_only`).
 READ_ONLY = "licchavi_read_only"
@@ -103,11 +103,21 @@ class _SQLiteConnection(sqlite3.Connection):
     reads_only = False
     no_wait = False
     gate: "threading.Lock | None" = None
+    # The busy timeout SQLite now applies on this connection, in ms.
+    busy_ms = 0
+
+    def _busy_timeout(self, ms: int) -> None:
+        """Set SQLite's busy timeout, with no statement when it already is `ms`."""
+        if self.busy_ms != ms:
+            self.execute(f"PRAGMA busy_timeout={ms}")
+            self.busy_ms = ms
 
     def begin(self) -> None:
         if self.reads_only:
             # A deferred transaction reads a WAL snapshot and never takes the write lock, so a
-            # reader neither waits for writers nor makes them wait.
+            # reader neither waits for writers nor makes them wait. Its rare waits (a WAL being
+            # recovered or reset) are left to SQLite's busy handler.
+            self._busy_timeout(int(self.gate_timeout * 1000))
             self.execute("BEGIN")
             return
         gate = _write_gates.setdefault(self.gate_key, threading.Lock())
@@ -123,13 +133,15 @@ class _SQLiteConnection(sqlite3.Connection):
             # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY
             # when another writer committed meanwhile; taking the write lock up front makes it
             # wait instead. The wait is ours, not SQLite's busy handler: see `_begin_immediate`.
-            self.execute("PRAGMA busy_timeout=0")
+            # The busy timeout stays 0 after BEGIN IMMEDIATE: a WAL transaction holding the write
+            # lock never waits for another lock (its commit appends to the WAL; the checkpoint
+            # after it is passive), so setting it back would cost two statements a write for
+            # nothing. The next reader on this connection sets it back (see above).
+            self._busy_timeout(0)
             self._begin_immediate(0.0 if self.no_wait else self.gate_timeout)
         except BaseException:
             self._release_gate()
             raise
-        finally:
-            self.execute(f"PRAGMA busy_timeout={int(self.gate_timeout * 1000)}")
 
     def _begin_immediate(self, timeout: float) -> None:
         """BEGIN IMMEDIATE, retried every millisecond while another process holds the write lock,
@@ -186,6 +198,7 @@ def _configure_sqlite(engine: Engine, *, timeout: float) -> None:
         dbapi_connection.isolation_level = None
         dbapi_connection.gate_key = gate_key
         dbapi_connection.gate_timeout = timeout
+        dbapi_connection.busy_ms = int(timeout * 1000)
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -270,11 +283,23 @@ def _engine_for(url: str) -> Engine:
     return make_engine(url)
 
 
+# The engine `get_engine` last returned and the settings it was for: each request asks for the
+# engine, and working it out again (the data directory's mkdir, the SQLite path's realpath) cost
+# syscalls on every write.
+_latest: tuple[Settings, Engine] | None = None
+
+
 def get_engine() -> Engine:
     """The process-wide engine for the configured database."""
+    global _latest
     settings = get_settings()
+    latest = _latest
+    if latest is not None and latest[0] is settings:
+        return latest[1]
     settings.ensure_data_dir()
-    return _engine_for(settings.resolved_database_url)
+    engine = _engine_for(settings.resolved_database_url)
+    _latest = (settings, engine)
+    return engine
 
 
 def dispose_engine(*, close: bool = True) -> None:
@@ -283,9 +308,11 @@ def dispose_engine(*, close: bool = True) -> None:
     In a forked child pass `close=False`: closing an inherited connection would end the parent's
     session on the server too; the child just drops its references and opens its own.
     """
+    global _latest
     if _engine_for.cache_info().currsize:
         get_engine().dispose(close=close)
     _engine_for.cache_clear()
+    _latest = None
 
 
 @contextlib.asynccontextmanager

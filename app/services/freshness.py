@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from app.core.config import get_settings
 from app.models import TrainingRun
@@ -17,6 +17,10 @@ from app.services.wakeups import wake_after_commit
 from ml.config import LicchaviConfig
 
 QUEUED_AUTO = text("status = 'queued' AND trigger = 'auto'")
+# Run by every write that changes comparisons: made once (a `text()` parses its SQL when made).
+_AUTO_RUN_QUEUED = text(
+    "SELECT 1 FROM training_runs WHERE scope = :scope AND status = 'queued' AND trigger = 'auto'"
+)
 
 
 def comparisons_changed(
@@ -50,15 +54,10 @@ def _published_criteria(session: Session) -> list[str]:
 
 
 def _schedule(session: Session, *, criterion: str, delay: float) -> int | None:
-    already = session.execute(
-        text(
-            "SELECT 1 FROM training_runs"
-            " WHERE scope = :scope AND status = 'queued' AND trigger = 'auto'"
-        ),
-        {"scope": criterion},
-    ).first()
+    already = session.execute(_AUTO_RUN_QUEUED, {"scope": criterion}).first()
     if already:
         return None
+    delay = _spaced(session, criterion=criterion, delay=delay)
     run = new_run(
         criteria=[criterion],
         config=_published_config(session, criterion),
@@ -81,6 +80,37 @@ def _schedule(session: Session, *, criterion: str, delay: float) -> int | None:
         return None
     wake_after_commit(session, run_id=int(run_id), countdown=delay)
     return int(run_id)
+
+
+# The longest an auto run's start is pushed back by `_spaced`: freshness stays well inside the
+# 30 s promised, whatever the runs take.
+MAX_SPACED_DELAY_SECONDS = 10.0
+
+
+def _spaced(session: Session, *, criterion: str, delay: float) -> float:
+    """The debounce of a new auto run: `delay`, or longer when the criterion's last auto run
+    trained long, so that under a steady stream of writes the worker trains at most about
+    1 / (1 + AUTO_TRAIN_SPACING_FACTOR) of the time (capped at MAX_SPACED_DELAY_SECONDS). Each
+    auto run retrains on every comparison, so back-to-back runs would otherwise take a core (and
+    the write lock, while they store scores) for as long as writes arrive, and longer the more
+    comparisons there are; a change is still picked up by the next run, a little later."""
+    factor = get_settings().auto_train_spacing_factor
+    if factor <= 0:
+        return delay
+    last = session.execute(
+        select(col(TrainingRun.started_at), col(TrainingRun.finished_at))
+        .where(
+            col(TrainingRun.scope) == criterion,
+            col(TrainingRun.trigger) == "auto",
+            col(TrainingRun.finished_at).is_not(None),
+        )
+        .order_by(col(TrainingRun.id).desc())
+        .limit(1)
+    ).first()
+    if last is None or last[0] is None:
+        return delay
+    took = (last[1] - last[0]).total_seconds()
+    return max(delay, min(factor * took, MAX_SPACED_DELAY_SECONDS))
 
 
 def _published_config(session: Session, criterion: str) -> LicchaviConfig:

@@ -13,9 +13,10 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import DateTime, text
+from sqlalchemy import DateTime, TextClause, text
 from sqlmodel import Session
 
 from app.core.db import CUSTOM_PLANS_ONLY
@@ -349,6 +350,9 @@ def _upsert_sqlite(
     unknown = [name for name in wanted["criteria"] if name not in criteria]
     if unknown:
         raise UnknownCriteria(unknown)
+    # Users this write creates have no comparison yet: a batch made only of such users needs no
+    # look-up of the rows it replaces (a single write from a new user, the commonest kind).
+    all_users_new = not found["users"]
     users = _insert_missing(session, "users", wanted["users"], found["users"], now)
     videos = _insert_missing(session, "videos", wanted["videos"], found["videos"], now)
     names = _Names(users, videos, criteria)
@@ -374,10 +378,12 @@ def _upsert_sqlite(
         ]
     )
     # Exact because SQLite transactions here begin IMMEDIATE: no other writer runs in between.
-    existing = {
-        names.key(*found) for found in session.execute(text(_SQLITE_EXISTING), {"rows": source})
-    }
-    result = session.execute(text(_SQLITE_UPSERT), {"rows": source, "now": now})
+    existing = (
+        set()
+        if all_users_new
+        else {names.key(*found) for found in session.execute(_SQLITE_EXISTING, {"rows": source})}
+    )
+    result = session.execute(_SQLITE_UPSERT, {"rows": source, "now": now})
     outcome = UpsertOutcome()
     for returned in result:
         key = names.key(*returned)
@@ -409,15 +415,30 @@ class _Names:
 _NAME_COLUMN = {"criteria": "name", "users": "external_id", "videos": "external_id"}
 
 
-def _lookup(session: Session, wanted: dict[str, list[str]]) -> dict[str, dict[str, int]]:
-    """Ids of the wanted names, per table, in one round trip."""
+@cache
+def _lookup_statement(tables: tuple[str, ...]) -> TextClause:
+    # Built once per set of tables: making a `text()` parses its SQL for parameters each time.
     selects = [
         f"SELECT '{table}', {_NAME_COLUMN[table]}, id FROM {table} "
         f"WHERE {_NAME_COLUMN[table]} IN (SELECT value FROM json_each(:{table}))"
-        for table in wanted
+        for table in tables
     ]
+    return text(" UNION ALL ".join(selects))
+
+
+@cache
+def _insert_statement(table: str) -> TextClause:
+    return text(
+        f"INSERT INTO {table} (external_id, created_at) "
+        "SELECT value, :now FROM json_each(:names) WHERE true "
+        "ON CONFLICT (external_id) DO NOTHING RETURNING external_id, id"
+    )
+
+
+def _lookup(session: Session, wanted: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+    """Ids of the wanted names, per table, in one round trip."""
     result = session.execute(
-        text(" UNION ALL ".join(selects)),
+        _lookup_statement(tuple(wanted)),
         {table: json.dumps(names) for table, names in wanted.items()},
     )
     found: dict[str, dict[str, int]] = {table: {} for table in wanted}
@@ -429,19 +450,19 @@ def _lookup(session: Session, wanted: dict[str, list[str]]) -> dict[str, dict[st
 def _insert_missing(
     session: Session, table: str, wanted: list[str], found: dict[str, int], now: datetime
 ) -> dict[str, int]:
-    """Complete `found` (ids of the existing names) by inserting the missing names of `wanted`."""
+    """Complete `found` (ids of the existing names) by inserting the missing names of `wanted`.
+
+    The insert returns the ids it makes, so no second look-up follows; a name it skipped (only a
+    writer outside an IMMEDIATE transaction could have inserted it meanwhile) is looked up."""
     missing = [name for name in wanted if name not in found]
     if not missing:
         return found
-    session.execute(
-        text(
-            f"INSERT INTO {table} (external_id, created_at) "
-            "SELECT value, :now FROM json_each(:names) WHERE true "
-            "ON CONFLICT (external_id) DO NOTHING"
-        ),
-        {"names": json.dumps(missing), "now": now},
-    )
-    return found | _lookup(session, {table: missing})[table]
+    inserted = session.execute(_insert_statement(table), {"names": json.dumps(missing), "now": now})
+    made = {name: int(pk) for name, pk in inserted}
+    skipped = [name for name in missing if name not in made]
+    if skipped:
+        made |= _lookup(session, {table: skipped})[table]
+    return found | made
 
 
 _SQLITE_SOURCE = """(
@@ -450,7 +471,7 @@ _SQLITE_SOURCE = """(
     FROM json_each(:rows)
 ) AS src"""
 
-_SQLITE_UPSERT = f"""
+_SQLITE_UPSERT = text(f"""
     INSERT INTO comparisons
         (user_id, video_a_id, video_b_id, criterion_id, score, score_max, created_at, updated_at)
     SELECT src.u, src.a, src.b, src.c, src.s, src.m, COALESCE(src.t, :now), :now
@@ -459,10 +480,10 @@ _SQLITE_UPSERT = f"""
     SET score = excluded.score, score_max = excluded.score_max, updated_at = excluded.updated_at
     WHERE comparisons.score <> excluded.score OR comparisons.score_max <> excluded.score_max
     RETURNING user_id, video_a_id, video_b_id, criterion_id
-"""
+""")
 
-_SQLITE_EXISTING = f"""
+_SQLITE_EXISTING = text(f"""
     SELECT cmp.user_id, cmp.video_a_id, cmp.video_b_id, cmp.criterion_id FROM {_SQLITE_SOURCE}
     JOIN comparisons cmp ON cmp.user_id = src.u AND cmp.video_a_id = src.a
         AND cmp.video_b_id = src.b AND cmp.criterion_id = src.c
-"""
+""")
