@@ -1,4 +1,4 @@
-"""Publishing a run: scores, final states and the published pointers, in one transaction."""
+"""Publishing a run: scores staged per criterion, then every published pointer moved at once."""
 
 import hashlib
 from collections.abc import Iterator, Sequence
@@ -9,8 +9,6 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-
-from app.services.leases import Claim, LeaseLost, finish
 
 COPY_CHUNK_ROWS = 200_000
 
@@ -109,51 +107,30 @@ def published_criteria(connection: Connection) -> list[str]:
     return sorted(str(name) for (name,) in rows)
 
 
-def publish(
-    connection: Connection,
-    claim: Claim,
-    outputs: Sequence[CriterionOutput],
-    snapshot_at: datetime,
-    *,
-    withdrawn: Sequence[int] = (),
-) -> list[str]:
-    """Write every criterion's scores and move its published pointer, then mark the run succeeded.
+def stage(connection: Connection, run_id: int, output: CriterionOutput) -> None:
+    """Store a criterion's final state and write its scores under the run's id.
 
-    Call inside one transaction: readers see the previous run's scores until it commits, then
-    this run's, never a mix. The status moves first, so a run taken over by another worker
-    writes nothing. A criterion whose published run read newer comparisons keeps it (a slower,
-    older run never replaces fresher scores). The `withdrawn` criteria (ids), which had no
-    comparison left in the snapshot, are published empty: their pointer moves to this run, which
-    holds no scores for them. Returns the names of the criteria published.
+    Nothing serves them yet: readers follow `published_runs`, which only the run's publication
+    moves (`app.services.fanout.publish_if_done`), for all its criteria in one transaction, so
+    readers see the previous run's scores until it commits, then this run's, never a mix.
+    Staging each criterion as it finishes also keeps the publishing transaction short.
     """
-    if not finish(connection, claim, status="succeeded", unless_cancelled=True):
-        raise LeaseLost(f"run {claim.run_id}: lease lost before publication")
-    published = []
-    for output in outputs:
-        save_state(
-            connection,
-            run_id=claim.run_id,
-            criterion=output.criterion,
-            epoch=output.epoch,
-            state=output.state,
-            is_checkpoint=False,
-        )
-        _write_scores(connection, claim.run_id, output)
-        if _move_pointer(connection, claim.run_id, output.criterion_id, snapshot_at):
-            published.append(output.criterion)
-    for criterion_id in withdrawn:
-        if _move_pointer(connection, claim.run_id, criterion_id, snapshot_at):
-            published.append(_criterion_name(connection, criterion_id))
-    connection.execute(
-        text("DELETE FROM model_states WHERE run_id = :run AND is_checkpoint"),
-        {"run": claim.run_id},
+    save_state(
+        connection,
+        run_id=run_id,
+        criterion=output.criterion,
+        epoch=output.epoch,
+        state=output.state,
+        is_checkpoint=False,
     )
-    return published
+    _write_scores(connection, run_id, output)
 
 
-def _move_pointer(
+def move_pointer(
     connection: Connection, run_id: int, criterion_id: int, snapshot_at: datetime
 ) -> bool:
+    """Point the criterion at this run, unless its published run read newer comparisons (a
+    slower, older run never replaces fresher scores); True when moved."""
     current = connection.execute(
         text(
             "SELECT r.snapshot_at FROM published_runs p JOIN training_runs r ON r.id = p.run_id"
@@ -171,7 +148,7 @@ def _move_pointer(
             {"criterion": criterion_id, "run": run_id, "now": now},
         )
         return True
-    if current[0] is not None and _aware(current[0]) > snapshot_at:
+    if current[0] is not None and aware(current[0]) > snapshot_at:
         return False
     connection.execute(
         text(
@@ -183,14 +160,7 @@ def _move_pointer(
     return True
 
 
-def _criterion_name(connection: Connection, criterion_id: int) -> str:
-    name = connection.execute(
-        text("SELECT name FROM criteria WHERE id = :id"), {"id": criterion_id}
-    ).scalar_one()
-    return str(name)
-
-
-def _aware(value: Any) -> datetime:
+def aware(value: Any) -> datetime:
     if isinstance(value, str):  # SQLite hands timestamps back as text through raw SQL
         value = datetime.fromisoformat(value)
     return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Training task: claim a run by id, execute it, record how it ended. Torch loads in the child."""
+"""Training work: take a run and list its criteria, train one criterion, record how it ended."""
 
 import logging
 import os
@@ -8,12 +8,13 @@ import uuid
 from typing import Any
 
 from celery.signals import worker_process_init
+from sqlalchemy.engine import Engine
 
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.core.errors import public_error
-from app.services import leases
-from app.services.wakeups import Wakeup, send_wakeup
+from app.services import fanout, leases
+from app.services.wakeups import Wakeup, send_wakeup, wake_workers
 from workers import lifetime
 from workers.celery_app import celery_app
 
@@ -22,49 +23,106 @@ logger = logging.getLogger(__name__)
 
 @celery_app.task(name="training.train_run", bind=True)
 def train_run(self: Any, run_id: int) -> str:
-    """Wake-up for run `run_id`: a duplicate or late delivery claims nothing and returns."""
-    from ml.licchavi import TrainingCancelled
-    from workers.training_run import HandedOff, TrainingExecution
+    """A wake-up in the form sent before wake-ups were coalesced: take run `run_id` if it is
+    claimable, then train its criteria while any waits. A duplicate or late delivery claims
+    nothing and returns."""
+    engine = get_engine()
+    owner = _owner(self.request.hostname or socket.gethostname())
+    outcome = take_run(engine, run_id, owner)
+    if outcome in ("listed", "not claimed"):
+        while train_criterion(engine, owner, run_id=run_id) == "trained":
+            pass
+    return outcome
+
+
+def _owner(host: str) -> str:
+    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def take_run(engine: Engine, run_id: int, owner: str) -> str:
+    """Claim run `run_id` and list its criteria as claimable rows, waking peers for all but one
+    of them; "not claimed" when another worker has it (or it is not claimable).
+
+    A run taken over after its lease expired keeps the criteria it has: listing is done once.
+    """
+    from workers.training_run import list_run_criteria
 
     if lifetime.handoff_requested.is_set():
         # This worker is stopping: leave the run to another one (or to this one's successor).
         send_wakeup(Wakeup(run_id))
         return "worker stopping"
     settings = get_settings()
-    engine = get_engine()
-    host = self.request.hostname or socket.gethostname()
-    owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     claim = leases.claim(
         engine, run_id=run_id, owner=owner, lease_seconds=settings.run_lease_seconds
     )
     if claim is None:
         return "not claimed"
     logger.info("run %s: claimed by %s (attempt %s)", run_id, owner, claim.attempt)
-    lifetime.training.set()
     try:
-        published = TrainingExecution(engine, claim, settings).run()
-    except HandedOff as handed:
-        with engine.begin() as connection:
-            leases.hand_off(connection, claim)
-        send_wakeup(Wakeup(run_id))
-        logger.warning("%s; its wake-up is sent again", handed)
-        return "handed off"
+        left, published = list_run_criteria(engine, claim)
     except leases.LeaseLost:
-        logger.warning("run %s: taken over by another worker; results dropped", run_id)
+        logger.warning("run %s: taken over before its criteria were listed", run_id)
         return "lease lost"
-    except (TrainingCancelled, leases.CancelledBeforePublication):
-        with engine.begin() as connection:
-            leases.finish(connection, claim, status="cancelled")
-        return "cancelled"
     except Exception as exc:
         logger.exception("run %s failed", run_id)
         with engine.begin() as connection:  # the traceback is in the log above
             leases.finish(connection, claim, status="failed", error=public_error(exc))
         return "failed"
+    if published is not None:
+        logger.info("run %s: succeeded; published %s", run_id, ", ".join(published) or "nothing")
+        return "succeeded"
+    if left > 1:
+        # The criteria are claimed from the table, not sent: a wake-up lets an idle worker
+        # take one, and each worker that takes one wakes the next while more wait, within the
+        # queue's bound (`wake_workers`).
+        wake_workers(wanted=left - 1, reason=f"run {run_id}: {left} criteria")
+    return "listed"
+
+
+def train_criterion(engine: Engine, owner: str, *, run_id: int | None = None) -> str:
+    """Claim the next waiting criterion (of `run_id`, or of the oldest running run) and train
+    it; "none" when none waits. The worker that finishes a run's last criterion publishes it."""
+    from ml.licchavi import TrainingCancelled
+    from workers.training_run import CriterionTraining, HandedOff
+
+    if lifetime.handoff_requested.is_set():
+        return "none"
+    settings = get_settings()
+    claim = fanout.claim_next(
+        engine, owner=owner, lease_seconds=settings.run_lease_seconds, run_id=run_id
+    )
+    if claim is None:
+        return "none"
+    label = f"run {claim.run_id}: {claim.criterion}"
+    logger.info("%s claimed by %s (attempt %s)", label, owner, claim.attempt)
+    lifetime.training.set()
+    try:
+        published = CriterionTraining(engine, claim, settings).run()
+    except HandedOff as handed:
+        with engine.begin() as connection:
+            fanout.hand_off(connection, claim)
+        send_wakeup(Wakeup(claim.run_id))
+        logger.warning("%s; its wake-up is sent again", handed)
+        return "handed off"
+    except leases.LeaseLost as lost:
+        logger.warning("%s: results dropped (%s)", label, lost)
+        return "lease lost"
+    except (TrainingCancelled, leases.CancelledBeforePublication):
+        with engine.begin() as connection:
+            fanout.stop_run(connection, claim, status="cancelled")
+        return "cancelled"
+    except Exception as exc:
+        logger.exception("%s failed", label)
+        with engine.begin() as connection:  # the traceback is in the log above
+            fanout.stop_run(connection, claim, status="failed", error=public_error(exc))
+        return "failed"
     finally:
         lifetime.training.clear()
         lifetime.exit_if_orphaned()  # its worker died: nobody would collect the result
-    logger.info("run %s: succeeded; published %s", run_id, ", ".join(published) or "nothing")
+    if published is None:
+        logger.info("%s: trained", label)
+        return "trained"
+    logger.info("run %s: succeeded; published %s", claim.run_id, ", ".join(published) or "nothing")
     return "succeeded"
 
 
