@@ -24,14 +24,17 @@ logger = logging.getLogger(__name__)
 @celery_app.task(name="training.train_run", bind=True)
 def train_run(self: Any, run_id: int) -> str:
     """A wake-up in the form sent before wake-ups were coalesced: take run `run_id` if it is
-    claimable, then train its criteria while any waits. A duplicate or late delivery claims
-    nothing and returns."""
+    claimable, then train its criteria while any waits; returns how the last step ended
+    ("succeeded" when this call published the run). A duplicate or late delivery claims nothing
+    and returns."""
     engine = get_engine()
     owner = _owner(self.request.hostname or socket.gethostname())
     outcome = take_run(engine, run_id, owner)
     if outcome in ("listed", "not claimed"):
-        while train_criterion(engine, owner, run_id=run_id) == "trained":
-            pass
+        trained = "trained"
+        while trained == "trained":
+            trained = train_criterion(engine, owner, run_id=run_id)
+            outcome = outcome if trained == "none" else trained
     return outcome
 
 
