@@ -8,8 +8,11 @@ each from its POST to the first poll (every 50 ms) that sees it succeeded, i.e. 
 
 Besides wall time, it prints what does not depend on how many cores are free: each criterion's
 claim-to-finish interval and the worker that trained it (a timeline), the most criteria in
-training at once, and criterion-seconds over wall time (how many criteria trained in parallel
-on average). The load average of the machine is printed with each run.
+training at once, criterion-seconds over their span (how many criteria trained in parallel on
+average), and the CPU time each worker's pool process spent on the run (read from /proc): with a
+free core per worker the run takes about its busiest worker's CPU time, so the ratio of those
+between 1 and N workers is the speed-up that N free cores give. The load average of the machine
+is printed with each run.
 """
 
 import argparse
@@ -120,6 +123,21 @@ def timeline(database_url: str, run_id: int) -> list[dict[str, Any]]:
     ]
 
 
+def pool_cpu_seconds(workers: list[subprocess.Popen[bytes]]) -> dict[int, float]:
+    """User + system CPU seconds so far of each worker's pool processes, by pid."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for worker in workers:
+        listed = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True)
+        for pid in map(int, listed.stdout.split()):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
+
+
 def most_at_once(items: list[dict[str, Any]]) -> int:
     events = sorted(
         [(item["started"], 1) for item in items] + [(item["finished"], -1) for item in items],
@@ -133,11 +151,12 @@ def most_at_once(items: list[dict[str, Any]]) -> int:
 
 
 def chart(items: list[dict[str, Any]], origin: datetime, width: int = 60) -> list[str]:
-    """One line per worker: its criteria as letters over time (A = the first criterion)."""
+    """One line per worker: its criteria as letters over time (A..J: the criteria in the order
+    they were claimed), from the run's claim to its last criterion's end."""
     end = max(item["finished"] for item in items)
     span = max((end - origin).total_seconds(), 1e-9)
-    lines = []
-    letters = {name: chr(ord("A") + index) for index, name in enumerate(CRITERIA)}
+    lines = [f"  {span:.1f} s from the run's claim to its last criterion's end"]
+    letters = {item["criterion"]: chr(ord("A") + index) for index, item in enumerate(items)}
     for worker in sorted({item["worker"] for item in items}):
         row = [" "] * width
         for item in items:
@@ -152,9 +171,14 @@ def chart(items: list[dict[str, Any]], origin: datetime, width: int = 60) -> lis
 
 
 def measure(
-    client: httpx.Client, headers: dict[str, str], database_url: str, epochs: int
+    client: httpx.Client,
+    headers: dict[str, str],
+    database_url: str,
+    epochs: int,
+    workers: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
+    cpu_before = pool_cpu_seconds(workers)
     posted = time.perf_counter()
     created = client.post(
         "/api/v1/training-runs",
@@ -163,6 +187,10 @@ def measure(
     ).json()
     run = wait_for_run(client, created["id"], 3600)
     wall = time.perf_counter() - posted
+    cpu = {
+        pid: round(seconds - cpu_before.get(pid, 0.0), 2)
+        for pid, seconds in pool_cpu_seconds(workers).items()
+    }
     assert run["status"] == "succeeded", run
     items = timeline(database_url, run["id"])
     origin = datetime.fromisoformat(run["started_at"])
@@ -174,6 +202,11 @@ def measure(
         "criterion_seconds": round(criterion_seconds, 2),
         "training_span_s": round(span, 2),
         "parallelism": round(criterion_seconds / span, 2),
+        # The CPU each pool process spent on the run: with a free core per worker, the run
+        # would take about its busiest worker's CPU time (plus what waits on the database).
+        "cpu_s_total": round(sum(cpu.values()), 2),
+        "cpu_s_busiest_worker": max(cpu.values()),
+        "cpu_s_per_worker": sorted(cpu.values(), reverse=True),
         "most_at_once": most_at_once(items),
         "workers_used": len({i["worker"] for i in items}),
         "per_criterion_s": sorted(
@@ -210,9 +243,10 @@ def main() -> None:
             for count in [int(value) for value in args.workers.split(",")]:
                 workers = start_workers(env, count, args.logs)
                 try:
-                    measure(client, headers, url, 5)  # warm-up: every pool loads the engine
+                    measure(client, headers, url, 5, workers)  # warm-up: each loads the engine
                     for _ in range(args.repeats):
-                        result = {"workers": count, **measure(client, headers, url, args.epochs)}
+                        measured = measure(client, headers, url, args.epochs, workers)
+                        result = {"workers": count, **measured}
                         results.append(result)
                         chart_lines = result.pop("chart")
                         print(json.dumps(result), flush=True)
@@ -221,14 +255,20 @@ def main() -> None:
                     stop_workers(workers)
     finally:
         drop_database(DATABASE)
-    one = min(r["post_to_published_s"] for r in results if r["workers"] == results[0]["workers"])
-    print("| workers | POST → published | speed-up | most criteria at once | parallelism |")
-    print("|---:|---:|---:|---:|---:|")
-    for result in results:
+    first = [r for r in results if r["workers"] == results[0]["workers"]]
+    wall_one = min(r["post_to_published_s"] for r in first)
+    cpu_one = min(r["cpu_s_busiest_worker"] for r in first)
+    print(
+        "| workers | load average | POST → published | speed-up | most criteria at once"
+        " | parallelism | CPU s, all pools | CPU s, busiest pool | CPU-bound speed-up |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
         print(
-            f"| {result['workers']} | {result['post_to_published_s']:.1f} s"
-            f" | {one / result['post_to_published_s']:.2f}× | {result['most_at_once']}"
-            f" | {result['parallelism']:.2f} |"
+            f"| {r['workers']} | {r['load_average'][0]} → {r['load_average'][1]}"
+            f" | {r['post_to_published_s']:.1f} s | {wall_one / r['post_to_published_s']:.2f}×"
+            f" | {r['most_at_once']} | {r['parallelism']:.2f} | {r['cpu_s_total']:.1f}"
+            f" | {r['cpu_s_busiest_worker']:.1f} | {cpu_one / r['cpu_s_busiest_worker']:.2f}× |"
         )
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import insert, select, text
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
@@ -141,14 +141,7 @@ def list_run_criteria(engine: Engine, claim: leases.Claim) -> tuple[int, list[st
         # Every criterion loads its comparisons after this instant, so it is the run's
         # snapshot time: what it trains on includes everything committed before it.
         taken_at = datetime.now(UTC)
-        present = set(
-            connection.execute(
-                text(
-                    "SELECT c.name FROM criteria c"
-                    " WHERE c.id IN (SELECT DISTINCT criterion_id FROM comparisons)"
-                )
-            ).scalars()
-        )
+        present = set(connection.execute(_with_comparisons(criteria)).scalars())
         served = publication.published_criteria(connection)
     wanted = list(criteria) if criteria else sorted(present | set(served))
     names = [name for name in wanted if name in present]
@@ -165,6 +158,21 @@ def list_run_criteria(engine: Engine, claim: leases.Claim) -> tuple[int, list[st
         return fanout.list_criteria(
             connection, claim, names=names, withdrawn=withdrawn, snapshot_at=taken_at
         )
+
+
+def _with_comparisons(criteria: list[str] | None) -> Any:
+    """The names of the criteria (of `criteria`, or all) that have a comparison. Named ones are
+    probed one by one (an auto run names one: its first comparison ends the probe); all of them
+    take one pass over the comparisons."""
+    if criteria:
+        return text(
+            "SELECT c.name FROM criteria c WHERE c.name IN :names"
+            " AND EXISTS (SELECT 1 FROM comparisons m WHERE m.criterion_id = c.id)"
+        ).bindparams(bindparam("names", value=list(criteria), expanding=True))
+    return text(
+        "SELECT c.name FROM criteria c"
+        " WHERE c.id IN (SELECT DISTINCT criterion_id FROM comparisons)"
+    )
 
 
 class CriterionTraining:

@@ -5,6 +5,8 @@ nothing published. On the embedded SQLite default, in-process workers train them
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +50,22 @@ def import_criteria(directory: Path, criteria: list[str], n_comparisons: int = 4
     assert import_csv(data.write(directory) / "comparisons.csv") == n_comparisons * len(criteria)
 
 
-def start_workers(directory: Path, count: int) -> list[Any]:
-    """`count` worker processes, each logging to its own file; returned once all are ready."""
+@contextmanager
+def running_workers(directory: Path, count: int) -> Iterator[list[Any]]:
+    """`count` worker processes, each logging to its own file, once all are ready; stopped
+    (with any pool process left behind) at the end."""
     logs = [directory / f"worker{index}.log" for index in range(count)]
     workers = [start_worker(log=log) for log in logs]
-    wait_for(
-        f"{count} workers to be ready",
-        lambda: all(log.exists() and " ready." in log.read_text() for log in logs),
-        90,
-    )
-    return workers
+    try:
+        wait_for(
+            f"{count} workers to be ready",
+            lambda: all(log.exists() and " ready." in log.read_text() for log in logs),
+            90,
+        )
+        yield workers
+    finally:
+        for worker in workers:
+            stop_worker(worker)
 
 
 def post_run(client: TestClient) -> int:
@@ -119,6 +127,13 @@ class PointerWatch(threading.Thread):
         self.join(10)
         return self.seen
 
+    def __enter__(self) -> "PointerWatch":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def test_two_workers_train_a_runs_criteria_and_publish_them_together_once(
     postgres_and_redis: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -126,27 +141,26 @@ def test_two_workers_train_a_runs_criteria_and_publish_them_together_once(
     monkeypatch.setenv("AUTO_TRAIN_ENABLED", "false")
     reset_caches()
     import_criteria(tmp_path, CRITERIA)
-    workers = start_workers(tmp_path, 2)
-    watch = PointerWatch()
-    try:
-        with TestClient(create_app()) as client:
-            run_id = watch.run_id = post_run(client)
-            watch.start()
-            running = wait_for_run(client, run_id, 60, statuses={"running"})
-            assert running["progress"] < 1
-            run = wait_for_run(client, run_id, 240)
-            assert run["status"] == "succeeded", run["error"]
-            assert (run["progress"], run["attempt"], run["n_comparisons"]) == (1.0, 1, 16_000)
-            seen = watch.stop()
-            assert seen == {frozenset(), frozenset(CRITERIA)}  # never some criteria only
+    with (
+        running_workers(tmp_path, 2) as workers,
+        PointerWatch() as watch,
+        TestClient(create_app()) as client,
+    ):
+        run_id = watch.run_id = post_run(client)
+        running = wait_for_run(client, run_id, 60, statuses={"running"})
+        assert running["progress"] < 1
+        run = wait_for_run(client, run_id, 240)
+        assert run["status"] == "succeeded", run["error"]
+        assert (run["progress"], run["attempt"], run["n_comparisons"]) == (1.0, 1, 16_000)
+        seen = watch.stop()
+        assert seen == {frozenset(), frozenset(CRITERIA)}  # never some criteria only
 
-            progress = run["criteria_progress"]
-            assert [c["criterion"] for c in progress] == CRITERIA
-            assert all(
-                (c["status"], c["progress"], c["attempt"], c["epoch"])
-                == ("trained", 1.0, 1, EPOCHS)
-                for c in progress
-            )
+        progress = run["criteria_progress"]
+        assert [c["criterion"] for c in progress] == CRITERIA
+        assert all(
+            (c["status"], c["progress"], c["attempt"], c["epoch"]) == ("trained", 1.0, 1, EPOCHS)
+            for c in progress
+        )
         rows = criteria_rows(run_id)
         pools = {pid for worker in workers for pid in children(worker.pid)}
         trainers = {pid_of(row["trained_by"]) for row in rows}
@@ -170,10 +184,6 @@ def test_two_workers_train_a_runs_criteria_and_publish_them_together_once(
             ).one()
         assert [tuple(row) for row in states] == [(name, False) for name in CRITERIA]
         assert scores[1] == len(CRITERIA) and scores[0] > 250 * len(CRITERIA)
-    finally:
-        watch.stopping.set()
-        for worker in workers:
-            stop_worker(worker)
 
 
 def test_a_worker_killed_mid_criterion_loses_nothing_and_the_run_publishes_once(
@@ -183,35 +193,35 @@ def test_a_worker_killed_mid_criterion_loses_nothing_and_the_run_publishes_once(
     monkeypatch.setenv("RUN_CHECKPOINT_EVERY_EPOCHS", "100")
     reset_caches()
     import_criteria(tmp_path, CRITERIA)
-    workers = start_workers(tmp_path, 2)
-    watch = PointerWatch()
-    try:
-        with TestClient(create_app()) as client:
-            run_id = watch.run_id = post_run(client)
-            watch.start()
+    with (
+        running_workers(tmp_path, 2) as workers,
+        PointerWatch() as watch,
+        TestClient(create_app()) as client,
+    ):
+        run_id = watch.run_id = post_run(client)
 
-            def checkpointed() -> tuple[str, int] | None:
-                with get_engine().connect() as connection:
-                    row = connection.execute(
-                        text(
-                            "SELECT i.criterion, i.lease_owner FROM training_run_criteria i"
-                            " JOIN model_states m ON m.run_id = i.run_id"
-                            " AND m.criterion = i.criterion AND m.is_checkpoint"
-                            " WHERE i.run_id = :run AND i.status = 'running' LIMIT 1"
-                        ),
-                        {"run": run_id},
-                    ).first()
-                return None if row is None else (str(row[0]), pid_of(row[1]))
+        def checkpointed() -> tuple[str, int] | None:
+            with get_engine().connect() as connection:
+                row = connection.execute(
+                    text(
+                        "SELECT i.criterion, i.lease_owner FROM training_run_criteria i"
+                        " JOIN model_states m ON m.run_id = i.run_id"
+                        " AND m.criterion = i.criterion AND m.is_checkpoint"
+                        " WHERE i.run_id = :run AND i.status = 'running' LIMIT 1"
+                    ),
+                    {"run": run_id},
+                ).first()
+            return None if row is None else (str(row[0]), pid_of(row[1]))
 
-            criterion, pool_pid = wait_for("a criterion with a checkpoint", checkpointed, 120, 0.1)
-            victim = next(w for w in workers if pool_pid in children(w.pid))
-            kill_worker(victim)
-            assert run_row(run_id)["status"] == "running"
+        criterion, pool_pid = wait_for("a criterion with a checkpoint", checkpointed, 120, 0.1)
+        victim = next(w for w in workers if pool_pid in children(w.pid))
+        kill_worker(victim)
+        assert run_row(run_id)["status"] == "running"
 
-            run = wait_for_run(client, run_id, 240)
-            assert run["status"] == "succeeded", run["error"]
-            seen = watch.stop()
-            assert seen == {frozenset(), frozenset(CRITERIA)}
+        run = wait_for_run(client, run_id, 240)
+        assert run["status"] == "succeeded", run["error"]
+        seen = watch.stop()
+        assert seen == {frozenset(), frozenset(CRITERIA)}
         rows = {row["criterion"]: row for row in criteria_rows(run_id)}
         # The killed criterion was taken again by the surviving worker and trained to its end.
         assert rows[criterion]["attempt"] == 2
@@ -237,10 +247,6 @@ def test_a_worker_killed_mid_criterion_loses_nothing_and_the_run_publishes_once(
         assert [tuple(row) for row in per_epoch] == [(name, EPOCHS, EPOCHS) for name in CRITERIA]
         assert resumed is not None and resumed > 100 and (resumed - 1) % 100 == 0
         assert pointers() == dict.fromkeys(CRITERIA, run_id)
-    finally:
-        watch.stopping.set()
-        for worker in workers:
-            stop_worker(worker)
 
 
 def test_a_failing_criterion_fails_the_run_and_publishes_nothing(
@@ -260,12 +266,8 @@ def test_a_failing_criterion_fails_the_run_and_publishes_nothing(
                 ),
                 {"run": run_id, "state": b"not a state", "sha": "0" * 64},
             )
-        workers = start_workers(tmp_path, 2)
-        try:
+        with running_workers(tmp_path, 2):
             run = wait_for_run(client, run_id, 240)
-        finally:
-            for worker in workers:
-                stop_worker(worker)
     assert run["status"] == "failed"
     assert run["error"].startswith("pedagogy: ValueError:") and "corrupt" in run["error"]
     statuses = {row["criterion"]: row["status"] for row in criteria_rows(run_id)}
