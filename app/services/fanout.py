@@ -105,7 +105,8 @@ def claim_next(
     handed it off). On PostgreSQL the candidate row is locked with SKIP LOCKED, so concurrent
     workers each take a different one without waiting; on SQLite the write gate serialises
     them. The conditions are tested again by the UPDATE, so a taken row is never taken twice.
-    The claim also renews the run's lease: the run is alive while any criterion is.
+    The run's lease is renewed by the criterion's first renewal (it takes the run's row lock,
+    which a claim does not: see `_lock_run`).
     """
     now = now_utc()
     conditions = [_claimable(now), _run_takes_work()]
@@ -120,7 +121,6 @@ def claim_next(
         .with_for_update(skip_locked=True, of=Item)
         .scalar_subquery()
     )
-    expires = now + timedelta(seconds=lease_seconds)
     statement = (
         update(Item)
         .where(Item.c.id == candidate, _claimable(now))
@@ -128,7 +128,7 @@ def claim_next(
             status="running",
             attempt=Item.c.attempt + 1,
             lease_owner=owner,
-            lease_expires_at=expires,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
             heartbeat_at=now,
             started_at=now,
             error=None,
@@ -137,13 +137,8 @@ def claim_next(
     )
     with engine.begin() as connection:
         row = connection.execute(statement).one_or_none()
-        if row is None:
-            return None
-        connection.execute(
-            update(Run)
-            .where(Run.c.id == row.run_id, Run.c.status == "running")
-            .values(heartbeat_at=now, lease_expires_at=expires)
-        )
+    if row is None:
+        return None
     return CriterionClaim(
         item_id=int(row.id),
         run_id=int(row.run_id),
@@ -202,6 +197,7 @@ def renew(
     }
     if max_epochs is not None:
         values["max_epochs"] = max_epochs
+    _lock_run(connection, claim.run_id)
     mine = connection.execute(update(Item).where(_owned(claim)).values(**values)).rowcount
     if not mine:
         raise LeaseLost(f"run {claim.run_id}: {claim.criterion} lease lost")
@@ -240,6 +236,7 @@ def hand_off(connection: Connection, claim: CriterionClaim) -> bool:
     the next wake-up takes the run and this criterion over without waiting for either lease to
     expire. False when the criterion was no longer ours."""
     now = now_utc()
+    _lock_run(connection, claim.run_id)
     released = connection.execute(
         update(Item).where(_owned(claim)).values(lease_owner=None, lease_expires_at=now)
     ).rowcount
@@ -255,9 +252,20 @@ def hand_off(connection: Connection, claim: CriterionClaim) -> bool:
 def _lock_run(connection: Connection, run_id: int) -> tuple[str, bool]:
     """The run's status and cancel flag, its row locked until the transaction ends (SQLite's
     write transaction already excludes every other writer), so two criteria finishing at once
-    cannot both see the other unfinished, and only one publishes."""
+    cannot both see the other unfinished, and only one publishes.
+
+    Every transaction that writes both a run and its criteria takes this lock before either,
+    so they all lock in one order (run, then criteria) and cannot deadlock: ending a run cancels
+    its other criteria while their workers renew them. A claim locks one criterion and no run.
+    It is `FOR NO KEY UPDATE` on PostgreSQL, which the key-share locks of inserts referencing
+    the run (metrics, checkpoints, written earlier in a renewal's transaction) do not block:
+    `FOR UPDATE` would, and two renewals, each holding its inserts' key-share lock, would wait
+    for each other.
+    """
     row = connection.execute(
-        select(Run.c.status, Run.c.cancel_requested).where(Run.c.id == run_id).with_for_update()
+        select(Run.c.status, Run.c.cancel_requested)
+        .where(Run.c.id == run_id)
+        .with_for_update(key_share=True)
     ).one()
     return str(row.status), bool(row.cancel_requested)
 
@@ -365,6 +373,7 @@ def stop_run(
     is published, the other criteria stop at their next renewal, the staged scores go.
     False (nothing written) when the criterion was no longer ours."""
     now = now_utc()
+    _lock_run(connection, claim.run_id)
     mine = connection.execute(
         update(Item)
         .where(_owned(claim))
