@@ -13,13 +13,14 @@ from sqlmodel import Session, select
 
 from app.core.db import get_engine
 from app.core.errors import Conflict
-from app.models import Criterion, TrainingRun, User, Video
+from app.models import Criterion, TrainingRun, TrainingRunCriterion, User, Video
 from app.services import fanout, leases, publication, runs
 from app.services.run_recovery import prune_superseded_scores, runs_to_wake
 from ml.config import LicchaviConfig
 
 CRITERIA = ["importance", "largely_recommended", "reliability"]
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
+Item = TrainingRunCriterion.__table__  # type: ignore[attr-defined]
 
 
 def catalogue() -> None:
@@ -160,12 +161,12 @@ def test_a_criterion_retaken_after_its_lease_expired_fences_the_old_worker(
 ) -> None:
     catalogue()
     run = listed_run(names=["importance"], withdrawn=["reliability"])
-    stale = claim("dead", lease=0.01)
-    with get_engine().begin() as connection:  # its lease lapses, so its run's too
+    stale = claim("dead")
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with get_engine().begin() as connection:  # its worker died: its lease lapses, the run's too
+        connection.execute(update(Run).where(Run.c.id == run.run_id).values(lease_expires_at=past))
         connection.execute(
-            update(Run)
-            .where(Run.c.id == run.run_id)
-            .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            update(Item).where(Item.c.id == stale.item_id).values(lease_expires_at=past)
         )
     with get_engine().begin() as connection:
         assert runs_to_wake(connection, resend_after_seconds=60) == [run.run_id]

@@ -28,7 +28,7 @@ def train_run(self: Any, run_id: int) -> str:
     ("succeeded" when this call published the run). A duplicate or late delivery claims nothing
     and returns."""
     engine = get_engine()
-    owner = _owner(self.request.hostname or socket.gethostname())
+    owner = worker_owner(self.request.hostname or socket.gethostname())
     outcome = take_run(engine, run_id, owner)
     if outcome in ("listed", "not claimed"):
         trained = "trained"
@@ -38,7 +38,8 @@ def train_run(self: Any, run_id: int) -> str:
     return outcome
 
 
-def _owner(host: str) -> str:
+def worker_owner(host: str) -> str:
+    """A lease owner name: host, pool process, and a nonce for this wake-up."""
     return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 

@@ -1,10 +1,8 @@
 """The wake-up task: a woken worker claims the next claimable work itself, training first."""
 
 import logging
-import os
 import socket
 import time
-import uuid
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -41,9 +39,10 @@ def work(host: str) -> int:
     queue's bound holds: see `wake_workers`), so free workers fill up one wake-up at a time.
     """
     from workers.tasks.sweeps import evaluate_next
+    from workers.tasks.training import worker_owner
 
     engine = get_engine()
-    owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = worker_owner(host)
     started = time.monotonic()
     done = 0
     while time.monotonic() - started < CLAIM_LOOP_SECONDS:
