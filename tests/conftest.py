@@ -57,9 +57,11 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 def reset_caches() -> None:
     """Forget settings, pooled database connections and broker configuration."""
     from app.core.security import forget_verified_keys
+    from app.services.wakeups import forget_gpu_workers
     from workers.celery_app import reconfigure
 
     forget_verified_keys()
+    forget_gpu_workers()
     get_settings.cache_clear()
     dispose_engine()
     reconfigure()

@@ -6,19 +6,32 @@ them will do, and none is sent while enough undelivered ones already wait in the
 """
 
 import logging
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm import SessionTransaction
 
 from app.core.config import get_settings
+from app.core.db import get_engine, read_only
+from app.models.base import utcnow
+from app.models.worker import WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
 PENDING_KEY = "licchavi_pending_wakeups"
 WAKE_TASK = "work.wake"
+# GPU workers consume this queue (compose's `worker-gpu`: `--queues gpu`). Work is not routed by
+# device: any worker claims any due work, so a GPU worker is woken like the others, through the
+# queue it reads, and only while one is alive (no message waits where nobody reads).
+GPU_QUEUE = "gpu"
+# A worker whose heartbeat is older than this many heartbeat intervals is taken as gone.
+LIVE_HEARTBEATS = 3
+_gpu_consumers: tuple[float, bool] = (-float("inf"), False)
+Heartbeat = WorkerHeartbeat.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -66,26 +79,59 @@ def wake_workers(
     from workers.celery_app import celery_app  # the Celery app only; no task module, no torch
 
     limit = max_pending or get_settings().wakeup_max_pending
-    queue = celery_app.conf.task_default_queue
+    queues = [celery_app.conf.task_default_queue]
+    if gpu_workers_alive():
+        queues.append(GPU_QUEUE)
+    sent = 0
     try:
         with celery_app.producer_or_acquire() as producer:
-            if countdown > 0:
-                sending = 1
-            else:
-                waiting = undelivered(producer.channel, queue)
-                sending = max(0, min(wanted, limit - waiting))
-            for _ in range(sending):
-                celery_app.send_task(
-                    WAKE_TASK,
-                    queue=queue,
-                    countdown=countdown or None,
-                    producer=producer,
-                    retry=False,
-                )
+            for queue in queues:
+                if countdown > 0:
+                    sending = 1
+                else:
+                    waiting = undelivered(producer.channel, queue)
+                    sending = max(0, min(wanted, limit - waiting))
+                for _ in range(sending):
+                    celery_app.send_task(
+                        WAKE_TASK,
+                        queue=queue,
+                        countdown=countdown or None,
+                        producer=producer,
+                        retry=False,
+                    )
+                sent += sending
     except Exception as exc:
         logger.warning("wake-up for %s not sent (%s); run recovery will", reason, exc)
         return -1
-    return sending
+    return sent
+
+
+def forget_gpu_workers() -> None:
+    """Read the heartbeats again at the next wake-up (settings or workers changed)."""
+    global _gpu_consumers
+    _gpu_consumers = (-float("inf"), False)
+
+
+def gpu_workers_alive() -> bool:
+    """Whether a live worker consumes the `gpu` queue, from the workers' heartbeats; read at
+    most once per heartbeat interval (a wake-up follows every write), False when unreadable."""
+    global _gpu_consumers
+    interval = get_settings().worker_heartbeat_interval_seconds
+    read_at, alive = _gpu_consumers
+    if time.monotonic() - read_at < interval:
+        return alive
+    since = utcnow() - timedelta(seconds=LIVE_HEARTBEATS * interval)
+    try:
+        with read_only(get_engine()).connect() as connection:
+            rows = connection.execute(
+                select(Heartbeat.c.queues).where(Heartbeat.c.seen_at >= since)
+            )
+            alive = any(GPU_QUEUE in (queues or "").split(",") for (queues,) in rows)
+    except Exception as exc:
+        logger.warning("worker heartbeats not read (%s): no wake-up for the gpu queue", exc)
+        alive = False
+    _gpu_consumers = (time.monotonic(), alive)
+    return alive
 
 
 def undelivered(channel: Any, queue: str) -> int:

@@ -37,13 +37,23 @@ IterationCallback = Callable[[dict[str, float]], bool]
 
 
 CURVATURE_FLOOR = 1e-3
-# Levenberg–Marquardt damping of the Newton system, times min(1, stationarity). The smooth part
-# is flat along shifting all of one user's x by the same amount (the fit only sees differences):
+# Levenberg–Marquardt damping of the Newton system, times min(1, stationarity), relative to the
+# diagonal of ∇²F (Marquardt's scaling): the system is ∇²F + λ·diag(∇²F). The smooth part is
+# flat along shifting all of one user's x by the same amount (the fit only sees differences):
 # while all of a user's x are free the system is singular, the L1 term's slope w·Σsign(x) lies
 # along that flat direction, and undamped CG ran off to steps of 1e32 that no backtracking
 # recovers (the solver stopped after 1 to 5 iterations, far from stationary). The damping bounds
 # the step there; shrinking with stationarity keeps Newton's fast convergence near the optimum.
+# It must be relative to the curvature: with an extreme rating (|r| = 1) the fit f(t, r)
+# decreases like −log|t| without end, and only the coupling w·v_nv·|x| stops it, so a pair with
+# a tiny voting right settles far out: a fake account's target (100 comparisons, v_nv = 0.0018)
+# near |t| = 100/(w·v_nv) = 55,000, where its diagonal Σf'' ≈ 100/t² is 3e-8. A damping of 1e-2
+# added to every coordinate there turned Newton's doubling of t per step into steps of a few
+# units, and 3,000 iterations were not enough (20 % of the users trusted, 10 or more fake
+# accounts: docs/solvers.md, "Convergence with few trusted users").
 DAMPING = 1e-2
+# Only keeps 1/diagonal finite; ρ's diagonal is at least 2·w0, and every x is in a comparison.
+DIAGONAL_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -70,14 +80,8 @@ def fit_curvature(layout: PackedLayout, z: Array, with_s: bool) -> FitCurvature:
     return FitCurvature(second * scale * scale, per_user)
 
 
-def inverse_curvature(layout: PackedLayout, z: Array, curvature: FitCurvature, w0: float) -> Array:
-    """1 / diagonal of ∇²F: the conjugate gradients' preconditioner, L-BFGS's starting metric.
-
-    Users and videos differ by orders of magnitude in comparison counts; scaling each coordinate
-    by its own curvature lets the first step already be a sensible (diagonal Newton) step, which
-    is what makes a warm start from a near-optimal state converge in a few iterations. With s
-    held fixed its block is 1: the Newton system leaves s out.
-    """
+def curvature_diagonal(layout: PackedLayout, z: Array, curvature: FitCurvature, w0: float) -> Array:
+    """The diagonal of ∇²F over [x, ρ, s] (1 on s when s is held fixed), unfloored."""
     problem = layout.problem
     k = problem.kernels
     per_pair = problem.sum_over_both_sides(curvature.weight)
@@ -87,7 +91,19 @@ def inverse_curvature(layout: PackedLayout, z: Array, curvature: FitCurvature, w
         per_user = curvature.per_user + 1 + 1 / (s * s)
     else:
         per_user = k.zeros(layout.n_users, "float64") + 1
-    return 1 / k.clamp(k.concatenate([per_pair, per_video, per_user]), CURVATURE_FLOOR)
+    return k.concatenate([per_pair, per_video, per_user])
+
+
+def inverse_curvature(layout: PackedLayout, z: Array, curvature: FitCurvature, w0: float) -> Array:
+    """1 / diagonal of ∇²F: the conjugate gradients' preconditioner, L-BFGS's starting metric.
+
+    Users and videos differ by orders of magnitude in comparison counts; scaling each coordinate
+    by its own curvature lets the first step already be a sensible (diagonal Newton) step, which
+    is what makes a warm start from a near-optimal state converge in a few iterations. With s
+    held fixed its block is 1: the Newton system leaves s out.
+    """
+    diagonal = curvature_diagonal(layout, z, curvature, w0)
+    return 1 / layout.problem.kernels.clamp(diagonal, CURVATURE_FLOOR)
 
 
 class ConvergedSolver:
@@ -136,13 +152,12 @@ class ConvergedSolver:
             q += (alpha - beta) * step
         return -q
 
-    def _newton_direction(
-        self, z: Array, pg: Array, metric: Array, curvature: FitCurvature
-    ) -> Array:
-        """Approximately solve ∇²F·d = −pg on the free coordinates by preconditioned CG.
+    def _newton_direction(self, z: Array, pg: Array, curvature: FitCurvature) -> Array:
+        """Approximately solve (∇²F + λ·diag ∇²F)·d = −pg on the free coordinates by
+        preconditioned CG.
 
-        Free: ρ, and every x that is non-zero or may leave 0 (pg ≠ 0); s is held fixed. The
-        system is damped (DAMPING) so that it has a bounded solution.
+        Free: ρ, and every x that is non-zero or may leave 0 (pg ≠ 0); s is held fixed. λ is
+        DAMPING·min(1, stationarity), so that the system has a bounded solution.
         """
         layout, problem, w0, k = self.layout, self.problem, self.config.w0, self.kernels
         n, n_videos, n_users = layout.n_pairs, layout.n_videos, layout.n_users
@@ -155,7 +170,8 @@ class ConvergedSolver:
                 k.zeros(n_users, "float64"),
             ]
         )
-        damping = DAMPING * min(1.0, float(abs(pg).max()))
+        diagonal = k.clamp(curvature_diagonal(layout, z, curvature, w0), DIAGONAL_FLOOR)
+        damping = diagonal * (DAMPING * min(1.0, float(abs(pg).max())))
         # Vectors of the packed size are written in place into buffers allocated once: at 5M
         # comparisons each is 80 MB, and a fresh one costs its page faults every time (a product
         # into a new 10M-element array took 24.5 ms of CPU, into an existing one 7.6 ms).
@@ -163,7 +179,7 @@ class ConvergedSolver:
         scratch = k.zeros(layout.size, "float64")
 
         def hessian_times(vector: Array) -> Array:
-            """∇²F·vector + damping·vector on the free coordinates, into `out`. `vector` is
+            """∇²F·vector + λ·diag(∇²F)·vector on the free coordinates, into `out`. `vector` is
             zero outside them (CG's vectors all are)."""
             d_rho = vector[n : n + n_videos]
             d_theta = k.take(d_rho, problem.pair_video)
@@ -182,7 +198,7 @@ class ConvergedSolver:
             result *= free
             return result
 
-        preconditioner = free / (1 / metric + damping)
+        preconditioner = free / (diagonal + damping)
         residual = -pg * free
         direction = k.zeros(layout.size, "float64")
         preconditioned = preconditioner * residual
@@ -230,12 +246,13 @@ class ConvergedSolver:
                 progress.converged = True
                 break
             curvature = fit_curvature(layout, z, config.optimise_s)
-            metric = inverse_curvature(layout, z, curvature, w0)
             if config.optimise_s:
+                metric = inverse_curvature(layout, z, curvature, w0)
                 direction = self._direction(pg, memory, metric)
+                del metric
             else:
-                direction = self._newton_direction(z, pg, metric, curvature)
-            del curvature, metric
+                direction = self._newton_direction(z, pg, curvature)
+            del curvature
             # A coordinate at 0 may only leave it the way the pseudo-gradient points (OWL-QN's
             # sign rule); the others may move freely, the orthant projection below stops them
             # at 0. Applying the rule to every coordinate would cut good Newton steps short.

@@ -1,5 +1,5 @@
 """The default install has no torch: it resolves without torch or CUDA on a clean index, and its
-paths (`licchavi train` with the faithful solver, the API, a worker training a run, a sweep) run
+paths (`licchavi train` with either solver, the API, a worker training a run, a sweep) run
 in processes where torch cannot be imported and is never tried; where torch is needed, one line
 names the `gpu` extra."""
 
@@ -134,7 +134,7 @@ def test_the_converged_solver_runs_without_torch(tmp_path: Path) -> None:
 
 
 def test_the_service_serves_and_trains_without_torch(tmp_path: Path) -> None:
-    """`make run`'s command: the API, its supervised worker, a faithful run and a sweep."""
+    """`make run`'s command: the API, its supervised worker, a run with the default solver and a sweep."""
     blocker = torchless(tmp_path / "torchless")
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
@@ -148,14 +148,14 @@ def test_the_service_serves_and_trains_without_torch(tmp_path: Path) -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             wait_for("the API to be ready", lambda: client.get("/readyz").status_code == 200, 90)
             headers = admin_headers()  # same SQLite file: DATA_DIR is shared with the server
-            # Loading the demo data queued an auto run, with the default (faithful) settings.
+            # Loading the demo data queued an auto run, with the default (converged) settings.
             run_id = wait_for(
                 "the demo's auto run to publish",
                 lambda: client.get("/api/v1/scores").json()["run_id"],
                 150,
             )
             run = client.get(f"/api/v1/training-runs/{run_id}").json()
-            assert (run["status"], run["solver"]) == ("succeeded", "faithful")
+            assert (run["status"], run["solver"]) == ("succeeded", "converged")
 
             submitted = client.post(
                 "/api/v1/sweeps",

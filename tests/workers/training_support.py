@@ -96,14 +96,14 @@ def admin_headers() -> dict[str, str]:
 
 
 def start_worker(
-    extra_env: dict[str, str] | None = None, log: Path | None = None
+    extra_env: dict[str, str] | None = None, log: Path | None = None, queues: str = "cpu"
 ) -> subprocess.Popen[bytes]:
-    """A `licchavi worker` process; with `log`, its output goes to that file."""
+    """A `licchavi worker` process on `queues`; with `log`, its output goes to that file."""
     env = {**os.environ, **(extra_env or {})}
     output = log.open("ab") if log is not None else None
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--queues", "cpu"],
+            [sys.executable, "-m", "app.cli", "worker", "--queues", queues],
             env=env,
             start_new_session=True,
             stdout=output,
