@@ -25,7 +25,9 @@ from app.services.operations import DURATION_BUCKETS
 logger = logging.getLogger(__name__)
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-RUN_OUTCOMES = ("succeeded", "failed", "cancelled", "lease_lost", "handed_off")
+# A run is trained criterion by criterion: "trained" is a criterion done while others of its run
+# remain, "succeeded" the one that published the run.
+RUN_OUTCOMES = ("succeeded", "trained", "failed", "cancelled", "lease_lost", "handed_off")
 EVALUATION_OUTCOMES = ("succeeded", "failed", "cancelled", "lost")
 LEASE_KINDS = ("run", "evaluation")
 
@@ -52,7 +54,8 @@ def instruments() -> Instruments:
         ),
         run_durations=Histogram(
             "licchavi_worker_run_duration_seconds",
-            "Claim to end of the training runs this worker ran, by outcome.",
+            "Claim to end of the run criteria this worker trained (or of a run's listing, when"
+            " the run ended there), by outcome.",
             ["outcome"],
             buckets=DURATION_BUCKETS,
             registry=None,
@@ -66,13 +69,14 @@ def instruments() -> Instruments:
         ),
         lease_renewals=Counter(
             "licchavi_worker_lease_renewals",
-            "Leases of runs and evaluations this worker renewed.",
+            "Leases of run criteria (each with its run's) and evaluations this worker renewed.",
             ["kind"],
             registry=None,
         ),
         leases_lost=Counter(
             "licchavi_worker_leases_lost",
-            "Runs and evaluations this worker was running when another worker took them over.",
+            "Run criteria and evaluations this worker was running when another worker took them"
+            " over (or their run ended).",
             ["kind"],
             registry=None,
         ),

@@ -19,6 +19,7 @@ from app.models.training import (
     PublishedRun,
     TrainingMetric,
     TrainingRun,
+    TrainingRunCriterion,
 )
 from app.models.worker import WorkerHeartbeat
 
@@ -39,6 +40,7 @@ __all__ = [
     "TrainingDefaults",
     "TrainingMetric",
     "TrainingRun",
+    "TrainingRunCriterion",
     "User",
     "Video",
     "WorkerHeartbeat",

@@ -75,6 +75,61 @@ class TrainingRun(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
 
 
+CRITERION_STATUSES = (
+    "queued",
+    "running",
+    "trained",
+    "withdrawn",
+    "skipped",
+    "failed",
+    "cancelled",
+)
+# A criterion in one of these needs no more work; the run publishes once all are.
+CRITERION_DONE = ("trained", "withdrawn", "skipped")
+
+
+class TrainingRunCriterion(SQLModel, table=True):
+    """One criterion of a run: the unit that workers claim, train and checkpoint.
+
+    The worker that claims a run only lists its criteria here; any free worker then claims a
+    criterion with a lease of its own, as runs are claimed, so a run's criteria train in
+    parallel. `trained` holds its scores staged under the run's id (unpublished, so unread);
+    the worker that finishes the last one publishes them all in one transaction. `withdrawn`:
+    the criterion has no comparisons left but has published scores, which the run replaces by
+    none; `skipped`: neither (an auto run leaves it alone).
+    """
+
+    __tablename__ = "training_run_criteria"
+    __table_args__ = (
+        sa.CheckConstraint(
+            "status IN ('queued', 'running', 'trained', 'withdrawn', 'skipped', 'failed',"
+            " 'cancelled')",
+            name="ck_training_run_criterion_status",
+        ),
+        sa.UniqueConstraint("run_id", "criterion", name="uq_training_run_criterion"),
+        sa.Index("ix_training_run_criteria_status", "status", "run_id", "position"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="training_runs.id", ondelete="CASCADE")
+    criterion: str = Field(max_length=64)
+    position: int = 0
+    status: str = Field(default="queued", max_length=16)
+    attempt: int = 0
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    heartbeat_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    trained_by: str | None = Field(default=None, max_length=200)
+    progress: float = 0.0
+    epoch: int = 0
+    max_epochs: int | None = None
+    data_fingerprint: str | None = Field(default=None, max_length=64)
+    n_comparisons: int | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    started_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
+
+
 class TrainingMetric(SQLModel, table=True):
     """One loss term of one epoch; written in batches while a run trains."""
 

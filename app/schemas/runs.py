@@ -34,6 +34,32 @@ class RunCreate(BaseModel):
         return criteria
 
 
+CriterionStatus = Literal[
+    "queued", "running", "trained", "withdrawn", "skipped", "failed", "cancelled"
+]
+
+
+class RunCriterionPublic(BaseModel):
+    """One criterion of a run: claimed and trained by any free worker, in parallel with the
+    others; the run publishes them all together once every one is done."""
+
+    criterion: str
+    status: CriterionStatus = Field(
+        description="trained: its scores wait for the run's publication; withdrawn: no "
+        "comparison left, its published scores are replaced by none; skipped: nothing to train."
+    )
+    progress: float
+    epoch: int
+    max_epochs: int | None
+    attempt: int = Field(description="How many times a worker claimed this criterion.")
+    worker: str | None = Field(
+        description="The worker training it now, or the one that finished it."
+    )
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class RunPublic(BaseModel):
     id: int
     status: RunStatus
@@ -51,10 +77,10 @@ class RunPublic(BaseModel):
         " every voting right 1); null until the run has read its comparisons.",
     )
     warm_start: bool
-    progress: float
-    epoch: int
+    progress: float = Field(description="The mean progress of the run's criteria.")
+    epoch: int = Field(description="The epoch of the criterion that reported last.")
     max_epochs: int
-    current_criterion: str | None
+    current_criterion: str | None = Field(description="The criterion that reported last.")
     attempt: int
     cancel_requested: bool
     error: str | None
@@ -63,6 +89,11 @@ class RunPublic(BaseModel):
     )
     metrics: dict[str, dict[str, float]] | None = Field(
         default=None, description="Per criterion, the latest value of each loss term."
+    )
+    criteria_progress: list[RunCriterionPublic] | None = Field(
+        default=None,
+        description="Each criterion's status, progress and worker, once a worker has listed "
+        "the run's criteria (null before).",
     )
     created_at: datetime
     started_at: datetime | None

@@ -102,9 +102,19 @@ def read(engine: Engine) -> Reading:
             text(
                 "SELECT (SELECT min(not_before) FROM training_runs"
                 "        WHERE status = 'queued' AND not_before <= :now),"
-                " (SELECT count(*) FROM training_runs"
-                "        WHERE status = 'running' AND lease_expires_at < :now),"
-                " (SELECT coalesce(sum(attempt - 1), 0) FROM training_runs WHERE attempt > 1)"
+                # A run is lost if its own lease lapsed, or a criterion's in training did
+                # (its worker died while another criterion keeps the run's lease fresh).
+                " (SELECT count(*) FROM training_runs r WHERE r.status = 'running'"
+                "        AND (r.lease_expires_at < :now OR EXISTS (SELECT 1"
+                "             FROM training_run_criteria c WHERE c.run_id = r.id"
+                "             AND c.status = 'running' AND c.lease_expires_at < :now))),"
+                # Training is reclaimed criterion by criterion; a run's own claims count only
+                # while it has no criteria (a takeover of a listed run retakes its criteria).
+                " (SELECT coalesce(sum(attempt - 1), 0) FROM training_run_criteria"
+                "        WHERE attempt > 1)"
+                " + (SELECT coalesce(sum(r.attempt - 1), 0) FROM training_runs r"
+                "        WHERE r.attempt > 1 AND NOT EXISTS (SELECT 1"
+                "             FROM training_run_criteria c WHERE c.run_id = r.id))"
             ),
             now,
         ).one()
@@ -184,12 +194,14 @@ def metrics(reading: Reading) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "licchavi_running_runs_with_expired_lease",
-        "Running runs whose worker stopped renewing the lease; recovery should take them over.",
+        "Running runs whose worker stopped renewing the lease (the run's, or a criterion's in"
+        " training); recovery should take them over.",
         value=reading.expired_run_leases,
     )
     yield CounterMetricFamily(
         "licchavi_run_reclaims",
-        "Claims of training runs beyond their first: leases that expired or were handed off.",
+        "Claims of training runs' criteria (of a run's, before its criteria are listed) beyond"
+        " their first: leases that expired or were handed off.",
         value=reading.run_reclaims,
     )
     evaluations = GaugeMetricFamily(

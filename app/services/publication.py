@@ -1,5 +1,5 @@
-"""Publishing a run: its final states and scores stored under its id in short transactions, then
-the published pointers and its status moved in one small transaction."""
+"""Publishing a run: each criterion's final state and scores staged under the run's id in short
+transactions, then every published pointer moved at once in one small transaction."""
 
 import hashlib
 import time
@@ -14,7 +14,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from app.core.config import get_settings
 from app.core.db import BATCH_PAUSE_SECONDS
-from app.services.leases import Claim, LeaseLost, extend, finish
 
 COPY_CHUNK_ROWS = 200_000
 
@@ -113,14 +112,6 @@ def published_criteria(connection: Connection) -> list[str]:
     return sorted(str(name) for (name,) in rows)
 
 
-@dataclass(frozen=True)
-class StagedCriterion:
-    """A criterion whose final state and scores `stage` stored under the run's id."""
-
-    criterion_id: int
-    criterion: str
-
-
 def _between_batches(engine: Engine, held: float) -> None:
     """After a batch that held SQLite's write lock for `held` seconds, leave it free as long (at
     least BATCH_PAUSE_SECONDS): the API's writers, queued meanwhile, then all get in before the
@@ -140,89 +131,57 @@ def score_batch_rows(engine: Engine) -> int:
 
 
 def stage(
-    engine: Engine, claim: Claim, outputs: Sequence[CriterionOutput], *, lease_seconds: float
-) -> list[StagedCriterion]:
-    """Store each criterion's final state and scores under the run's id, ahead of `publish`.
+    engine: Engine,
+    run_id: int,
+    output: CriterionOutput,
+    *,
+    fence: Callable[[Connection], None],
+    clear_first: bool,
+) -> None:
+    """Store a criterion's final state and scores under the run's id, ahead of its publication.
 
-    Nothing serves them yet: scores are read through the published pointer, or by run id once
-    the run has succeeded, and `publish` moves both in one transaction. So they are written in
-    many short transactions (`score_batch_rows` rows each), each of which first extends the
-    lease: a worker that lost the run writes no further batch. A later attempt of the run first
-    deletes what an earlier one left, so the run ends with each score once.
+    Nothing serves them yet: readers follow `published_runs`, which only the run's publication
+    moves (`app.services.fanout.publish_if_done`), for all its criteria in one transaction, so
+    readers see the previous run's scores until it commits, then this run's, never a mix. So
+    they are written in many short transactions (`score_batch_rows` rows each), each of which
+    first calls `fence` (it raises LeaseLost once the criterion is no longer ours): a worker
+    that lost the criterion writes no further batch. With `clear_first` (a later attempt of the
+    criterion), what an earlier attempt left is deleted first, so the run ends with each score
+    once.
     """
     batch = score_batch_rows(engine)
 
     def owned(connection: Connection) -> bool:
-        extend(connection, claim, lease_seconds=lease_seconds)
+        fence(connection)
         return True
 
-    staged = []
-    for output in outputs:
-        if claim.attempt > 1:
-            for table in ("local_scores", "global_scores"):
-                delete_in_batches(
-                    engine,
-                    table,
-                    "run_id = :run AND criterion_id = :criterion",
-                    {"run": claim.run_id, "criterion": output.criterion_id},
-                    batch_rows=batch,
-                    before=owned,
-                )
-        with engine.begin() as connection:
-            owned(connection)
-            save_state(
-                connection,
-                run_id=claim.run_id,
-                criterion=output.criterion,
-                epoch=output.epoch,
-                state=output.state,
-                is_checkpoint=False,
+    if clear_first:
+        for table in ("local_scores", "global_scores"):
+            delete_in_batches(
+                engine,
+                table,
+                "run_id = :run AND criterion_id = :criterion",
+                {"run": run_id, "criterion": output.criterion_id},
+                batch_rows=batch,
+                before=owned,
             )
-        for table, names, columns in _score_tables(claim.run_id, output):
-            for start in range(0, len(columns[0]), batch):
-                began = time.monotonic()
-                with engine.begin() as connection:
-                    owned(connection)
-                    bulk_insert(
-                        connection, table, names, [c[start : start + batch] for c in columns]
-                    )
-                _between_batches(engine, time.monotonic() - began)
-        staged.append(StagedCriterion(output.criterion_id, output.criterion))
-    return staged
-
-
-def publish(
-    connection: Connection,
-    claim: Claim,
-    staged: Sequence[StagedCriterion],
-    snapshot_at: datetime,
-    *,
-    withdrawn: Sequence[int] = (),
-) -> list[str]:
-    """Move each staged criterion's published pointer to the run, and mark the run succeeded.
-
-    Call inside one transaction, after `stage`: readers see the previous run's scores until it
-    commits, then this run's, never a mix; the transaction writes a row per criterion, whatever
-    the number of scores. The status moves first, so a run taken over by another worker
-    publishes nothing. A criterion whose published run read newer comparisons keeps it (a
-    slower, older run never replaces fresher scores). The `withdrawn` criteria (ids), which had
-    no comparison left in the snapshot, are published empty: their pointer moves to this run,
-    which holds no scores for them. Returns the names of the criteria published.
-    """
-    if not finish(connection, claim, status="succeeded", unless_cancelled=True):
-        raise LeaseLost(f"run {claim.run_id}: lease lost before publication")
-    published = []
-    for criterion in staged:
-        if _move_pointer(connection, claim.run_id, criterion.criterion_id, snapshot_at):
-            published.append(criterion.criterion)
-    for criterion_id in withdrawn:
-        if _move_pointer(connection, claim.run_id, criterion_id, snapshot_at):
-            published.append(_criterion_name(connection, criterion_id))
-    connection.execute(
-        text("DELETE FROM model_states WHERE run_id = :run AND is_checkpoint"),
-        {"run": claim.run_id},
-    )
-    return published
+    with engine.begin() as connection:
+        fence(connection)
+        save_state(
+            connection,
+            run_id=run_id,
+            criterion=output.criterion,
+            epoch=output.epoch,
+            state=output.state,
+            is_checkpoint=False,
+        )
+    for table, names, columns in _score_tables(run_id, output):
+        for start in range(0, len(columns[0]), batch):
+            began = time.monotonic()
+            with engine.begin() as connection:
+                fence(connection)
+                bulk_insert(connection, table, names, [c[start : start + batch] for c in columns])
+            _between_batches(engine, time.monotonic() - began)
 
 
 def delete_in_batches(
@@ -262,9 +221,11 @@ def delete_in_batches(
         _between_batches(engine, time.monotonic() - began)
 
 
-def _move_pointer(
+def move_pointer(
     connection: Connection, run_id: int, criterion_id: int, snapshot_at: datetime
 ) -> bool:
+    """Point the criterion at this run, unless its published run read newer comparisons (a
+    slower, older run never replaces fresher scores); True when moved."""
     current = connection.execute(
         text(
             "SELECT r.snapshot_at FROM published_runs p JOIN training_runs r ON r.id = p.run_id"
@@ -282,7 +243,7 @@ def _move_pointer(
             {"criterion": criterion_id, "run": run_id, "now": now},
         )
         return True
-    if current[0] is not None and _aware(current[0]) > snapshot_at:
+    if current[0] is not None and aware(current[0]) > snapshot_at:
         return False
     connection.execute(
         text(
@@ -294,14 +255,7 @@ def _move_pointer(
     return True
 
 
-def _criterion_name(connection: Connection, criterion_id: int) -> str:
-    name = connection.execute(
-        text("SELECT name FROM criteria WHERE id = :id"), {"id": criterion_id}
-    ).scalar_one()
-    return str(name)
-
-
-def _aware(value: Any) -> datetime:
+def aware(value: Any) -> datetime:
     if isinstance(value, str):  # SQLite hands timestamps back as text through raw SQL
         value = datetime.fromisoformat(value)
     return value if value.tzinfo else value.replace(tzinfo=UTC)

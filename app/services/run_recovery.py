@@ -2,14 +2,16 @@
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, exists, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.core.db import read_only
-from app.models import TrainingRun
+from app.models import TrainingRun, TrainingRunCriterion
+from app.services.fanout import end_criteria
 from app.services.publication import delete_in_batches, score_batch_rows
 
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
+Item = TrainingRunCriterion.__table__  # type: ignore[attr-defined]
 
 
 def runs_to_wake(connection: Connection, *, resend_after_seconds: float) -> list[int]:
@@ -17,17 +19,32 @@ def runs_to_wake(connection: Connection, *, resend_after_seconds: float) -> list
 
     - running with an expired lease: its worker died; the next claim takes it over;
     - queued and due for longer than `resend_after_seconds`: its message may have been lost
-      (broker down when the run was created, or restarted without persistence).
+      (broker down when the run was created, or restarted without persistence);
+    - running with a criterion waiting: queued, or under an expired lease (its worker died
+      while another criterion of the run keeps the run's lease fresh); idle workers take it.
     A run is re-sent at most once per `resend_after_seconds`. A run whose cancellation was asked
-    and whose worker died is cancelled here, since no worker will claim it.
+    and whose workers died is cancelled here, since no worker will claim it.
     """
     now = datetime.now(UTC)
     due = now - timedelta(seconds=resend_after_seconds)
     expired = and_(Run.c.status == "running", Run.c.lease_expires_at < now)
-    connection.execute(
-        update(Run)
-        .where(expired, Run.c.cancel_requested.is_(True))
-        .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None)
+    abandoned = [
+        int(row[0])
+        for row in connection.execute(
+            update(Run)
+            .where(expired, Run.c.cancel_requested.is_(True))
+            .values(status="cancelled", finished_at=now, lease_owner=None, lease_expires_at=None)
+            .returning(Run.c.id)
+        ).all()
+    ]
+    for run_id in abandoned:
+        end_criteria(connection, run_id)
+    waiting = exists().where(
+        Item.c.run_id == Run.c.id,
+        or_(
+            Item.c.status == "queued",
+            and_(Item.c.status == "running", Item.c.lease_expires_at < now),
+        ),
     )
     not_recently_sent = or_(Run.c.wakeup_sent_at.is_(None), Run.c.wakeup_sent_at < due)
     ids = [
@@ -36,7 +53,11 @@ def runs_to_wake(connection: Connection, *, resend_after_seconds: float) -> list
             select(Run.c.id)
             .where(
                 not_recently_sent,
-                or_(expired, and_(Run.c.status == "queued", Run.c.not_before < due)),
+                or_(
+                    expired,
+                    and_(Run.c.status == "queued", Run.c.not_before < due),
+                    and_(Run.c.status == "running", Run.c.cancel_requested.is_(False), waiting),
+                ),
             )
             .order_by(Run.c.id)
         ).all()

@@ -15,7 +15,8 @@ from app.core.errors import validation_errors as format_validation_errors
 from app.core.logs import current_request_id
 from app.core.version import code_version
 from app.models import Criterion, TrainingMetric, TrainingRun
-from app.schemas.runs import EpochMetrics, RunCreate, RunMetrics, RunPublic
+from app.schemas.runs import EpochMetrics, RunCreate, RunCriterionPublic, RunMetrics, RunPublic
+from app.services import fanout
 from app.services.training_defaults import production_config
 from app.services.wakeups import wake_after_commit
 from ml.config import LicchaviConfig, config_hash
@@ -260,7 +261,35 @@ def eta_seconds(run: TrainingRun, now: datetime | None = None) -> float | None:
     return max(0.0, elapsed * (1 - run.progress) / run.progress)
 
 
-def public(run: TrainingRun, *, metrics: dict[str, dict[str, float]] | None = None) -> RunPublic:
+def criteria_progress(session: Session, run_ids: list[int]) -> dict[int, list[RunCriterionPublic]]:
+    """Per run, its criteria as workers claim and train them (empty before they are listed)."""
+    rows = fanout.criteria_of(session.connection(), run_ids)
+    return {
+        run_id: [
+            RunCriterionPublic(
+                criterion=str(row["criterion"]),
+                status=row["status"],
+                progress=float(row["progress"]),
+                epoch=int(row["epoch"]),
+                max_epochs=row["max_epochs"],
+                attempt=int(row["attempt"]),
+                worker=row["lease_owner"] or row["trained_by"],
+                error=row["error"],
+                started_at=row["started_at"],
+                finished_at=row["finished_at"],
+            )
+            for row in items
+        ]
+        for run_id, items in rows.items()
+    }
+
+
+def public(
+    run: TrainingRun,
+    *,
+    metrics: dict[str, dict[str, float]] | None = None,
+    criteria: list[RunCriterionPublic] | None = None,
+) -> RunPublic:
     assert run.id is not None
     return RunPublic(
         id=run.id,
@@ -284,6 +313,7 @@ def public(run: TrainingRun, *, metrics: dict[str, dict[str, float]] | None = No
         error=run.error,
         eta_seconds=eta_seconds(run),
         metrics=metrics,
+        criteria_progress=criteria or None,
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,

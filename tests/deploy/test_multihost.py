@@ -2,9 +2,9 @@
 hosts, two worker hosts and a client host, each a network namespace cabled to one switch. Every
 process is the one docker-compose.yml runs, with compose's environment (`db` and `redis` resolve
 to the database host). The client writes through both APIs, a sweep trains across both worker
-hosts, then the worker host training a run is cut off the switch mid-run: the other host takes
-the run over and publishes it once, and when the link returns the cut-off host drops its
-attempt, writing nothing."""
+hosts, then the worker host training a run's criterion is cut off the switch mid-run: the other
+host takes the criterion over and publishes the run once, and when the link returns the cut-off
+host drops its attempt, writing nothing."""
 
 import glob
 import os
@@ -59,7 +59,7 @@ DATA = SyntheticParams(
     n_users=100, n_videos=500, n_comparisons=10_000, criteria=[CRITERION], seed=11
 )
 # precision 1.0 never stops early: the run lasts all its epochs, long enough to be cut.
-RUN = {"config": {"epochs": 2000, "precision": 1.0}, "warm_start": False}
+RUN = {"config": {"solver": "faithful", "epochs": 2000, "precision": 1.0}, "warm_start": False}
 SWEEP = {
     "name": "across hosts",
     "method": "grid",
@@ -280,6 +280,13 @@ def run_row(engine: sa.Engine, run_id: int) -> dict[str, Any]:
     return dict(row)
 
 
+def criterion_row(engine: sa.Engine, run_id: int) -> dict[str, Any]:
+    """The run's one criterion (the run trains the one criterion the client wrote): its lease
+    names the worker training it, its attempt counts the claims of it."""
+    (row,) = query(engine, "SELECT * FROM training_run_criteria WHERE run_id = :id", id=run_id)
+    return dict(row)
+
+
 def attempt_dropped(log: str, run_id: int) -> bool:
     """Whether a worker's log shows it gave the run up, and the task doing so ended after."""
     dropped = re.search(
@@ -355,13 +362,14 @@ def test_comparisons_runs_and_sweeps_across_hosts_and_a_worker_host_cut_off(
                 saved = query(
                     database, "SELECT 1 FROM model_states WHERE run_id = :run", run=run_id
                 )
-                return (
-                    row
-                    if row["status"] == "running" and saved and row["epoch"] >= epochs // 5
-                    else None
-                )
+                if not (row["status"] == "running" and saved and row["epoch"] >= epochs // 5):
+                    return None
+                return criterion_row(database, run_id)
 
+            # The criterion's lease names the worker training it (the run's names the one
+            # that listed its criteria, which need not be the same).
             first = wait_for("the run to train a fifth of its epochs", checkpointed, 120, 0.1)
+            assert first["status"] == "running" and first["attempt"] == 1
             cut_host = host_of(first["lease_owner"])
             assert cut_host in WORKER_HOSTS, first["lease_owner"]
             (other_host,) = set(WORKER_HOSTS) - {cut_host}
@@ -371,16 +379,19 @@ def test_comparisons_runs_and_sweeps_across_hosts_and_a_worker_host_cut_off(
             assert cut_at["epoch"] < epochs * 0.6, "the run was nearly done; use more epochs"
 
             taken = wait_for(
-                f"{other_host} to take the run over",
-                lambda: (row := run_row(database, run_id))["attempt"] == 2 and row,
+                f"{other_host} to take the criterion over",
+                lambda: (row := criterion_row(database, run_id))["attempt"] == 2 and row,
                 60,
                 0.2,
             )
             assert host_of(taken["lease_owner"]) == other_host
             done = wait_until_ended(api["api2"], f"/api/v1/training-runs/{run_id}", 150)
             assert done["status"] == "succeeded", done["error"]
-            assert done["attempt"] == 2 and done["epoch"] == epochs
-            finished = run_row(database, run_id)
+            assert done["epoch"] == epochs
+            (progress,) = done["criteria_progress"]
+            assert (progress["status"], progress["attempt"]) == ("trained", 2)
+            assert host_of(progress["worker"]) == other_host
+            finished = run_row(database, run_id), criterion_row(database, run_id)
 
             def published() -> dict[str, Any]:
                 (row,) = query(
@@ -410,7 +421,7 @@ def test_comparisons_runs_and_sweeps_across_hosts_and_a_worker_host_cut_off(
             )
 
             # Nothing written twice: the run, its metrics, states, scores and pointer.
-            assert run_row(database, run_id) == finished
+            assert (run_row(database, run_id), criterion_row(database, run_id)) == finished
             assert published() == before
             per_epoch = query(
                 database,

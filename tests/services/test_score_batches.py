@@ -1,10 +1,10 @@
-"""A run's scores are written, and superseded scores deleted, in transactions of a bounded number
-of rows; the transaction that publishes a run writes none. On SQLite each write transaction holds
-the database's only write lock, so these bounds are what an API write can wait for. Measured
+"""A run's scores are staged criterion by criterion, and superseded scores deleted, in
+transactions of a bounded number of rows, each staging one fenced by the criterion's lease; the
+transaction that publishes a run writes none. On SQLite each write transaction holds the
+database's only write lock, so these bounds are what an API write can wait for. Measured
 structurally (score rows added or removed by each committed transaction), on both databases."""
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -14,13 +14,13 @@ from sqlalchemy.engine import Engine
 
 from app.core.db import get_engine
 from app.main import create_app
-from app.services import leases, publication
+from app.services import fanout, leases, publication
 from app.services.run_recovery import prune_superseded_scores
 from app.services.transfer import import_comparisons
 from tests.api.test_comparisons import assert_problem
 from tests.api.test_scores import DEMO, SCORES, run_now
 from tests.conftest import ApiClient, reset_caches
-from tests.services.test_run_publication import queued_run, status
+from tests.services.test_fanout import listed_run, run_status
 from workers.tasks.training import train_run
 
 BATCH = 25
@@ -153,33 +153,8 @@ def output(criterion_id: int, n_videos: int, n_local: int, shift: float) -> Any:
     )
 
 
-def test_a_later_attempt_replaces_what_an_earlier_one_staged_and_the_earlier_one_writes_nothing(
-    client: ApiClient,
-) -> None:
-    engine = get_engine()
-    criterion_id = main_criterion_id()
-    run_id = queued_run()
-    first = leases.claim(engine, run_id=run_id, owner="first", lease_seconds=3600)
-    assert first is not None
-    publication.stage(engine, first, [output(criterion_id, 70, 90, 0.0)], lease_seconds=3600)
-    with engine.begin() as connection:  # the first worker is gone (kill -9): its lease ends
-        leases.hand_off(connection, first)
-    second = leases.claim(engine, run_id=run_id, owner="second", lease_seconds=3600)
-    assert second is not None and second.attempt == 2
-    staged = publication.stage(
-        engine, second, [output(criterion_id, 60, 50, 1.0)], lease_seconds=3600
-    )
-    # The first worker wakes up: it can neither stage nor publish.
-    with pytest.raises(leases.LeaseLost):
-        publication.stage(engine, first, [output(criterion_id, 70, 90, 0.0)], lease_seconds=60)
-    with pytest.raises(leases.LeaseLost), engine.begin() as connection:
-        publication.publish(connection, first, staged, datetime.now(UTC))
-    with engine.begin() as connection:
-        assert publication.publish(connection, second, staged, datetime.now(UTC)) == [
-            "largely_recommended"
-        ]
-    assert status(run_id) == "succeeded"
-    with engine.connect() as connection:
+def staged_rows(run_id: int) -> tuple[int, int, float | None]:
+    with get_engine().connect() as connection:
         counts = connection.execute(
             text(
                 "SELECT (SELECT count(*) FROM global_scores WHERE run_id = :run),"
@@ -188,7 +163,42 @@ def test_a_later_attempt_replaces_what_an_earlier_one_staged_and_the_earlier_one
             ),
             {"run": run_id},
         ).one()
-    assert (counts[0], counts[1]) == (60, 50) and counts[2] == pytest.approx(1.1)
+    return int(counts[0]), int(counts[1]), counts[2]
+
+
+def test_a_later_attempt_replaces_what_an_earlier_one_staged_and_the_earlier_one_writes_nothing(
+    client: ApiClient,
+) -> None:
+    engine = get_engine()
+    criterion_id = main_criterion_id()
+    run_id = listed_run(names=["largely_recommended"]).run_id
+    first = fanout.claim_next(engine, owner="first", lease_seconds=3600, run_id=run_id)
+    assert first is not None
+    with Transactions(engine) as transactions:
+        fanout.stage(engine, first, output(criterion_id, 70, 90, 0.0), lease_seconds=3600)
+    assert max(abs(rows) for rows, _ in transactions.committed) <= batch_rows()
+    with engine.begin() as connection:  # the first worker is gone (kill -9): its lease ends
+        assert fanout.hand_off(connection, first)
+    second = fanout.claim_next(engine, owner="second", lease_seconds=3600, run_id=run_id)
+    assert second is not None and (second.item_id, second.attempt) == (first.item_id, 2)
+    with Transactions(engine) as transactions:
+        fanout.stage(engine, second, output(criterion_id, 60, 50, 1.0), lease_seconds=3600)
+    # The earlier attempt's rows went in bounded deletions before the new ones went in.
+    assert min(rows for rows, _ in transactions.committed) < 0
+    assert max(abs(rows) for rows, _ in transactions.committed) <= batch_rows()
+    # The first worker wakes up: it can neither stage nor finish.
+    with pytest.raises(leases.LeaseLost):
+        fanout.stage(engine, first, output(criterion_id, 70, 90, 0.0), lease_seconds=60)
+    with pytest.raises(leases.LeaseLost), engine.begin() as connection:
+        fanout.finish(connection, first)
+    with Transactions(engine) as transactions:
+        transactions.run_id = run_id
+        with engine.begin() as connection:
+            assert fanout.finish(connection, second) == ["largely_recommended"]
+    assert transactions.committed == [(0, True)]  # published, without writing a score
+    assert run_status(run_id)[0] == "succeeded"
+    rows = staged_rows(run_id)
+    assert rows[:2] == (60, 50) and rows[2] == pytest.approx(1.1)
 
 
 def test_scores_a_run_stored_before_it_failed_are_pruned_and_never_served(
@@ -196,22 +206,17 @@ def test_scores_a_run_stored_before_it_failed_are_pruned_and_never_served(
 ) -> None:
     engine = get_engine()
     criterion_id = main_criterion_id()
-    run_id = queued_run()
-    claim = leases.claim(engine, run_id=run_id, owner="w", lease_seconds=3600)
+    run_id = listed_run(names=["largely_recommended"]).run_id
+    claim = fanout.claim_next(engine, owner="w", lease_seconds=3600, run_id=run_id)
     assert claim is not None
-    publication.stage(engine, claim, [output(criterion_id, 30, 30, 0.0)], lease_seconds=3600)
+    fanout.stage(engine, claim, output(criterion_id, 30, 30, 0.0), lease_seconds=3600)
     assert_problem(client.get(SCORES, params={"run_id": run_id}), 409)  # running: not served
     png = client.get(f"/api/v1/training-runs/{run_id}/plots/scores.png")
     assert png.status_code == 404
     with engine.begin() as connection:
-        assert leases.finish(connection, claim, status="failed", error="boom")
-    assert prune_superseded_scores(engine, runs_kept=20) == [run_id]
-    with engine.connect() as connection:
-        left = connection.execute(
-            text(
-                "SELECT (SELECT count(*) FROM global_scores WHERE run_id = :run)"
-                " + (SELECT count(*) FROM local_scores WHERE run_id = :run)"
-            ),
-            {"run": run_id},
-        ).scalar_one()
-    assert left == 0
+        assert fanout.stop_run(connection, claim, status="failed", error="boom")
+    # Its worker died before deleting them: the pruning does, in bounded transactions.
+    with Transactions(engine) as transactions:
+        assert prune_superseded_scores(engine, runs_kept=20) == [run_id]
+    assert max(abs(rows) for rows, _ in transactions.committed) <= batch_rows()
+    assert staged_rows(run_id)[:2] == (0, 0)

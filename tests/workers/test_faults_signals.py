@@ -78,7 +78,10 @@ def test_sigterm_to_a_worker_mid_run_checkpoints_and_hands_the_run_off(
         with TestClient(create_app()) as client:
             created = client.post(
                 "/api/v1/training-runs",
-                json={"config": {"epochs": EPOCHS, "precision": 1.0}, "warm_start": False},
+                json={
+                    "config": {"solver": "faithful", "epochs": EPOCHS, "precision": 1.0},
+                    "warm_start": False,
+                },
                 headers=admin_headers(),
             )
             assert created.status_code == 202, created.text
@@ -167,7 +170,10 @@ def test_serve_stopped_mid_run_hands_the_run_to_the_next_serve(
     try:
         created = httpx.post(
             f"http://127.0.0.1:{port}/api/v1/training-runs",
-            json={"config": {"epochs": 20_000, "precision": 1.0}, "warm_start": False},
+            json={
+                "config": {"solver": "faithful", "epochs": 20_000, "precision": 1.0},
+                "warm_start": False,
+            },
             headers=admin_headers(),
         )
         assert created.status_code == 202, created.text
@@ -208,7 +214,7 @@ LONG_EVALUATION = {
         "generator": {"n_users": 50, "n_videos": 300, "comps_per_video": 10},
     },
     "objectives": [{"metric": "spearman", "direction": "maximize"}],
-    "base": {"epochs": 100_000, "compute_uncertainty": False},
+    "base": {"solver": "faithful", "epochs": 100_000, "compute_uncertainty": False},
 }
 
 

@@ -55,7 +55,7 @@ def test_killed_worker_run_resumes_from_its_checkpoint_and_finishes_once(
             created = client.post(
                 "/api/v1/training-runs",
                 # precision 1 never stops early, so the run lasts all its epochs
-                json={"config": {"epochs": EPOCHS, "precision": 1.0}},
+                json={"config": {"solver": "faithful", "epochs": EPOCHS, "precision": 1.0}},
                 headers=admin_headers(),
             )
             assert created.status_code == 202, created.text
@@ -117,7 +117,7 @@ def test_a_crash_in_the_second_criterion_does_not_train_the_first_again(
         with TestClient(create_app()) as client:
             created = client.post(
                 "/api/v1/training-runs",
-                json={"config": {"epochs": UNEVEN_EPOCHS, "precision": 1.0}},
+                json={"config": {"solver": "faithful", "epochs": UNEVEN_EPOCHS, "precision": 1.0}},
                 headers=admin_headers(),
             )
             assert created.status_code == 202, created.text

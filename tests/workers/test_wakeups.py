@@ -61,7 +61,7 @@ N_EVALUATIONS = 1000
 EVALUATIONS_BEFORE_THE_RUN = 3
 # Never stops early (precision 1): lasts until cancelled.
 # As long as a run may be (LicchaviConfig bounds epochs): far longer than the test waits.
-ENDLESS = {"config": {"epochs": 100_000, "precision": 1.0}}
+ENDLESS = {"config": {"solver": "faithful", "epochs": 100_000, "precision": 1.0}}
 CHEAP = {"config": {"epochs": 5}}
 
 

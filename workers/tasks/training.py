@@ -1,4 +1,4 @@
-"""Training task: claim a run by id, execute it, record how it ended. Torch loads in the child."""
+"""Training work: take a run and list its criteria, train one criterion, record how it ended."""
 
 import logging
 import os
@@ -15,8 +15,8 @@ from app.core.config import Settings, get_settings
 from app.core.db import get_engine
 from app.core.errors import public_error
 from app.core.logs import bound
-from app.services import leases
-from app.services.wakeups import Wakeup, send_wakeup
+from app.services import fanout, leases
+from app.services.wakeups import Wakeup, send_wakeup, wake_workers
 from workers import lifetime, metrics
 from workers.celery_app import celery_app
 from workers.heartbeat import working_on
@@ -26,15 +26,37 @@ logger = logging.getLogger(__name__)
 
 @celery_app.task(name="training.train_run", bind=True)
 def train_run(self: Any, run_id: int) -> str:
-    """Wake-up for run `run_id`: a duplicate or late delivery claims nothing and returns."""
+    """A wake-up in the form sent before wake-ups were coalesced: take run `run_id` if it is
+    claimable, then train its criteria while any waits; returns how the last step ended
+    ("succeeded" when this call published the run). A duplicate or late delivery claims nothing
+    and returns."""
+    engine = get_engine()
+    owner = worker_owner(self.request.hostname or socket.gethostname())
+    outcome = take_run(engine, run_id, owner)
+    if outcome in ("listed", "not claimed"):
+        trained = "trained"
+        while trained == "trained":
+            trained = train_criterion(engine, owner, run_id=run_id)
+            outcome = outcome if trained == "none" else trained
+    return outcome
+
+
+def worker_owner(host: str) -> str:
+    """A lease owner name: host, pool process, and a nonce for this wake-up."""
+    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def take_run(engine: Engine, run_id: int, owner: str) -> str:
+    """Claim run `run_id` and list its criteria as claimable rows, waking peers for all but one
+    of them; "not claimed" when another worker has it (or it is not claimable).
+
+    A run taken over after its lease expired keeps the criteria it has: listing is done once.
+    """
     if lifetime.handoff_requested.is_set():
         # This worker is stopping: leave the run to another one (or to this one's successor).
         send_wakeup(Wakeup(run_id))
         return "worker stopping"
     settings = get_settings()
-    engine = get_engine()
-    host = self.request.hostname or socket.gethostname()
-    owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     claim = leases.claim(
         engine, run_id=run_id, owner=owner, lease_seconds=settings.run_lease_seconds
     )
@@ -43,43 +65,103 @@ def train_run(self: Any, run_id: int) -> str:
     started = time.monotonic()
     # The run's logs carry the id of the request that queued it.
     with bound(request_id=claim.request_id, run_id=run_id), working_on(run_id=run_id):
-        outcome = _run_claimed(engine, claim, settings)
-    metrics.run_finished(outcome, time.monotonic() - started)
+        outcome = _list_claimed(engine, claim)
+    if outcome != "listed":  # it ended here: failed, lost, or published with nothing to train
+        metrics.run_finished(outcome, time.monotonic() - started)
     return outcome
 
 
-def _run_claimed(engine: Engine, claim: leases.Claim, settings: Settings) -> str:
-    """Train a claimed run to its end; returns how it ended."""
-    from ml.licchavi import TrainingCancelled
-    from workers.training_run import HandedOff, TrainingExecution
+def _list_claimed(engine: Engine, claim: leases.Claim) -> str:
+    """List a claimed run's criteria; returns how that ended."""
+    from workers.training_run import list_run_criteria
 
     run_id = claim.run_id
     logger.info("run %s: claimed by %s (attempt %s)", run_id, claim.owner, claim.attempt)
-    lifetime.training.set()
     try:
-        published = TrainingExecution(engine, claim, settings).run()
-    except HandedOff as handed:
-        with engine.begin() as connection:
-            leases.hand_off(connection, claim)
-        send_wakeup(Wakeup(run_id))
-        logger.warning("%s; its wake-up is sent again", handed)
-        return "handed off"
+        left, published = list_run_criteria(engine, claim)
     except leases.LeaseLost:
-        logger.warning("run %s: taken over by another worker; results dropped", run_id)
+        logger.warning("run %s: taken over before its criteria were listed", run_id)
         return "lease lost"
-    except (TrainingCancelled, leases.CancelledBeforePublication):
-        with engine.begin() as connection:
-            leases.finish(connection, claim, status="cancelled")
-        return "cancelled"
     except Exception as exc:
         logger.exception("run %s failed", run_id)
         with engine.begin() as connection:  # the traceback is in the log above
             leases.finish(connection, claim, status="failed", error=public_error(exc))
         return "failed"
+    if published is not None:
+        logger.info("run %s: succeeded; published %s", run_id, ", ".join(published) or "nothing")
+        return "succeeded"
+    if left > 1:
+        # The criteria are claimed from the table, not sent: a wake-up lets an idle worker
+        # take one, and each worker that takes one wakes the next while more wait, within the
+        # queue's bound (`wake_workers`).
+        wake_workers(wanted=left - 1, reason=f"run {run_id}: {left} criteria")
+    return "listed"
+
+
+def train_criterion(engine: Engine, owner: str, *, run_id: int | None = None) -> str:
+    """Claim the next waiting criterion (of `run_id`, or of the oldest running run) and train
+    it; "none" when none waits. The worker that finishes a run's last criterion publishes it."""
+    if lifetime.handoff_requested.is_set():
+        return "none"
+    settings = get_settings()
+    claim = fanout.claim_next(
+        engine, owner=owner, lease_seconds=settings.run_lease_seconds, run_id=run_id
+    )
+    if claim is None:
+        return "none"
+    started = time.monotonic()
+    # The criterion's logs carry the id of the request that queued its run; the heartbeat
+    # names the run.
+    with bound(request_id=claim.request_id, run_id=claim.run_id), working_on(run_id=claim.run_id):
+        outcome = _train_claimed(engine, claim, settings)
+    metrics.run_finished(outcome, time.monotonic() - started)
+    return outcome
+
+
+def _train_claimed(engine: Engine, claim: fanout.CriterionClaim, settings: Settings) -> str:
+    """Train a claimed criterion to its end; returns how it ended."""
+    from ml.licchavi import TrainingCancelled
+    from workers.training_run import CriterionTraining, HandedOff
+
+    label = f"run {claim.run_id}: {claim.criterion}"
+    logger.info("%s claimed by %s (attempt %s)", label, claim.owner, claim.attempt)
+    lifetime.training.set()
+    try:
+        published = CriterionTraining(engine, claim, settings).run()
+    except HandedOff as handed:
+        with engine.begin() as connection:
+            fanout.hand_off(connection, claim)
+        send_wakeup(Wakeup(claim.run_id))
+        logger.warning("%s; its wake-up is sent again", handed)
+        return "handed off"
+    except leases.LeaseLost as lost:
+        logger.warning(
+            "run %s: taken over by another worker; %s results dropped (%s)",
+            claim.run_id,
+            claim.criterion,
+            lost,
+        )
+        return "lease lost"
+    except (TrainingCancelled, leases.CancelledBeforePublication):
+        with engine.begin() as connection:
+            ended = fanout.stop_run(connection, claim, status="cancelled")
+        if ended:
+            fanout.discard_staged(engine, claim.run_id)
+        return "cancelled"
+    except Exception as exc:
+        logger.exception("run %s failed (criterion %s)", claim.run_id, claim.criterion)
+        with engine.begin() as connection:  # the traceback is in the log above
+            ended = fanout.stop_run(connection, claim, status="failed", error=public_error(exc))
+        if ended:
+            fanout.discard_staged(engine, claim.run_id)
+        return "failed"
     finally:
         lifetime.training.clear()
         lifetime.exit_if_orphaned()  # its worker died: nobody would collect the result
-    logger.info("run %s: succeeded; published %s", run_id, ", ".join(published) or "nothing")
+    if published is None:
+        logger.info("%s: trained", label)
+        return "trained"
+    logger.info("run %s: succeeded; published %s", claim.run_id, ", ".join(published) or "nothing")
     return "succeeded"
 
 

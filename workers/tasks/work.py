@@ -1,16 +1,14 @@
-"""The wake-up task: a woken worker claims the next claimable work itself, runs first."""
+"""The wake-up task: a woken worker claims the next claimable work itself, training first."""
 
 import logging
-import os
 import socket
 import time
-import uuid
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from app.core.db import get_engine
-from app.services import leases
+from app.services import fanout, leases
 from app.services.sweeps import execution
 from app.services.wakeups import WAKE_TASK, wake_workers
 from workers import lifetime
@@ -33,24 +31,29 @@ def wake(self: Any) -> int:
 
 
 def work(host: str) -> int:
-    """The claim loop: a due run if there is one, else a queued evaluation, again and again.
+    """The claim loop: a due run if there is one (its criteria are listed), else a waiting
+    criterion of a running run, else a queued evaluation, again and again.
 
-    Runs come first on every turn, so a run posted during a sweep starts as soon as one
+    Training comes first on every turn, so a run posted during a sweep starts as soon as one
     evaluation ends. While more work waits than this loop is taking, it wakes a peer (the
     queue's bound holds: see `wake_workers`), so free workers fill up one wake-up at a time.
     """
     from workers.tasks.sweeps import evaluate_next
+    from workers.tasks.training import worker_owner
 
     engine = get_engine()
-    owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = worker_owner(host)
     started = time.monotonic()
     done = 0
     while time.monotonic() - started < CLAIM_LOOP_SECONDS:
         if lifetime.handoff_requested.is_set():
-            return done  # stopping: what is left is for other workers, already woken
+            # This worker is stopping: what is left goes to another one (or to its successor).
+            if backlog(engine, limit=1):
+                wake_workers(reason="work left by a stopping worker")
+            return done
         if backlog(engine, limit=2) > 1:
             wake_workers(reason="work left")
-        if not (train_next(engine) or evaluate_next(owner)):
+        if not (train_next(engine, owner) or evaluate_next(owner)):
             return done
         done += 1
     # Stopped by the time bound with work maybe left: hand it on, since the wake-ups that
@@ -61,17 +64,23 @@ def work(host: str) -> int:
     return done
 
 
-def train_next(engine: Engine) -> bool:
-    """Claim and run the oldest claimable run; False when there is none (or others took them)."""
-    from workers.tasks.training import train_run
+def train_next(engine: Engine, owner: str) -> bool:
+    """Take the oldest claimable run (listing its criteria), else train the next waiting
+    criterion; False when there is neither (or others took them)."""
+    from workers.tasks.training import take_run, train_criterion
 
     candidates = leases.claimable_run_ids(engine)
-    return any(train_run(run_id) != "not claimed" for run_id in candidates)
+    if any(take_run(engine, run_id, owner) != "not claimed" for run_id in candidates):
+        return True
+    return train_criterion(engine, owner) != "none"
 
 
 def backlog(engine: Engine, *, limit: int) -> int:
-    """Claimable runs and queued evaluations, counted up to `limit`."""
+    """Claimable runs, waiting criteria and queued evaluations, counted up to `limit`."""
     runs = len(leases.claimable_run_ids(engine, limit=limit))
+    if runs >= limit:
+        return runs
+    runs += fanout.claimable_count(engine, limit=limit - runs)
     if runs >= limit:
         return runs
     return runs + execution.queued_count(engine, limit=limit - runs)

@@ -66,8 +66,9 @@ def list_runs(
         limit=paging.limit,
         offset=paging.offset,
     )
+    progress = service.criteria_progress(session, [run.id for run in runs if run.id is not None])
     return Page(
-        items=[service.public(run) for run in runs],
+        items=[service.public(run, criteria=progress.get(run.id or 0)) for run in runs],
         total=total,
         limit=paging.limit,
         offset=paging.offset,
@@ -79,7 +80,11 @@ def get_run(run_id: Id, session: SessionDep) -> RunPublic:
     """Status, progress, estimated time left, latest loss terms, error."""
     run = service.get_run(session, run_id)
     assert run.id is not None
-    return service.public(run, metrics=service.metric_summary(session, run.id))
+    return service.public(
+        run,
+        metrics=service.metric_summary(session, run.id),
+        criteria=service.criteria_progress(session, [run.id])[run.id],
+    )
 
 
 @router.post(
