@@ -20,7 +20,7 @@ export async function render(main, { params: [id] }) {
     header.replaceChildren(summary(run));
     if (!shown || shown.status !== run.status || shown.epoch !== run.epoch) {
       const history = await get(`/training-runs/${id}/metrics`, {}, { authenticated: false });
-      chart = drawCurves(curves, history, chart);
+      chart = drawCurves(curves, history, chart, FINAL.has(run.status));
     }
     if (!shown || shown.status !== run.status) details.replaceChildren(...more(run));
     shown = run;
@@ -78,9 +78,11 @@ function more(run) {
 }
 
 // One uPlot chart per criterion: each loss term of the history against the epoch.
-function drawCurves(container, history, previous) {
+function drawCurves(container, history, previous, finished) {
   if (!history.items.length) {
-    container.replaceChildren(el("p", { class: "muted" }, "No epoch recorded yet."));
+    // A warm start already at the converged solver's tolerance trains no iteration at all.
+    const note = finished ? "No epoch was trained: the run started at its optimum (a warm start from converged scores)." : "No epoch recorded yet.";
+    container.replaceChildren(el("p", { class: "muted" }, note));
     return null;
   }
   if (previous) for (const plot of previous) plot.destroy();

@@ -62,7 +62,7 @@ async function starter() {
   const form = el("form", { class: "filters", onsubmit: async (event) => {
     event.preventDefault();
     const data = new FormData(event.target);
-    const body = { solver: data.get("solver") || undefined };
+    const body = { solver: data.get("solver") || undefined, warm_start: data.get("warm_start") === "on" };
     if (data.get("criterion")) body.criteria = [data.get("criterion")];
     try {
       const run = await post("/training-runs", body);
@@ -76,6 +76,7 @@ async function starter() {
       criteria.map((c) => el("option", { value: c.name }, c.label || c.name)))),
     el("label", {}, "Solver", el("select", { name: "solver" },
       el("option", { value: "" }, "default"), el("option", { value: "faithful" }, "faithful"), el("option", { value: "converged" }, "converged"))),
+    el("label", {}, el("input", { type: "checkbox", name: "warm_start", checked: true }), " Warm start from the published state"),
     el("button", { type: "submit", class: "primary" }, "Start a run"));
   return el("section", { "aria-label": "Start a run" }, form, result);
 }
