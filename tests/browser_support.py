@@ -166,6 +166,12 @@ def page(chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     console: list[str] = []
     page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
     page.console_messages = console  # read by tests that explain a failure
+    failed_requests: list[str] = []
+    page.on(
+        "requestfailed",
+        lambda failed: failed_requests.append(f"{failed.method} {failed.url}: {failed.failure}"),
+    )
+    page.failed_requests = failed_requests  # a request the browser refused or could not send
     try:
         yield page
     finally:

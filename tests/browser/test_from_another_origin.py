@@ -179,6 +179,16 @@ def test_signed_in_with_a_jwt_the_page_posts_as_its_user_only(
     assert lines[1:6] == expected and lines[7:12] == expected
 
 
+def refused(page: Any, api: ApiServer) -> bool:
+    """Whether Chromium refused the page's POST to the API (its console line or the failed
+    request). Playwright's sync API delivers page events only inside its own calls: a short wait
+    on the page lets them in, where a plain sleep between checks never would."""
+    page.wait_for_timeout(100)
+    return any("CORS policy" in message for message in page.console_messages) or any(
+        failed.startswith(f"POST {api.url}") for failed in page.failed_requests
+    )
+
+
 def test_a_page_from_an_origin_not_listed_cannot_post(
     api: ApiServer, frontend: StaticSite, page: Any, request: pytest.FixtureRequest
 ) -> None:
@@ -186,11 +196,7 @@ def test_a_page_from_an_origin_not_listed_cannot_post(
     try:
         page.goto(f"{elsewhere.url}/index.html")
         submit(page, api, key("comparisons:write", user="alice"), a="yt:other-a", b="yt:other-b")
-        wait_for(
-            "the browser to refuse the request",
-            lambda: any("CORS policy" in message for message in page.console_messages),
-            30,
-        )
+        wait_for("the browser to refuse the request", lambda: refused(page, api), 30)
         page.screenshot(path=str(screenshot_path(request, "refused")), full_page=True)
     finally:
         elsewhere.close()

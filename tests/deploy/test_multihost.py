@@ -70,7 +70,7 @@ SWEEP = {
         "generator": {"n_users": 40, "n_videos": 200, "comps_per_video": 5},
     },
     "objectives": [{"metric": "spearman", "direction": "maximize"}],
-    "base": {"epochs": 300, "precision": 1.0},
+    "base": {"solver": "faithful", "epochs": 300, "precision": 1.0},
     "budget": {"max_parallel": 6},
 }
 
