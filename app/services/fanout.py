@@ -417,9 +417,7 @@ def publish_if_done(connection: Connection, run_id: int) -> list[str] | None:
         if item.status in ("trained", "withdrawn")
         and publication.move_pointer(connection, run_id, ids[item.criterion], snapshot_at)
     ]
-    connection.execute(
-        text("DELETE FROM model_states WHERE run_id = :run AND is_checkpoint"), {"run": run_id}
-    )
+    publication.delete_checkpoints(connection, run_id=run_id)
     return published
 
 

@@ -46,19 +46,22 @@ def save_state(
     state: bytes,
     is_checkpoint: bool,
 ) -> None:
-    """Store a state; it replaces the run's previous state of the same kind (checkpoint, or
-    final) for the criterion."""
-    connection.execute(
-        text(
-            "DELETE FROM model_states WHERE run_id = :run AND criterion = :criterion"
-            " AND is_checkpoint = :checkpoint"
-        ),
-        {"run": run_id, "criterion": criterion, "checkpoint": is_checkpoint},
-    )
-    connection.execute(
+    """Store a state; it replaces the run's previous states of the same kind (checkpoint, or
+    final) for the criterion.
+
+    The new row goes in first and the older ones are deleted after, skipping any row another
+    transaction holds: the previous owner of a criterion taken over may have been cut off in the
+    middle of replacing that very checkpoint, and its transaction keeps the row locked until the
+    server drops the dead connection (up to `POSTGRES_CONNECTION`'s 20 s). Waiting for it would
+    hold the new owner's checkpoint, and so its lease renewal, for that long, and a lease shorter
+    than the wait would hand the criterion over a second time. A row skipped here is deleted by
+    the next save or by the publication; `latest_state` reads the newest row.
+    """
+    new_id = connection.execute(
         text(
             "INSERT INTO model_states (run_id, criterion, epoch, is_checkpoint, state, sha256,"
             " created_at) VALUES (:run, :criterion, :epoch, :checkpoint, :state, :sha, :now)"
+            " RETURNING id"
         ),
         {
             "run": run_id,
@@ -69,6 +72,43 @@ def save_state(
             "sha": hashlib.sha256(state).hexdigest(),
             "now": datetime.now(UTC),
         },
+    ).scalar_one()
+    older = (
+        "SELECT id FROM model_states WHERE run_id = :run AND criterion = :criterion"
+        " AND is_checkpoint = :checkpoint AND id < :new"
+    )
+    if connection.dialect.name == "postgresql":
+        older += " FOR UPDATE SKIP LOCKED"
+    connection.execute(
+        text(f"DELETE FROM model_states WHERE id IN ({older})"),
+        {"run": run_id, "criterion": criterion, "checkpoint": is_checkpoint, "new": new_id},
+    )
+
+
+_SUCCEEDED_RUNS = "run_id IN (SELECT id FROM training_runs WHERE status = 'succeeded')"
+
+
+def published_checkpoints_left(connection: Connection) -> bool:
+    """Whether a run that succeeded still has a checkpoint (`delete_checkpoints` skipped it)."""
+    found = connection.execute(
+        text(f"SELECT 1 FROM model_states WHERE is_checkpoint AND {_SUCCEEDED_RUNS} LIMIT 1")
+    ).first()
+    return found is not None
+
+
+def delete_checkpoints(connection: Connection, *, run_id: int | None = None) -> int:
+    """Delete the checkpoints of the run `run_id` (it was just published), or of every run that
+    succeeded; returns how many. Rows another transaction holds are skipped (see `save_state`:
+    a cut-off worker's transaction may hold one for 20 s); run recovery deletes them later."""
+    if run_id is not None:
+        which, params = "run_id = :run", {"run": run_id}
+    else:
+        which, params = _SUCCEEDED_RUNS, {}
+    rows = f"SELECT id FROM model_states WHERE is_checkpoint AND {which}"
+    if connection.dialect.name == "postgresql":
+        rows += " FOR UPDATE SKIP LOCKED"
+    return int(
+        connection.execute(text(f"DELETE FROM model_states WHERE id IN ({rows})"), params).rowcount
     )
 
 

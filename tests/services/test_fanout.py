@@ -17,6 +17,7 @@ from app.models import Criterion, TrainingRun, TrainingRunCriterion, User, Video
 from app.services import fanout, leases, publication, runs
 from app.services.run_recovery import prune_superseded_scores, runs_to_wake
 from ml.config import LicchaviConfig
+from workers.tasks.maintenance import wake_stalled_runs
 
 CRITERIA = ["importance", "largely_recommended", "reliability"]
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
@@ -295,3 +296,92 @@ def test_a_handed_off_criterion_and_its_run_are_taken_at_once_and_only_once(
             fanout.renew(
                 connection, stopping, lease_seconds=60, progress=0.5, epoch=5, max_epochs=9
             )
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_taken_over_criterion_checkpoints_past_its_cut_off_owners_open_transaction(
+    committed_database: str,
+) -> None:
+    """The owner of a criterion is cut off from the network halfway through replacing its
+    checkpoint: its transaction has deleted the old checkpoint's row (so holds its lock) and
+    the server keeps it open until it notices the dead connection. The worker that takes the
+    criterion over must checkpoint and renew without waiting for it: a wait longer than its
+    lease would hand the criterion over a second time."""
+    catalogue()
+    listed_run(names=["importance"])
+    cut_off = claim("cut off")
+    with get_engine().begin() as connection:
+        publication.save_state(
+            connection,
+            run_id=cut_off.run_id,
+            criterion="importance",
+            epoch=25,
+            state=b"checkpoint 25",
+            is_checkpoint=True,
+        )
+    dead = get_engine().connect()
+    try:
+        transaction = dead.begin()
+        publication.save_state(
+            dead,
+            run_id=cut_off.run_id,
+            criterion="importance",
+            epoch=50,
+            state=b"checkpoint 50, never committed",
+            is_checkpoint=True,
+        )
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        with get_engine().begin() as connection:  # its lease lapses meanwhile
+            connection.execute(
+                update(Item).where(Item.c.id == cut_off.item_id).values(lease_expires_at=past)
+            )
+        taker = claim("taker")
+        assert taker.attempt == 2
+        with get_engine().connect() as connection:  # it resumes from the last committed one
+            resumed = publication.latest_state(
+                connection, run_id=taker.run_id, criterion="importance", checkpoint=True
+            )
+        assert resumed == b"checkpoint 25"
+        with get_engine().begin() as connection:
+            # A wait on the open transaction's lock fails here instead of lasting 20 s.
+            connection.execute(text("SET LOCAL lock_timeout = '2s'"))
+            publication.save_state(
+                connection,
+                run_id=taker.run_id,
+                criterion="importance",
+                epoch=50,
+                state=b"checkpoint 50 of the taker",
+                is_checkpoint=True,
+            )
+            assert not fanout.renew(
+                connection, taker, lease_seconds=60, progress=0.5, epoch=50, max_epochs=100
+            )
+        with get_engine().connect() as connection:
+            assert (
+                publication.latest_state(
+                    connection, run_id=taker.run_id, criterion="importance", checkpoint=True
+                )
+                == b"checkpoint 50 of the taker"
+            )
+        # Nor does the publication wait for it: it leaves the row the dead transaction holds.
+        fanout.stage(get_engine(), taker, output("importance"), lease_seconds=60)
+        with get_engine().begin() as connection:
+            connection.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert fanout.finish(connection, taker, data_fingerprint="f" * 64) == ["importance"]
+        transaction.rollback()  # the server drops the dead connection at last
+    finally:
+        dead.close()
+
+    def checkpoints() -> list[bytes]:
+        with get_engine().connect() as connection:
+            return [
+                bytes(state)
+                for state in connection.execute(
+                    text("SELECT state FROM model_states WHERE run_id = :run AND is_checkpoint"),
+                    {"run": taker.run_id},
+                ).scalars()
+            ]
+
+    assert checkpoints() == [b"checkpoint 25"]  # the row the dead transaction held
+    wake_stalled_runs(get_engine())  # run recovery deletes it
+    assert checkpoints() == []

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 
 from app.core.config import get_settings
 from app.core.db import background_engine, get_engine
+from app.services import publication
 from app.services.run_recovery import prune_superseded_scores, runs_to_wake
 from app.services.wakeups import wake_workers
 from workers.celery_app import celery_app
@@ -29,6 +30,14 @@ def wake_stalled_runs(engine: Engine) -> int:
     pruned = prune_superseded_scores(engine, runs_kept=settings.score_runs_kept)
     if pruned:
         logger.info("run recovery: scores of superseded run(s) %s deleted", pruned)
+    # Checkpoints a publication skipped, held then by a cut-off worker's open transaction; read
+    # first, since on SQLite a write transaction takes the database's only write lock.
+    with engine.connect() as connection:
+        left = publication.published_checkpoints_left(connection)
+    if left:
+        with engine.begin() as connection:
+            deleted = publication.delete_checkpoints(connection)
+        logger.info("run recovery: %d checkpoint(s) of published runs deleted", deleted)
     return len(run_ids)
 
 
