@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from sqlalchemy import text, update
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, select
 
 from app.core.db import get_engine
@@ -310,26 +311,23 @@ def test_a_taken_over_criterion_checkpoints_past_its_cut_off_owners_open_transac
     catalogue()
     listed_run(names=["importance"])
     cut_off = claim("cut off")
-    with get_engine().begin() as connection:
+
+    def checkpoint(connection: Connection, epoch: int, state: bytes) -> None:
         publication.save_state(
             connection,
             run_id=cut_off.run_id,
             criterion="importance",
-            epoch=25,
-            state=b"checkpoint 25",
+            epoch=epoch,
+            state=state,
             is_checkpoint=True,
         )
+
+    with get_engine().begin() as connection:
+        checkpoint(connection, 25, b"checkpoint 25")
     dead = get_engine().connect()
     try:
         transaction = dead.begin()
-        publication.save_state(
-            dead,
-            run_id=cut_off.run_id,
-            criterion="importance",
-            epoch=50,
-            state=b"checkpoint 50, never committed",
-            is_checkpoint=True,
-        )
+        checkpoint(dead, 50, b"checkpoint 50, never committed")
         past = datetime.now(UTC) - timedelta(seconds=1)
         with get_engine().begin() as connection:  # its lease lapses meanwhile
             connection.execute(
@@ -345,14 +343,7 @@ def test_a_taken_over_criterion_checkpoints_past_its_cut_off_owners_open_transac
         with get_engine().begin() as connection:
             # A wait on the open transaction's lock fails here instead of lasting 20 s.
             connection.execute(text("SET LOCAL lock_timeout = '2s'"))
-            publication.save_state(
-                connection,
-                run_id=taker.run_id,
-                criterion="importance",
-                epoch=50,
-                state=b"checkpoint 50 of the taker",
-                is_checkpoint=True,
-            )
+            checkpoint(connection, 50, b"checkpoint 50 of the taker")
             assert not fanout.renew(
                 connection, taker, lease_seconds=60, progress=0.5, epoch=50, max_epochs=100
             )
