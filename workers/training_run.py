@@ -216,6 +216,10 @@ class CriterionTraining:
         loaded = time.perf_counter()
         config = LicchaviConfig.model_validate(config_values)
         initial, resumed_epoch = self._initial_state(fingerprint, warm_start)
+        # Loading the comparisons and the starting state takes a while on a large set, and no
+        # report renews the lease before the first epochs: renew it now (or learn of a cancel).
+        with self.engine.begin() as connection:
+            fanout.extend(connection, self.claim, lease_seconds=self.settings.run_lease_seconds)
         reporter = ProgressReporter(self.engine, self.claim, self.settings, resumed_epoch)
         result = self._train(data, config, initial, reporter)
         if reporter.flush():

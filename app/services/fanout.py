@@ -203,9 +203,7 @@ def renew(
     }
     if max_epochs is not None:
         values["max_epochs"] = max_epochs
-    _lock_run(connection, claim.run_id)
-    mine = connection.execute(update(Item).where(_owned(claim)).values(**values)).rowcount
-    if not mine:
+    if not _lock_run_and_update(connection, claim, values):
         raise LeaseLost(f"run {claim.run_id}: {claim.criterion} lease lost")
     run_values: dict[str, object] = {
         "progress": _run_progress(connection, claim.run_id),
@@ -235,14 +233,15 @@ def extend(connection: Connection, claim: CriterionClaim, *, lease_seconds: floa
     CancelledBeforePublication when a cancel was asked (nothing more is worth staging)."""
     now = now_utc()
     expires = now + timedelta(seconds=lease_seconds)
+    mine = _lock_run_and_update(
+        connection, claim, {"heartbeat_at": now, "lease_expires_at": expires}
+    )
+    # Both rows are locked now when the criterion was ours, the run's row in any case.
     run_status, cancel = _lock_run(connection, claim.run_id)
     if run_status != "running":
         raise LeaseLost(f"run {claim.run_id} is {run_status}")
     if cancel:
         raise CancelledBeforePublication(f"run {claim.run_id}: cancelled before publication")
-    mine = connection.execute(
-        update(Item).where(_owned(claim)).values(heartbeat_at=now, lease_expires_at=expires)
-    ).rowcount
     if not mine:
         raise LeaseLost(f"run {claim.run_id}: {claim.criterion} lease lost")
     connection.execute(
@@ -316,6 +315,31 @@ def _lock_run(connection: Connection, run_id: int) -> tuple[str, bool]:
         .with_for_update(key_share=True)
     ).one()
     return str(row.status), bool(row.cancel_requested)
+
+
+def _lock_run_and_update(
+    connection: Connection, claim: CriterionClaim, values: dict[str, object]
+) -> bool:
+    """Lock the run's row (as `_lock_run`), then write `values` to the criterion if it is still
+    ours; returns whether it was.
+
+    One statement on PostgreSQL (the run's lock is its sub-select, taken before the criterion's
+    row): a worker cut off from the network between two statements would leave the run locked
+    and the criterion free until the server drops its connection (up to 20 s), and the worker
+    taking the criterion over would then wait that long to renew its lease. Within one
+    statement, the server holds both locks or neither.
+    """
+    if connection.dialect.name != "postgresql":
+        _lock_run(connection, claim.run_id)  # SQLite: the write transaction excludes the rest
+        return bool(connection.execute(update(Item).where(_owned(claim)).values(**values)).rowcount)
+    locked_run = (
+        select(Run.c.id)
+        .where(Run.c.id == claim.run_id)
+        .with_for_update(key_share=True)
+        .scalar_subquery()
+    )
+    statement = update(Item).where(_owned(claim), Item.c.run_id == locked_run).values(**values)
+    return bool(connection.execute(statement).rowcount)
 
 
 def finish(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from app.core.db import get_engine
@@ -376,3 +377,35 @@ def test_a_taken_over_criterion_checkpoints_past_its_cut_off_owners_open_transac
     assert checkpoints() == [b"checkpoint 25"]  # the row the dead transaction held
     wake_stalled_runs(get_engine())  # run recovery deletes it
     assert checkpoints() == []
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_renewal_locks_the_run_and_its_criterion_in_one_statement(
+    committed_database: str,
+) -> None:
+    """A worker cut off right after its renewal's first statement leaves its transaction open
+    on the server. That statement locks the run's row and the criterion's together, so the
+    criterion stays out of reach (a claim skips it) until the server drops the connection,
+    instead of being taken over by a worker that would then wait on the run's lock to renew."""
+    catalogue()
+    listed_run(names=["importance"])
+    cut_off = claim("cut off")
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with get_engine().begin() as connection:  # its lease lapses while it is cut off
+        connection.execute(
+            update(Item).where(Item.c.id == cut_off.item_id).values(lease_expires_at=past)
+        )
+    dead = get_engine().connect()
+    try:
+        transaction = dead.begin()
+        assert fanout._lock_run_and_update(dead, cut_off, {"progress": 0.5})
+        with get_engine().connect() as connection:
+            connection.execute(text("SET lock_timeout = '2s'"))
+            with pytest.raises(OperationalError, match="lock timeout"):  # the run's row
+                connection.execute(update(Run).where(Run.c.id == cut_off.run_id).values(epoch=1))
+        # The criterion's row too: its lapsed lease does not make it claimable yet.
+        assert fanout.claim_next(get_engine(), owner="taker", lease_seconds=60) is None
+        transaction.rollback()  # the server drops the dead connection at last
+    finally:
+        dead.close()
+    assert claim("taker").attempt == 2
