@@ -9,6 +9,7 @@ from kombu import Queue
 from app.core.config import get_settings
 from app.services.queues import WORKER_QUEUES
 from workers import lifetime  # noqa: F401  (its signal handlers: parent death, hand-off)
+from workers.broker import SQL_PREFIX
 
 celery_app = Celery(
     "licchavi",
@@ -49,6 +50,10 @@ def celery_config() -> dict[str, Any]:
         # hand a long training task to a second worker while the first is still running it.
         transport_options["visibility_timeout"] = 24 * 3600
         transport = "workers.broker:Transport"  # survives an outage while consuming
+    elif broker_url.startswith(SQL_PREFIX):
+        # A transport named in the URL's prefix wins over `broker_transport`: strip it.
+        broker_url = broker_url.removeprefix(SQL_PREFIX)
+        transport = "workers.broker:SQLTransport"  # deletes what it delivers
     # (kombu's SQLAlchemy transport hands every transport option to create_engine, so the
     # embedded broker keeps its default one-second polling interval.)
     return dict(

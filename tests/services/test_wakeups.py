@@ -1,6 +1,7 @@
 """Coalesced wake-ups: a bounded number wait in the broker (Redis and the embedded SQLite
 transport), and a woken worker finds exactly the runs a claim would take."""
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -8,12 +9,13 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session
 
+from app.core.config import get_settings
 from app.core.db import get_engine
 from app.models import TrainingRun
 from app.services import leases, runs
 from app.services.wakeups import wake_after_commit, wake_workers
 from ml.config import LicchaviConfig
-from tests.broker_support import waiting_messages
+from tests.broker_support import QUEUE, waiting_messages
 from tests.conftest import reset_caches
 
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
@@ -97,3 +99,28 @@ def test_claimable_runs_are_the_ones_a_claim_takes(committed_database: str) -> N
     for run_id in (due, orphan):
         assert leases.claim(get_engine(), run_id=run_id, owner="w", lease_seconds=60)
     assert leases.claimable_run_ids(get_engine()) == []
+
+
+def test_the_embedded_broker_deletes_what_it_delivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kombu's SQLAlchemy transport kept every delivered message (marked invisible): the broker's
+    file grew by every wake-up ever sent. Ours deletes a message as it delivers it, and the
+    delivered ones an older version left at its first delivery."""
+    from workers.celery_app import celery_app
+
+    reset_caches()
+    assert wake_workers(wanted=3, max_pending=3) == 3
+    broker = get_settings().data_dir / "broker.sqlite3"
+    with sqlite3.connect(broker) as connection:  # one left delivered by an older version
+        connection.execute(
+            "UPDATE kombu_message SET visible = 0 WHERE id = (SELECT min(id) FROM kombu_message)"
+        )
+    with celery_app.connection_for_read() as connection:
+        queue = connection.SimpleQueue(QUEUE)
+        try:
+            queue.get(timeout=5).ack()
+        finally:
+            queue.close()
+    with sqlite3.connect(broker) as connection:
+        rows = connection.execute("SELECT visible FROM kombu_message").fetchall()
+    assert rows == [(1,)]  # the one not delivered yet
+    assert waiting_messages() == 1
