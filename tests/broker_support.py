@@ -11,7 +11,7 @@ def waiting_messages() -> int:
     """Messages in the worker queue not yet handed to a worker (0 before the first one)."""
     settings = get_settings()
     if settings.is_embedded:
-        # Delivered messages are deleted (workers.broker.SQLChannel); older ones were kept invisible.
+        # Delivered messages are deleted (app.core.broker.SQLChannel); older ones were kept invisible.
         with sqlite3.connect(settings.data_dir / "broker.sqlite3") as connection:
             if not connection.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'kombu_message'"

@@ -56,9 +56,9 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 def reset_caches() -> None:
     """Forget settings, pooled database connections and broker configuration."""
+    from app.core.celery_app import reconfigure
     from app.core.security import forget_verified_keys
     from app.services.wakeups import forget_gpu_workers
-    from workers.celery_app import reconfigure
 
     forget_verified_keys()
     forget_gpu_workers()

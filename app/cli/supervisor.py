@@ -12,7 +12,7 @@ import time
 logger = logging.getLogger(__name__)
 
 # The environment variable through which the worker learns its supervisor's pid (read by
-# workers/lifetime.py; app/ does not import workers/).
+# workers/lifetime.py: app/ does not import workers/).
 PARENT_ENV = "LICCHAVI_WORKER_PARENT_PID"
 
 

@@ -76,7 +76,7 @@ def wake_workers(
     senders may both see room and both send; the overshoot is one message per sender. A
     delayed wake-up (`countdown`) is always sent: the ones waiting would come too early.
     """
-    from workers.celery_app import celery_app  # the Celery app only; no task module, no torch
+    from app.core.celery_app import celery_app  # the Celery app only; no task module, no torch
 
     limit = max_pending or get_settings().wakeup_max_pending
     queues = [celery_app.conf.task_default_queue]

@@ -105,7 +105,7 @@ def test_the_embedded_broker_deletes_what_it_delivers(monkeypatch: pytest.Monkey
     """kombu's SQLAlchemy transport kept every delivered message (marked invisible): the broker's
     file grew by every wake-up ever sent. Ours deletes a message as it delivers it, and the
     delivered ones an older version left at its first delivery."""
-    from workers.celery_app import celery_app
+    from app.core.celery_app import celery_app
 
     reset_caches()
     assert wake_workers(wanted=3, max_pending=3) == 3
