@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection, Engine
 from app.models import TrainingRun, TrainingRunCriterion
 from app.models.training import CRITERION_DONE
 from app.services import publication
+from app.services.lease_rows import claimed_values, held_by
 from app.services.leases import CancelledBeforePublication, Claim, LeaseLost, now_utc
 
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
@@ -127,11 +128,7 @@ def claim_next(
         update(Item)
         .where(Item.c.id == candidate, _claimable(now))
         .values(
-            status="running",
-            attempt=Item.c.attempt + 1,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now,
+            **claimed_values(Item, owner=owner, lease_seconds=lease_seconds, now=now),
             started_at=now,
             error=None,
         )
@@ -169,12 +166,7 @@ def claimable_count(engine: Engine, *, limit: int) -> int:
 
 
 def _owned(claim: CriterionClaim) -> ColumnElement[bool]:
-    return and_(
-        Item.c.id == claim.item_id,
-        Item.c.status == "running",
-        Item.c.lease_owner == claim.owner,
-        Item.c.attempt == claim.attempt,
-    )
+    return held_by(Item, claim.item_id, claim.owner, claim.attempt)
 
 
 def renew(

@@ -4,13 +4,14 @@ The run's claim lists its criteria (`app.services.fanout`), which workers then c
 one; their renewals keep the run's lease fresh while any of them trains."""
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
 
 from app.models import TrainingRun
+from app.services.lease_rows import claimed_values, held_by
 
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
 
@@ -64,11 +65,7 @@ def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> C
         update(Run)
         .where(Run.c.id == run_id, _claimable(now))
         .values(
-            status="running",
-            attempt=Run.c.attempt + 1,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now,
+            **claimed_values(Run, owner=owner, lease_seconds=lease_seconds, now=now),
             started_at=func.coalesce(Run.c.started_at, now),
         )
         .returning(Run.c.attempt, Run.c.request_id)
@@ -97,9 +94,7 @@ def claimable_run_ids(engine: Engine, *, limit: int = 8) -> list[int]:
 
 
 def _owned(claim: Claim) -> ColumnElement[bool]:
-    return and_(
-        Run.c.id == claim.run_id, Run.c.status == "running", Run.c.lease_owner == claim.owner
-    )
+    return held_by(Run, claim.run_id, claim.owner, claim.attempt)
 
 
 class CancelledBeforePublication(Exception):

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.models import Sweep, SweepEvaluation, SweepEvent, SweepTrial
+from app.services.lease_rows import claimed_values, held_by
 
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
 Trial = SweepTrial.__table__  # type: ignore[attr-defined]
@@ -93,11 +94,7 @@ def claim_next(engine: Engine, *, owner: str, lease_seconds: float) -> Evaluatio
         update(Evaluation)
         .where(Evaluation.c.id == candidate, Evaluation.c.status == "queued")
         .values(
-            status="running",
-            attempt=Evaluation.c.attempt + 1,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            heartbeat_at=now,
+            **claimed_values(Evaluation, owner=owner, lease_seconds=lease_seconds, now=now),
             started_at=now,
             worker=owner,
             progress=0.0,
@@ -148,12 +145,7 @@ def claim_next(engine: Engine, *, owner: str, lease_seconds: float) -> Evaluatio
 
 
 def _owned(claim: EvaluationClaim) -> ColumnElement[bool]:
-    return and_(
-        Evaluation.c.id == claim.evaluation_id,
-        Evaluation.c.status == "running",
-        Evaluation.c.lease_owner == claim.owner,
-        Evaluation.c.attempt == claim.attempt,
-    )
+    return held_by(Evaluation, claim.evaluation_id, claim.owner, claim.attempt)
 
 
 def heartbeat(

@@ -1,0 +1,31 @@
+"""What every leased row shares (runs, their criteria, sweep evaluations): the values a claim
+writes, and the condition that fences each write of the row's holder."""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, and_
+
+
+def claimed_values(
+    table: Table, *, owner: str, lease_seconds: float, now: datetime
+) -> dict[str, Any]:
+    """A claim's values: running, the next attempt, held by `owner` for `lease_seconds`."""
+    return {
+        "status": "running",
+        "attempt": table.c.attempt + 1,
+        "lease_owner": owner,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "heartbeat_at": now,
+    }
+
+
+def held_by(table: Table, row_id: int, owner: str, attempt: int) -> ColumnElement[bool]:
+    """The row still runs under this holder's lease and attempt: a write that also matches this
+    is the holder's, and no one else's."""
+    return and_(
+        table.c.id == row_id,
+        table.c.status == "running",
+        table.c.lease_owner == owner,
+        table.c.attempt == attempt,
+    )
