@@ -11,8 +11,9 @@ truth"). Usage:
         [--run faithful:solver=faithful --run converged-w0.2:solver=converged,w=0.2]
 
 The default runs are v1's solver (`faithful`), the converged solver with its own local scores
-(`converged`, personalise=false) and the library default (`default`: converged + personal
-scores).
+(`converged`, personalise=false), personal scores tied to the global scores alone
+(`one-taste`, personal_tastes=false) and the library default (`default`: converged + personal
+scores, with a second shared taste).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ SETS = ("typical", "inverted", "niche", "dense", "attacked")
 DEFAULT_RUNS = (
     "faithful:solver=faithful",
     "converged:solver=converged,personalise=false",
+    "one-taste:personal_tastes=false",
     "default:",
 )
 BUCKETS = ((1, 5, "≤5"), (6, 20, "6–20"), (21, 10**9, ">20"))

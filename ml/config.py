@@ -103,6 +103,12 @@ class LicchaviConfig(BaseModel):
         description="weight of the Gaussian tie of the personal re-fit (larger: closer to the"
         " global scores)",
     )
+    personal_tastes: bool = Field(
+        True,
+        description="personal re-fit: tie the users whose comparisons a second shared taste"
+        " explains better than the global scores to that taste instead"
+        " (ml/licchavi/personalisation.py)",
+    )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="seed of the equilibrium test's random draws"
     )

@@ -38,7 +38,13 @@ if TYPE_CHECKING:
 
 # Settings that do not change the solver's state; a checkpoint stays resumable across them (the
 # personal re-fit runs after the solver, from its final state).
-_NON_NUMERICAL_SETTINGS = ("device", "compute_uncertainty", "personalise", "personal_coupling")
+_NON_NUMERICAL_SETTINGS = (
+    "device",
+    "compute_uncertainty",
+    "personalise",
+    "personal_coupling",
+    "personal_tastes",
+)
 
 
 class TrainingCancelled(Exception):
@@ -326,7 +332,11 @@ def _result(
         global_spread = np.zeros(n_videos)
     if personalises(config):
         personal = personalise(
-            UserComparisons.of(problem), global_scores, s, config.personal_coupling
+            UserComparisons.of(problem),
+            global_scores,
+            s,
+            config.personal_coupling,
+            shared_taste=config.personal_tastes,
         )
         local_scores = personal.theta
         if config.compute_uncertainty:

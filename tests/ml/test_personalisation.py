@@ -1,4 +1,4 @@
-"""Personal scores: users with inverted taste get scores that follow their own comparisons, global
+"""Personal scores: users with inverted or niche taste get scores that follow their own taste, global
 scores and ordinary users lose nothing, the re-fit is deterministic and its spread is its curvature."""
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ def inverted() -> SyntheticData:
         seed=7,
         fraction_adversarial=0.1,
         adversarial_mode="reverse",
+    )
+    return generate(params)
+
+
+@pytest.fixture(scope="module")
+def niche() -> SyntheticData:
+    # 10 % of the users share one taste independent of the global one (bench/quality.py's shape).
+    params = SyntheticParams(
+        n_users=300, n_videos=2700, n_comparisons=30_000, seed=7, fraction_niche=0.1
     )
     return generate(params)
 
@@ -95,6 +104,40 @@ def test_inverted_users_follow_their_own_taste_and_nobody_else_loses(
     assert users_spearman(personal, inverted, ordinary) >= (
         users_spearman(collapsed, inverted, ordinary) - 0.01
     )
+
+
+def test_niche_users_are_tied_to_their_shared_taste_and_nobody_else_loses(
+    niche: SyntheticData,
+) -> None:
+    data = criterion(niche.comparisons)
+    personal = train_criterion(data, config())
+    one_taste = train_criterion(data, config(personal_tastes=False))
+    faithful = train_criterion(data, config(solver="faithful"))
+    ordinary = sorted(set(data.user_ids.astype(str)) - set(niche.niche_users))
+    np.testing.assert_array_equal(personal.global_scores, one_taste.global_scores)
+    # Tied to the global scores alone, their own comparisons do not carry niche users far.
+    assert users_spearman(one_taste, niche, niche.niche_users) < 0.4
+    assert users_spearman(personal, niche, niche.niche_users) >= 0.5
+    assert users_spearman(personal, niche, ordinary) >= users_spearman(faithful, niche, ordinary)
+    assert users_spearman(personal, niche, ordinary) >= (
+        users_spearman(one_taste, niche, ordinary) - 0.01
+    )
+    shuffled = niche.comparisons.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    again = train_criterion(criterion(shuffled), config())
+    np.testing.assert_array_equal(personal.local_scores, again.local_scores)
+
+
+def test_a_taste_that_is_the_global_one_up_to_a_slope_is_not_a_second_taste(
+    inverted: SyntheticData,
+) -> None:
+    # Inverted users' shared taste is −ρ: their slope on ρ serves them, nobody joins a taste.
+    data = criterion(inverted.comparisons)
+    result = train_criterion(data, config(personalise=False, compute_uncertainty=False))
+    users = UserComparisons.of(Problem.build(data.canonical(), NumpyKernels(), "float64"))
+    personal = personalise(users, result.global_scores, result.s, coupling=3.0)
+    alone = personalise(users, result.global_scores, result.s, 3.0, shared_taste=False)
+    assert not personal.second_taste.any()
+    np.testing.assert_array_equal(personal.theta, alone.theta)
 
 
 def test_personal_scores_do_not_depend_on_the_row_order(inverted: SyntheticData) -> None:
