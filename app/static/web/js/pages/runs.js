@@ -76,7 +76,7 @@ async function starter() {
       criteria.map((c) => el("option", { value: c.name }, c.label || c.name)))),
     el("label", {}, "Solver", el("select", { name: "solver" },
       el("option", { value: "" }, "default"), el("option", { value: "faithful" }, "faithful"), el("option", { value: "converged" }, "converged"))),
-    el("label", {}, el("input", { type: "checkbox", name: "warm_start", checked: true }), " Warm start from the published state"),
+    el("label", { class: "check" }, el("input", { type: "checkbox", name: "warm_start", checked: true }), "Warm start from the published state"),
     el("button", { type: "submit", class: "primary" }, "Start a run"));
   return el("section", { "aria-label": "Start a run" }, form, result);
 }
