@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,8 @@ class FrozenDataset:
             digest.update("\0".join(map(str, array)).encode())
         for array in (data.user_index, data.video_a_index, data.video_b_index, data.ratings):
             digest.update(np.ascontiguousarray(array).tobytes())
+        if data.trusted is not None:  # without trust data, the fingerprint stays as it was
+            digest.update(b"trusted\0" + np.ascontiguousarray(data.trusted, dtype=bool).tobytes())
         return digest.hexdigest()
 
     @property
@@ -62,6 +65,8 @@ class FrozenDataset:
         arrays["video_ids"] = np.asarray(data.video_ids, dtype=str)
         for name in ("user_index", "video_a_index", "video_b_index"):
             arrays[name] = np.asarray(getattr(data, name))
+        if data.trusted is not None:
+            arrays["trusted"] = np.asarray(data.trusted, dtype=bool)
         if self.truth_global is not None:
             arrays["truth_video"] = self.truth_global["video"].to_numpy(dtype=str)
             arrays["truth_score"] = self.truth_global["true_score"].to_numpy(np.float64)
@@ -85,6 +90,7 @@ class FrozenDataset:
             video_a_index=arrays["video_a_index"],
             video_b_index=arrays["video_b_index"],
             ratings=arrays["ratings"],
+            trusted=arrays.get("trusted"),
         )
         truth_global = truth_individual = None
         if "truth_video" in arrays:
@@ -130,10 +136,18 @@ def assign_folds(
 
 
 def freeze_holdout(
-    frame: pd.DataFrame, *, criterion: str, folds: int, split_by: str, seed: int
+    frame: pd.DataFrame,
+    *,
+    criterion: str,
+    folds: int,
+    split_by: str,
+    seed: int,
+    trusted: Iterable[str] | None = None,
 ) -> FrozenDataset:
-    """The live comparisons of `criterion` (public columns) with a stored k-fold split."""
-    dataset = ComparisonDataset.from_frame(frame)
+    """The live comparisons of `criterion` (public columns) with a stored k-fold split; the
+    users in `trusted` are marked so, so that every evaluation trains with the voting rights a
+    service run would give them."""
+    dataset = ComparisonDataset.from_frame(frame).with_trusted(trusted)
     if criterion not in dataset.criteria:
         raise ValueError(f"no comparisons for criterion {criterion!r}")
     data = dataset.criteria[criterion]

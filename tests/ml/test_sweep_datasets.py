@@ -131,6 +131,27 @@ def test_live_data_round_trips_without_truth(frame: pd.DataFrame) -> None:
     assert list(back.comparisons.user_ids) == list(frozen.comparisons.user_ids)
 
 
+def test_trusted_users_are_frozen_with_live_data(frame: pd.DataFrame) -> None:
+    """A holdout sweep trains with the voting rights a service run would give: the trusted
+    users are part of the frozen data and of its fingerprint."""
+    plain = freeze_holdout(frame, criterion=CRITERION, folds=4, split_by="video", seed=9)
+    users = list(plain.comparisons.user_ids)
+    trusted = freeze_holdout(
+        frame, criterion=CRITERION, folds=4, split_by="video", seed=9, trusted=users[:2]
+    )
+    assert plain.comparisons.trusted is None
+    assert trusted.comparisons.trusted is not None
+    assert list(trusted.comparisons.trusted) == [user in users[:2] for user in users]
+    back = FrozenDataset.from_bytes(trusted.to_bytes())
+    np.testing.assert_array_equal(back.comparisons.trusted, trusted.comparisons.trusted)
+    assert back.fingerprint == trusted.fingerprint != plain.fingerprint
+    # Unknown users mark nobody: the data and its fingerprint are those without trust.
+    nobody = freeze_holdout(
+        frame, criterion=CRITERION, folds=4, split_by="video", seed=9, trusted=["nobody"]
+    )
+    assert nobody.fingerprint == plain.fingerprint
+
+
 def test_fingerprints_follow_ratings_and_splits(comparisons: CriterionComparisons) -> None:
     fold_a, fold_b = assign_folds(comparisons, folds=5, split_by="comparison", seed=0)
     frozen = FrozenDataset(comparisons, fold_a, fold_b)

@@ -9,14 +9,16 @@ from typing import Any
 import pytest
 from sqlalchemy import text, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from app.core.config import get_settings
 from app.core.db import get_engine
-from app.models import SweepEvaluation
+from app.models import SweepEvaluation, User
 from app.services.sweeps import control, execution
 from app.services.sweeps.scheduler import SweepScheduler, acquire_lease
 from app.services.sweeps.study import load_study, open_storage
+from app.services.trust import mark_users
+from ml.sweep.datasets import FrozenDataset
 from ml.sweep.spec import SweepSpec
 from tests.sweeps_support import grid_spec, run_sweep_inline
 from workers.sweep_evaluation import EvaluationRunner
@@ -310,6 +312,25 @@ def test_a_holdout_sweep_freezes_the_live_comparisons_and_their_split(engine: En
     assert sum(m["n_test"] for m in decoded) == 3 * 1000
     assert all(m["n_train"] + m["n_test"] == 1000 for m in decoded)
     assert all(0.5 < m["heldout_accuracy"] <= 1 for m in decoded)
+
+    # Users an operator trusts are frozen with the data: the sweep's evaluations train with the
+    # voting rights a service run would give, and the fingerprint tells such data apart.
+    with Session(engine) as session:
+        trusted = session.exec(select(User.external_id).order_by(User.id).limit(3)).all()
+        mark_users(session, dict.fromkeys(trusted, True))
+        session.commit()
+    third = submit(engine, spec)
+    assert run_sweep_inline(engine, get_settings(), third) == "completed"
+    assert sweep_row(engine, third)["data_fingerprint"] != one["data_fingerprint"]
+    with engine.connect() as connection:
+        payload = connection.execute(
+            text("SELECT payload FROM sweep_datasets WHERE sweep_id = :s"), {"s": third}
+        ).scalar_one()
+    frozen = FrozenDataset.from_bytes(bytes(payload))
+    assert frozen.comparisons.trusted is not None
+    users = zip(frozen.comparisons.user_ids, frozen.comparisons.trusted, strict=True)
+    marked = {str(user) for user, is_trusted in users if is_trusted}
+    assert marked == set(trusted)
 
 
 def test_a_holdout_sweep_without_comparisons_fails_with_the_reason(engine: Engine) -> None:

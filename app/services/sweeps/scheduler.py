@@ -35,7 +35,7 @@ from app.models import (
     SweepEvaluation,
     SweepTrial,
 )
-from app.services.snapshot import load_snapshot
+from app.services.snapshot import ComparisonSnapshot, load_snapshot
 from app.services.sweeps.execution import record_event
 from app.services.sweeps.study import distributions, load_study, open_storage, study_name
 from ml.config import LicchaviConfig, config_hash
@@ -44,7 +44,6 @@ from ml.sweep.spec import MAX_WALL_CLOCK_SECONDS, HoldoutEvaluation, SweepSpec
 
 if TYPE_CHECKING:
     import optuna
-    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -335,8 +334,11 @@ class SweepScheduler:
             record_event(connection, sweep_id=sweep_id, status="running", detail="data frozen")
         logger.info("sweep %s: prepared (%d dataset(s))", sweep_id, len(datasets))
 
-    def _live_comparisons(self, connection: Connection, spec: SweepSpec) -> pd.DataFrame | None:
-        """A holdout sweep's input: the criterion's live comparisons (None for synthetic data)."""
+    def _live_comparisons(
+        self, connection: Connection, spec: SweepSpec
+    ) -> ComparisonSnapshot | None:
+        """A holdout sweep's input: the criterion's live comparisons and the trusted users
+        (None for synthetic data)."""
         if not isinstance(spec.evaluation, HoldoutEvaluation):
             return None
         known = connection.execute(
@@ -344,20 +346,21 @@ class SweepScheduler:
         ).scalar_one()
         if not known:
             raise ValueError(f"unknown criterion {spec.criterion!r}")
-        return load_snapshot(connection, criteria=[spec.criterion]).frame
+        return load_snapshot(connection, criteria=[spec.criterion])
 
     def _freeze(
-        self, spec: SweepSpec, live: pd.DataFrame | None
+        self, spec: SweepSpec, live: ComparisonSnapshot | None
     ) -> list[tuple[int | None, FrozenDataset]]:
         evaluation = spec.evaluation
         if isinstance(evaluation, HoldoutEvaluation):
             assert live is not None
             frozen = freeze_holdout(
-                live,
+                live.frame,
                 criterion=spec.criterion,
                 folds=evaluation.folds,
                 split_by=evaluation.split_by,
                 seed=evaluation.split_seed,
+                trusted=live.trusted,
             )
             return [(None, frozen)]
         return [
