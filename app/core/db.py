@@ -41,6 +41,13 @@ LOCK_POLL_SECONDS = 0.001
 BATCH_PAUSE_SECONDS = 2 * LOCK_POLL_SECONDS
 
 
+def postgres_connect_args(url: str) -> dict[str, Any]:
+    """POSTGRES_CONNECTION's settings that `url`'s query does not set itself: every connection
+    to PostgreSQL (ours, Optuna's) notices a dead peer within 20 s."""
+    query = make_url(url).query
+    return {name: value for name, value in POSTGRES_CONNECTION.items() if name not in query}
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine tuned for its dialect: SQLite gets WAL, a bounded busy timeout, immediate
     transactions for writers and lock-free snapshots for readers, UTC-aware timestamps."""
@@ -59,11 +66,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # No pre-ping: it costs a round trip per request; a connection found dead is discarded and the
     # pool invalidated by SQLAlchemy on the first error instead.
     kwargs.setdefault("pool_recycle", 1800)
-    query = make_url(url).query
-    kwargs["connect_args"] = {
-        **{name: value for name, value in POSTGRES_CONNECTION.items() if name not in query},
-        **kwargs.get("connect_args", {}),
-    }
+    kwargs["connect_args"] = {**postgres_connect_args(url), **kwargs.get("connect_args", {})}
     engine = create_engine(url, **kwargs)
     _configure_postgres(engine)
     return engine

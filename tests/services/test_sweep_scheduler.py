@@ -365,3 +365,17 @@ def test_every_pruner_runs_a_sweep_to_its_end(engine: Engine, pruner: str) -> No
     assert run_sweep_inline(engine, get_settings(), sweep_id) == "completed"
     states = optuna_states(engine, sweep_id)
     assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"}
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_optunas_connections_notice_a_dead_peer_as_ours_do(engine: Engine) -> None:
+    """A scheduler cut off mid-transaction must not hold Optuna's rows past 20 s either: its
+    storage connects with the same keepalives and TCP user timeout as the service's engine."""
+    storage = open_storage(get_settings())
+    with storage.engine.connect() as connection:
+        parameters = connection.connection.dbapi_connection.info.get_parameters()
+    with engine.connect() as connection:
+        ours = connection.connection.dbapi_connection.info.get_parameters()
+    for name in ("keepalives", "keepalives_idle", "keepalives_count", "tcp_user_timeout"):
+        assert parameters.get(name) == ours.get(name) is not None, name
+    storage.engine.dispose()

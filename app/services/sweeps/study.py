@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from app.core.config import Settings
+from app.core.db import postgres_connect_args
 
 if TYPE_CHECKING:
     import optuna
@@ -59,6 +60,8 @@ def open_storage(settings: Settings) -> optuna.storages.BaseStorage:
         engine_kwargs["connect_args"] = {"timeout": 30}
     else:
         engine_kwargs["pool_size"] = 2
+        # A scheduler cut off mid-transaction must not hold Optuna's rows for ever either.
+        engine_kwargs["connect_args"] = postgres_connect_args(url)
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
