@@ -9,6 +9,8 @@ and after (the machine is shared: compare CPU times when it is loaded). Usage:
 
     python bench/solver_speed.py [--sizes 30k,200k,1m,xl] [--solvers faithful,converged]
         [--repeat 1]
+
+A solver may carry settings after colons: `converged:personal_tastes=false`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from ml.data import read_comparisons
 from ml.licchavi import train_criterion
 
 data = next(iter(read_comparisons(sys.argv[1]).criteria.values()))
-config = load_config(None, [f"solver={sys.argv[2]}"]).model_copy(update={"device": "cpu"})
+solver, *settings = sys.argv[2].split(":")
+config = load_config(None, [f"solver={solver}", *settings]).model_copy(update={"device": "cpu"})
 load = os.getloadavg()[0]
 wall, cpu = time.perf_counter(), time.process_time()
 result = train_criterion(data, config)
