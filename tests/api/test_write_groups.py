@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
@@ -16,6 +17,7 @@ from app.api.write_groups import WriteGroups, write_groups
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.core.security import authenticate
+from app.schemas.comparisons import ComparisonCreate
 from tests.api.test_sqlite_locking import new_key, write_lock_held
 from tests.conftest import migrate, reset_caches
 
@@ -239,3 +241,52 @@ def test_a_group_that_cannot_get_the_lock_stores_none_of_its_writes(
         assert stored_rows(database) == []
         # Sent again, each is stored.
         assert [status for status, *_ in posted_one_by_one(client, bodies, headers)] == [201] * 5
+
+
+def test_a_write_given_up_while_queued_is_left_out_and_the_others_keep_their_turn(
+    database: Path,
+) -> None:
+    answered: dict[str, int] = {}
+
+    async def scenario() -> None:
+        groups = WriteGroups()
+
+        async def write(user: str) -> None:
+            payload = ComparisonCreate.model_validate_json(comparison(user))
+            answered[user] = (await groups.write(payload)).created
+
+        async def until_waiting(count: int) -> None:
+            while groups.waiting != count:
+                await anyio.sleep(0.001)
+
+        given_up = anyio.CancelScope()
+
+        async def give_up(user: str) -> None:
+            with given_up:
+                await write(user)
+
+        # Another process's writer holds the lock until the writes are queued.
+        lock = sqlite3.connect(database, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(write, "first")
+                while not groups.writing:
+                    await anyio.sleep(0.001)
+                tasks.start_soon(write, "second")
+                await until_waiting(1)
+                tasks.start_soon(give_up, "third")
+                await until_waiting(2)
+                tasks.start_soon(write, "fourth")
+                await until_waiting(3)
+                given_up.cancel()
+                await until_waiting(2)
+                assert answered == {}
+                lock.execute("ROLLBACK")
+        finally:
+            lock.close()
+        assert (groups.writing, groups.waiting) == (False, 0)
+
+    anyio.run(scenario)
+    assert answered == {"first": 1, "second": 1, "fourth": 1}
+    assert sorted(row[0] for row in stored_rows(database)) == ["first", "fourth", "second"]
