@@ -111,9 +111,13 @@ def posted_together(
     with write_lock_held(database):
         threads[0].start()
         until(lambda: look(lambda groups: groups.writing))
-        for i, thread in enumerate(threads[1:], 1):
+        for queued, thread in enumerate(threads[1:], 1):
             thread.start()
-            until(lambda i=i: look(lambda groups: groups.waiting) == i)
+
+            def behind(queued: int = queued) -> bool:
+                return bool(look(lambda groups: groups.waiting) == queued)
+
+            until(behind)
         # Still held: nothing has been answered yet.
         assert answers == [None] * len(bodies)
         if hold:
