@@ -32,6 +32,7 @@ from app.api.routes.comparisons import (
     single_writes_limiter,
     write_and_commit,
 )
+from app.api.write_groups import grouped, write_groups
 from app.core.db import request_transaction
 from app.core.errors import TooManyRequests
 from app.core.security import cached_principal
@@ -136,6 +137,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 async def _write(payload: ComparisonCreate) -> ComparisonWriteResult:
     """The route's write, with the request session's commit-or-roll-back of `get_session`."""
+    if grouped():
+        return await write_groups().write(payload)
     async with request_transaction() as session:
         return await to_thread.run_sync(
             write_and_commit, session, payload, limiter=single_writes_limiter()

@@ -103,6 +103,59 @@ def write_comparison(session: Session, *, payload: ComparisonCreate) -> Comparis
     return _write_result(payload, rows, outcome)
 
 
+def write_comparisons_together(
+    session: Session, *, payloads: Sequence[ComparisonCreate]
+) -> list[ComparisonWriteResult]:
+    """What `write_comparison` answers for each payload written on its own, one after another in
+    this order in `session`'s transaction, in as few statements as that allows.
+
+    The payloads' rows go to one upsert (the names looked up and the missing users and videos
+    inserted once for all); a payload that writes a key an earlier payload of the same upsert
+    writes starts the next upsert, so that it finds that row as it would have after the earlier
+    write. Auto runs are scheduled once, for the criteria of the payloads that changed something,
+    as the writes one by one would have scheduled them. Raises what the first failing upsert
+    raises (an unknown criterion of any payload fails them all): the caller then writes them
+    one by one."""
+    rows_of = [payload_rows(payload) for payload in payloads]
+    results: list[ComparisonWriteResult] = []
+    changed: set[str] = set()
+    for part in _without_repeated_keys(rows_of):
+        outcome = upsert_comparisons(
+            session, rows=[row for i in part for row in rows_of[i]], statuses=True
+        )
+        for i in part:
+            own = _own_outcome(outcome, rows_of[i])
+            if own.inserted + own.updated:
+                changed |= {row.criterion for row in rows_of[i]}
+            results.append(_write_result(payloads[i], rows_of[i], own))
+    comparisons_changed(session, criteria=changed, changed=len(changed))
+    return results
+
+
+def _without_repeated_keys(rows_of: list[list[ComparisonRow]]) -> list[list[int]]:
+    """The payloads' positions, in order, cut into runs in which no key is written twice."""
+    parts: list[list[int]] = []
+    seen: set[tuple[str, str, str, str]] = set()
+    for i, rows in enumerate(rows_of):
+        keys = {row.key for row in rows}
+        if not parts or not seen.isdisjoint(keys):
+            parts.append([])
+            seen = set()
+        parts[-1].append(i)
+        seen |= keys
+    return parts
+
+
+def _own_outcome(outcome: UpsertOutcome, rows: list[ComparisonRow]) -> UpsertOutcome:
+    """One payload's share of an upsert that wrote it with others (its keys are its own)."""
+    keys = {row.key for row in rows}
+    own = UpsertOutcome(statuses={key: outcome.statuses[key] for key in keys})
+    own.inserted = sum(1 for status in own.statuses.values() if status == "created")
+    own.updated = sum(1 for status in own.statuses.values() if status == "updated")
+    own.unchanged = len(keys) - own.inserted - own.updated
+    return own
+
+
 def write_comparison_in_one_statement(
     session: Session, *, payload: ComparisonCreate
 ) -> ComparisonWriteResult | None:

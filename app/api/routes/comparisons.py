@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
 from app.api.openapi import problems
+from app.api.write_groups import grouped, write_groups
 from app.core.config import get_settings
 from app.core.db import SessionDep, commit_request, get_engine, is_request_session
 from app.core.errors import (
@@ -88,11 +89,16 @@ async def create_comparison(
     With a user key or token, `user_id` may be omitted (it is the credential's user); naming
     another user is forbidden."""
     payload = bound(payload, principal)
-    # One thread hop for the write and its commit (a sync endpoint would take one for the write
-    # and the session dependency another for the commit).
-    result = await to_thread.run_sync(
-        write_and_commit, session, payload, limiter=single_writes_limiter()
-    )
+    if is_request_session(session) and grouped():
+        # Committed with the writes queued beside it (the request session stays unused); a
+        # session the request did not open (a test's) keeps its own transaction.
+        result = await write_groups().write(payload)
+    else:
+        # One thread hop for the write and its commit (a sync endpoint would take one for the
+        # write and the session dependency another for the commit).
+        result = await to_thread.run_sync(
+            write_and_commit, session, payload, limiter=single_writes_limiter()
+        )
     response.status_code = status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
     return result
 
