@@ -201,27 +201,39 @@ class _UserFit:
     def newton_direction(
         self, theta: np.ndarray, grad_theta: np.ndarray, grad_slope: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Approximately solve the Newton system by diagonally preconditioned CG."""
-        data, coupling = self.data, self.coupling
+        """Approximately solve the Newton system by preconditioned CG.
+
+        The preconditioner keeps, of each user's block, the diagonal of θ's part and the whole
+        coupling of the slope a_n to the user's θ_nv (an arrow matrix, inverted exactly through
+        the scalar Schur complement of a_n): with the diagonal alone, a user with many videos
+        couples every θ_nv through a_n and CG needed about twice the iterations.
+        """
+        data, coupling, target = self.data, self.coupling, self.target
         curvature = bt_second_derivative(_NUMPY, self._t(theta)) * self.scale**2
-        diagonal_theta = self._pair_sum(curvature) + coupling
-        diagonal_slope = self.slope_curvature
+        inverse_theta = 1.0 / (self._pair_sum(curvature) + coupling)
+        tied_inverse = coupling * target * inverse_theta
+        schur = self.slope_curvature - self._per_user(coupling * target * tied_inverse)
+
+        def precondition(r_theta: np.ndarray, r_slope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            z_slope = (r_slope + self._per_user(tied_inverse * r_theta)) / schur
+            z_theta = inverse_theta * r_theta + tied_inverse * z_slope[data.pair_user]
+            return z_theta, z_slope
 
         def times(v_theta: np.ndarray, v_slope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            tied = coupling * (v_theta - v_slope[data.pair_user] * self.target)
+            tied = coupling * (v_theta - v_slope[data.pair_user] * target)
             out_theta = self._per_pair(curvature * (v_theta[data.pair_a] - v_theta[data.pair_b]))
             out_theta += tied
-            out_slope = SLOPE_PRIOR * v_slope - self._per_user(tied * self.target)
+            out_slope = SLOPE_PRIOR * v_slope - self._per_user(tied * target)
             return out_theta, out_slope
 
         r_theta, r_slope = -grad_theta, -grad_slope
         d_theta, d_slope = np.zeros_like(r_theta), np.zeros_like(r_slope)
-        z_theta, z_slope = r_theta / diagonal_theta, r_slope / diagonal_slope
+        z_theta, z_slope = precondition(r_theta, r_slope)
         p_theta, p_slope = z_theta.copy(), z_slope.copy()
         rz = _dot(r_theta, z_theta) + _dot(r_slope, z_slope)
         norm = np.sqrt(_dot(r_theta, r_theta) + _dot(r_slope, r_slope))
         # Inexact Newton: a loose solve far from the optimum, a tight one near it.
-        target = min(0.1, np.sqrt(norm)) * norm
+        wanted = min(0.1, np.sqrt(norm)) * norm
         for _ in range(CG_STEPS):
             q_theta, q_slope = times(p_theta, p_slope)
             curved = _dot(p_theta, q_theta) + _dot(p_slope, q_slope)
@@ -232,9 +244,9 @@ class _UserFit:
             d_slope += step * p_slope
             r_theta -= step * q_theta
             r_slope -= step * q_slope
-            if np.sqrt(_dot(r_theta, r_theta) + _dot(r_slope, r_slope)) <= target:
+            if np.sqrt(_dot(r_theta, r_theta) + _dot(r_slope, r_slope)) <= wanted:
                 break
-            z_theta, z_slope = r_theta / diagonal_theta, r_slope / diagonal_slope
+            z_theta, z_slope = precondition(r_theta, r_slope)
             next_rz = _dot(r_theta, z_theta) + _dot(r_slope, z_slope)
             p_theta = z_theta + (next_rz / rz) * p_theta
             p_slope = z_slope + (next_rz / rz) * p_slope
