@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 from app.api.openapi import install_openapi
 from app.api.rate_limits import enforce_rate_limits, install_rate_limits
 from app.api.request_id import RequestId
+from app.api.request_metrics import cache_route_names
 from app.api.routes import (
     api_keys,
     catalog,
@@ -88,6 +89,7 @@ def create_app() -> FastAPI:
     Instrumentator(excluded_handlers=["/metrics", "/healthz"], registry=registry).instrument(
         application
     ).expose(application, include_in_schema=False)
+    cache_route_names(application)
     application.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost: the id is bound before anything logs, and set on every response.
     application.add_middleware(RequestId)

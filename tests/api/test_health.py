@@ -52,6 +52,21 @@ def test_metrics_are_exposed(client: ApiClient) -> None:
     assert "http_requests_total" in body and 'handler="/api/v1/criteria"' in body
 
 
+def test_request_metrics_name_each_route_by_its_template(client: ApiClient) -> None:
+    """Route templates are remembered per method and path: every id of one route, asked once
+    or again, counts under the route's template, and a path no route serves under none."""
+    for video in ("yt:a", "yt:b", "yt:a"):
+        client.get(f"/api/v1/videos/{video}/scores")
+    client.get("/api/v1/no-such-route")
+    body = client.get("/metrics").text
+    assert (
+        'http_requests_total{handler="/api/v1/videos/{video_id}/scores",method="GET",status="4xx"}'
+        " 3.0" in body
+    )
+    assert 'handler="/api/v1/videos/yt:a/scores"' not in body
+    assert 'handler="none"' in body
+
+
 def test_too_large_body_is_413_and_stores_nothing(
     client: ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
