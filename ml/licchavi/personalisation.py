@@ -123,7 +123,7 @@ class UserComparisons:
             comparison_user=k.to_numpy(problem.comparison_user),
             pair_a=k.to_numpy(problem.pair_a),
             pair_b=k.to_numpy(problem.pair_b),
-            ratings=k.to_numpy(problem.ratings).astype(np.float64),
+            ratings=np.asarray(k.to_numpy(problem.ratings), dtype=np.float64),
             pair_user=problem.pair_user_np,
             pair_video=problem.pair_video_np,
         )
@@ -211,12 +211,13 @@ class _UserFit:
         data, coupling, target = self.data, self.coupling, self.target
         curvature = bt_second_derivative(_NUMPY, self._t(theta)) * self.scale**2
         inverse_theta = 1.0 / (self._pair_sum(curvature) + coupling)
-        tied_inverse = coupling * target * inverse_theta
-        schur = self.slope_curvature - self._per_user(coupling * target * tied_inverse)
+        schur = self.slope_curvature - self._per_user(coupling**2 * target**2 * inverse_theta)
 
         def precondition(r_theta: np.ndarray, r_slope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            z_slope = (r_slope + self._per_user(tied_inverse * r_theta)) / schur
-            z_theta = inverse_theta * r_theta + tied_inverse * z_slope[data.pair_user]
+            # c g D⁻¹ is recomputed rather than kept: one array per pair less at the peak.
+            z_theta = inverse_theta * r_theta
+            z_slope = (r_slope + coupling * self._per_user(target * z_theta)) / schur
+            z_theta += coupling * inverse_theta * target * z_slope[data.pair_user]
             return z_theta, z_slope
 
         def times(v_theta: np.ndarray, v_slope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

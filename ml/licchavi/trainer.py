@@ -318,9 +318,11 @@ def _result(
 ) -> CriterionResult:
     n_videos = problem.n_videos
     kernels = problem.kernels
-    local_scores = kernels.to_numpy(parameters.theta).astype(np.float64)
-    s = kernels.to_numpy(parameters.s).astype(np.float64)
-    global_scores = kernels.to_numpy(parameters.rho).astype(np.float64)
+    # asarray, not astype: no copy of what already is float64 NumPy (at 5M comparisons a copy
+    # per pair is 80 MB, and the personal re-fit's peak comes on top of what is held here).
+    local_scores = np.asarray(kernels.to_numpy(parameters.theta), dtype=np.float64)
+    s = np.asarray(kernels.to_numpy(parameters.s), dtype=np.float64)
+    global_scores = np.asarray(kernels.to_numpy(parameters.rho), dtype=np.float64)
     if config.compute_uncertainty:
         local_spread = local_uncertainty(problem, parameters.theta, parameters.s)
         if config.solver == "converged":
