@@ -126,6 +126,22 @@ def test_reads_a_csv_with_extra_columns(tmp_path: Path) -> None:
     assert rows(data) == [("007", "b", "c", 0.2), ("u1", "a", "b", -0.4)]
 
 
+def test_ids_that_all_look_like_numbers_stay_text(tmp_path: Path) -> None:
+    """Every user and video id of the file reads as a number: they must stay the strings they
+    are ("007" is not "7"), as the service stores them."""
+    path = tmp_path / "comparisons.csv"
+    path.write_text(
+        "public_username,video_a,video_b,criteria,score\n"
+        "007,0123,456,1,5\n"
+        "12,456,0123,1,-3\n"
+        ",456,0123,1,2\n"
+    )
+    data = read_comparisons(path).criteria["1"]
+    assert list(data.user_ids) == ["007", "12"]
+    assert list(data.video_ids) == ["0123", "456"]
+    assert sorted(rows(data)) == [("007", "0123", "456", 0.5), ("12", "456", "0123", -0.3)]
+
+
 def test_reads_an_archive_with_a_nested_comparisons_file(tmp_path: Path) -> None:
     buffer = io.StringIO("public_username,video_a,video_b,criteria,score\nu,a,b,c,3\n")
     path = tmp_path / "export.zip"
