@@ -12,7 +12,13 @@ from app.models import TrainingRun, TrainingRunCriterion
 from app.models.training import CRITERION_DONE
 from app.services import publication
 from app.services.lease_rows import claimed_values, held_by
-from app.services.leases import CancelledBeforePublication, Claim, LeaseLost, now_utc
+from app.services.leases import (
+    CancelledBeforePublication,
+    Claim,
+    LeaseLost,
+    now_utc,
+    trainable_on,
+)
 
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
 Item = TrainingRunCriterion.__table__  # type: ignore[attr-defined]
@@ -99,7 +105,12 @@ def _run_takes_work() -> ColumnElement[bool]:
 
 
 def claim_next(
-    engine: Engine, *, owner: str, lease_seconds: float, run_id: int | None = None
+    engine: Engine,
+    *,
+    owner: str,
+    lease_seconds: float,
+    run_id: int | None = None,
+    gpu: bool = True,
 ) -> CriterionClaim | None:
     """Take the next criterion waiting in a running run (of `run_id`, or the oldest run);
     None when none waits.
@@ -112,7 +123,7 @@ def claim_next(
     which a claim does not: see `_lock_run`).
     """
     now = now_utc()
-    conditions = [_claimable(now), _run_takes_work()]
+    conditions = [_claimable(now), _run_takes_work(), trainable_on(gpu)]
     if run_id is not None:
         conditions.append(Item.c.run_id == run_id)
     candidate = (
@@ -151,14 +162,15 @@ def claim_next(
     )
 
 
-def claimable_count(engine: Engine, *, limit: int) -> int:
-    """Criteria waiting for a worker in running runs, counted up to `limit`."""
+def claimable_count(engine: Engine, *, limit: int, gpu: bool = True) -> int:
+    """Criteria waiting for a worker (one that reads the `gpu` queue, or not) in running runs,
+    counted up to `limit`."""
     now = now_utc()
     with engine.connect() as connection:
         waiting = (
             select(Item.c.id)
             .join(Run, Run.c.id == Item.c.run_id)
-            .where(_claimable(now), _run_takes_work())
+            .where(_claimable(now), _run_takes_work(), trainable_on(gpu))
             .limit(limit)
             .subquery()
         )

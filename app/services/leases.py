@@ -6,7 +6,7 @@ one; their renewals keep the run's lease fresh while any of them trains."""
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, true, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
 
@@ -33,9 +33,18 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def _claimable(now: datetime) -> ColumnElement[bool]:
+def trainable_on(gpu: bool) -> ColumnElement[bool]:
+    """Runs a worker may train: any, on a worker that reads the `gpu` queue; on any other, none
+    whose settings ask for CUDA, which would fail there (it waits for a GPU worker instead)."""
+    if gpu:
+        return true()
+    return func.coalesce(Run.c.config["device"].as_string(), "auto") != "cuda"
+
+
+def _claimable(now: datetime, gpu: bool) -> ColumnElement[bool]:
     """A run a worker may take now: queued, or running under an expired lease; no cancel asked;
-    an auto run not while another auto run of its criterion holds a live lease."""
+    an auto run not while another auto run of its criterion holds a live lease; one this worker
+    can train (`trainable_on`)."""
     other = aliased(Run)
     busy_sibling = exists().where(
         other.c.scope == Run.c.scope,
@@ -51,10 +60,13 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
             and_(Run.c.status == "running", Run.c.lease_expires_at < now),
         ),
         or_(Run.c.trigger != "auto", ~busy_sibling),
+        trainable_on(gpu),
     )
 
 
-def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> Claim | None:
+def claim(
+    engine: Engine, *, run_id: int, owner: str, lease_seconds: float, gpu: bool = True
+) -> Claim | None:
     """Take the run if it is queued, or running under an expired lease; None if not ours.
 
     One conditional UPDATE decides, so of two deliveries of the same wake-up only one claims.
@@ -63,7 +75,7 @@ def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> C
     now = now_utc()
     statement = (
         update(Run)
-        .where(Run.c.id == run_id, _claimable(now))
+        .where(Run.c.id == run_id, _claimable(now, gpu))
         .values(
             **claimed_values(Run, owner=owner, lease_seconds=lease_seconds, now=now),
             started_at=func.coalesce(Run.c.started_at, now),
@@ -77,7 +89,7 @@ def claim(engine: Engine, *, run_id: int, owner: str, lease_seconds: float) -> C
     return Claim(run_id=run_id, owner=owner, attempt=int(row.attempt), request_id=row.request_id)
 
 
-def claimable_run_ids(engine: Engine, *, limit: int = 8) -> list[int]:
+def claimable_run_ids(engine: Engine, *, limit: int = 8, gpu: bool = True) -> list[int]:
     """Ids of runs a woken worker may claim now, oldest first: claimable (as in `claim`) and,
     when queued, due.
 
@@ -88,7 +100,7 @@ def claimable_run_ids(engine: Engine, *, limit: int = 8) -> list[int]:
     due = or_(Run.c.status != "queued", Run.c.not_before <= now)
     with engine.connect() as connection:
         rows = connection.execute(
-            select(Run.c.id).where(_claimable(now), due).order_by(Run.c.id).limit(limit)
+            select(Run.c.id).where(_claimable(now, gpu), due).order_by(Run.c.id).limit(limit)
         ).all()
     return [int(row[0]) for row in rows]
 

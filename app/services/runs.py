@@ -18,7 +18,7 @@ from app.models import Criterion, TrainingMetric, TrainingRun
 from app.schemas.runs import EpochMetrics, RunCreate, RunCriterionPublic, RunMetrics, RunPublic
 from app.services import fanout
 from app.services.training_defaults import production_config
-from app.services.wakeups import wake_after_commit
+from app.services.wakeups import gpu_workers_alive, wake_after_commit
 from ml.config import LicchaviConfig, config_hash
 
 
@@ -113,6 +113,12 @@ def create_run(
             return existing, False
     _check_criteria(session, payload.criteria)
     config = resolved_config(payload.config, payload.solver, production_config(session))
+    if config.device == "cuda" and not gpu_workers_alive():
+        # Only a worker that reads the gpu queue trains it: queued now, it would wait for ever.
+        raise Conflict(
+            "This run asks for device cuda, and no live worker reads the gpu queue; start one"
+            " (docker compose's worker-gpu), or ask for device auto or cpu."
+        )
     run = new_run(
         criteria=payload.criteria, config=config, trigger="manual", warm_start=payload.warm_start
     )

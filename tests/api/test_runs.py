@@ -77,6 +77,18 @@ def test_invalid_settings_and_unknown_criteria_are_rejected(client: ApiClient) -
     assert client.get(RUNS).json()["total"] == 0
 
 
+def test_a_cuda_run_is_refused_while_no_worker_reads_the_gpu_queue(client: ApiClient) -> None:
+    """Only a worker that reads the gpu queue trains a `device: cuda` run; with none alive the
+    run would wait for ever, so it is refused, saying why, and nothing is stored."""
+    auth = client.key(WRITE)
+    refused = assert_problem(
+        client.post(RUNS, json={"config": {"device": "cuda"}}, headers=auth), 409
+    )
+    assert "gpu queue" in refused["detail"]
+    assert client.get(RUNS).json()["total"] == 0
+    assert client.post(RUNS, json={"config": {"device": "cpu"}}, headers=auth).status_code == 202
+
+
 def test_list_filters_and_pages_newest_first(client: ApiClient) -> None:
     auth = client.key(WRITE)
     ids = [

@@ -409,3 +409,39 @@ def test_a_renewal_locks_the_run_and_its_criterion_in_one_statement(
     finally:
         dead.close()
     assert claim("taker").attempt == 2
+
+
+def test_a_run_that_asks_for_cuda_is_left_to_a_worker_that_reads_the_gpu_queue(
+    committed_database: str,
+) -> None:
+    """A CPU-only worker would fail a `device: cuda` run; it leaves it (and its criteria) to a
+    worker that reads the `gpu` queue, and goes on with the others."""
+    catalogue()
+    with Session(get_engine()) as session:
+        on_gpu, anywhere = (
+            runs.new_run(
+                criteria=["importance"],
+                config=LicchaviConfig(device=device),
+                trigger="manual",
+                warm_start=False,
+            )
+            for device in ("cuda", "auto")
+        )
+        session.add_all([on_gpu, anywhere])
+        session.commit()
+        gpu_run, cpu_run = on_gpu.id, anywhere.id
+    engine = get_engine()
+    assert leases.claimable_run_ids(engine, gpu=False) == [cpu_run]
+    assert leases.claimable_run_ids(engine, gpu=True) == [gpu_run, cpu_run]
+    assert leases.claim(engine, run_id=gpu_run, owner="cpu", lease_seconds=60, gpu=False) is None
+    taken = leases.claim(engine, run_id=gpu_run, owner="gpu", lease_seconds=60, gpu=True)
+    assert taken is not None
+    with engine.begin() as connection:
+        fanout.list_criteria(
+            connection, taken, names=["importance"], withdrawn=[], snapshot_at=datetime.now(UTC)
+        )
+    # Its criterion waits for a GPU worker too.
+    assert fanout.claimable_count(engine, limit=5, gpu=False) == 0
+    assert fanout.claim_next(engine, owner="cpu", lease_seconds=60, gpu=False) is None
+    criterion = fanout.claim_next(engine, owner="gpu", lease_seconds=60, gpu=True)
+    assert criterion is not None and criterion.run_id == gpu_run

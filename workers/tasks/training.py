@@ -16,7 +16,7 @@ from app.core.db import get_engine
 from app.core.errors import public_error
 from app.core.logs import bound
 from app.services import fanout, leases
-from app.services.wakeups import Wakeup, send_wakeup, wake_workers
+from app.services.wakeups import GPU_QUEUE, Wakeup, send_wakeup, wake_workers
 from workers import lifetime, metrics
 from workers.celery_app import celery_app
 from workers.heartbeat import working_on
@@ -41,6 +41,13 @@ def train_run(self: Any, run_id: int) -> str:
     return outcome
 
 
+def reads_gpu_queue() -> bool:
+    """Whether this worker consumes the `gpu` queue (all declared queues, when started without
+    a choice): only such a worker trains a run whose settings ask for CUDA."""
+    consumed = celery_app.amqp.queues.consume_from or celery_app.amqp.queues
+    return GPU_QUEUE in consumed
+
+
 def worker_owner(host: str) -> str:
     """A lease owner name: host, pool process, and a nonce for this wake-up."""
     return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -58,7 +65,11 @@ def take_run(engine: Engine, run_id: int, owner: str) -> str:
         return "worker stopping"
     settings = get_settings()
     claim = leases.claim(
-        engine, run_id=run_id, owner=owner, lease_seconds=settings.run_lease_seconds
+        engine,
+        run_id=run_id,
+        owner=owner,
+        lease_seconds=settings.run_lease_seconds,
+        gpu=reads_gpu_queue(),
     )
     if claim is None:
         return "not claimed"
@@ -105,7 +116,11 @@ def train_criterion(engine: Engine, owner: str, *, run_id: int | None = None) ->
         return "none"
     settings = get_settings()
     claim = fanout.claim_next(
-        engine, owner=owner, lease_seconds=settings.run_lease_seconds, run_id=run_id
+        engine,
+        owner=owner,
+        lease_seconds=settings.run_lease_seconds,
+        run_id=run_id,
+        gpu=reads_gpu_queue(),
     )
     if claim is None:
         return "none"

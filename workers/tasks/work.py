@@ -67,9 +67,9 @@ def work(host: str) -> int:
 def train_next(engine: Engine, owner: str) -> bool:
     """Take the oldest claimable run (listing its criteria), else train the next waiting
     criterion; False when there is neither (or others took them)."""
-    from workers.tasks.training import take_run, train_criterion
+    from workers.tasks.training import reads_gpu_queue, take_run, train_criterion
 
-    candidates = leases.claimable_run_ids(engine)
+    candidates = leases.claimable_run_ids(engine, gpu=reads_gpu_queue())
     if any(take_run(engine, run_id, owner) != "not claimed" for run_id in candidates):
         return True
     return train_criterion(engine, owner) != "none"
@@ -77,10 +77,13 @@ def train_next(engine: Engine, owner: str) -> bool:
 
 def backlog(engine: Engine, *, limit: int) -> int:
     """Claimable runs, waiting criteria and queued evaluations, counted up to `limit`."""
-    runs = len(leases.claimable_run_ids(engine, limit=limit))
+    from workers.tasks.training import reads_gpu_queue
+
+    gpu = reads_gpu_queue()
+    runs = len(leases.claimable_run_ids(engine, limit=limit, gpu=gpu))
     if runs >= limit:
         return runs
-    runs += fanout.claimable_count(engine, limit=limit - runs)
+    runs += fanout.claimable_count(engine, limit=limit - runs, gpu=gpu)
     if runs >= limit:
         return runs
     return runs + execution.queued_count(engine, limit=limit - runs)
