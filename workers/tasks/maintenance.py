@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 def wake_stalled_runs(engine: Engine) -> int:
     """Wake a worker for runs whose worker died or whose message was lost (returns how many
-    runs), and delete the scores of superseded runs."""
+    runs), and delete the scores of superseded runs and the checkpoints a publication left."""
     settings = get_settings()
     with engine.begin() as connection:
         run_ids = runs_to_wake(connection, resend_after_seconds=settings.run_resend_after_seconds)
@@ -30,15 +30,22 @@ def wake_stalled_runs(engine: Engine) -> int:
     pruned = prune_superseded_scores(engine, runs_kept=settings.score_runs_kept)
     if pruned:
         logger.info("run recovery: scores of superseded run(s) %s deleted", pruned)
-    # Checkpoints a publication skipped, held then by a cut-off worker's open transaction; read
-    # first, since on SQLite a write transaction takes the database's only write lock.
+    delete_skipped_checkpoints(engine)
+    return len(run_ids)
+
+
+def delete_skipped_checkpoints(engine: Engine) -> None:
+    """Delete the checkpoints a publication skipped, held then by a cut-off worker's open
+    transaction. Only PostgreSQL has row locks to skip (on SQLite the publication deletes them
+    all); read first, so that a pass with nothing to delete writes nothing."""
+    if engine.dialect.name != "postgresql":
+        return
     with engine.connect() as connection:
         left = publication.published_checkpoints_left(connection)
     if left:
         with engine.begin() as connection:
             deleted = publication.delete_checkpoints(connection)
         logger.info("run recovery: %d checkpoint(s) of published runs deleted", deleted)
-    return len(run_ids)
 
 
 @celery_app.task(name="maintenance.recover_runs")
