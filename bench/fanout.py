@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +38,7 @@ from bench.stack import (
     service_env,
     wait_for_run,
     wait_until,
+    worker_process,
 )
 
 DATABASE = "licchavi_bench_fanout"
@@ -78,15 +78,7 @@ def start_workers(env: dict[str, str], count: int, logs: Path) -> list[subproces
     files = [logs / f"worker{index}.log" for index in range(count)]
     for path in files:
         with path.open("wb") as output:
-            started.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"],
-                    env=env,
-                    cwd=REPO,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+            started.append(worker_process(env, output))
     wait_until(
         f"{count} workers ready", lambda: all(" ready." in p.read_text() for p in files), 120
     )

@@ -93,6 +93,17 @@ def api_key(env: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {key.splitlines()[-1]}"}
 
 
+def worker_process(env: dict[str, str], output: Any) -> subprocess.Popen[bytes]:
+    """A `licchavi worker` (INFO logs) with `env`, writing to `output`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"],
+        env=env,
+        cwd=REPO,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+
+
 @contextmanager
 def processes(
     env: dict[str, str], *, api_workers: int = 1, worker: bool = True, log: Path | None = None
@@ -123,15 +134,7 @@ def processes(
         )
     ]
     if worker:
-        started.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"],
-                env=env,
-                cwd=REPO,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        )
+        started.append(worker_process(env, output))
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until("the API", lambda: httpx.get(f"{base}/healthz").status_code == 200, 60)
