@@ -240,19 +240,21 @@ def extend(connection: Connection, claim: CriterionClaim, *, lease_seconds: floa
     mine = _lock_run_and_update(
         connection, claim, {"heartbeat_at": now, "lease_expires_at": expires}
     )
-    # Both rows are locked now when the criterion was ours, the run's row in any case.
-    run_status, cancel = _lock_run(connection, claim.run_id)
-    if run_status != "running":
+    # The run's lease too, reading its cancel flag; nothing of this stays if a check below fails
+    # (the exception rolls the transaction back).
+    cancel = connection.execute(
+        update(Run)
+        .where(Run.c.id == claim.run_id, Run.c.status == "running")
+        .values(heartbeat_at=now, lease_expires_at=expires)
+        .returning(Run.c.cancel_requested)
+    ).scalar()
+    if cancel is None:
+        run_status, _ = _lock_run(connection, claim.run_id)
         raise LeaseLost(f"run {claim.run_id} is {run_status}")
     if cancel:
         raise CancelledBeforePublication(f"run {claim.run_id}: cancelled before publication")
     if not mine:
         raise LeaseLost(f"run {claim.run_id}: {claim.criterion} lease lost")
-    connection.execute(
-        update(Run)
-        .where(Run.c.id == claim.run_id, Run.c.status == "running")
-        .values(heartbeat_at=now, lease_expires_at=expires)
-    )
 
 
 def stage(
