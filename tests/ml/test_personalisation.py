@@ -86,42 +86,38 @@ def test_the_default_is_the_converged_solver_with_personal_scores() -> None:
     ).mean() > 0.5
 
 
+def follow_their_own_taste(
+    data: SyntheticData, deviating: list[str], baseline: LicchaviConfig, baseline_below: float
+) -> CriterionResult:
+    """Train the default; deviating users reach 0.5 with their own taste (``baseline`` leaves
+    them below ``baseline_below``), the global scores are the baseline's, ordinary users lose
+    nothing against v1 and at most 0.01 against the baseline. Returns the default's result."""
+    comparisons = criterion(data.comparisons)
+    personal = train_criterion(comparisons, config())
+    before = train_criterion(comparisons, baseline)
+    faithful = train_criterion(comparisons, config(solver="faithful"))
+    ordinary = sorted(set(comparisons.user_ids.astype(str)) - set(deviating))
+    # Personalisation runs after the solver: the global scores are the solver's, bit for bit.
+    np.testing.assert_array_equal(personal.global_scores, before.global_scores)
+    assert users_spearman(before, data, deviating) < baseline_below
+    assert users_spearman(personal, data, deviating) >= 0.5
+    assert users_spearman(personal, data, ordinary) >= users_spearman(faithful, data, ordinary)
+    assert users_spearman(personal, data, ordinary) >= users_spearman(before, data, ordinary) - 0.01
+    return personal
+
+
 def test_inverted_users_follow_their_own_taste_and_nobody_else_loses(
     inverted: SyntheticData,
 ) -> None:
-    data = criterion(inverted.comparisons)
-    personal = train_criterion(data, config())
-    collapsed = train_criterion(data, config(personalise=False))
-    faithful = train_criterion(data, config(solver="faithful"))
-    ordinary = sorted(set(data.user_ids.astype(str)) - set(inverted.adversarial_users))
-    # Personalisation runs after the solver: the global scores are the solver's, bit for bit.
-    np.testing.assert_array_equal(personal.global_scores, collapsed.global_scores)
-    assert users_spearman(collapsed, inverted, inverted.adversarial_users) < 0
-    assert users_spearman(personal, inverted, inverted.adversarial_users) >= 0.5
-    assert users_spearman(personal, inverted, ordinary) >= users_spearman(
-        faithful, inverted, ordinary
-    )
-    assert users_spearman(personal, inverted, ordinary) >= (
-        users_spearman(collapsed, inverted, ordinary) - 0.01
-    )
+    # The solver's own local scores give inverted users the crowd's ranking.
+    follow_their_own_taste(inverted, inverted.adversarial_users, config(personalise=False), 0.0)
 
 
 def test_niche_users_are_tied_to_their_shared_taste_and_nobody_else_loses(
     niche: SyntheticData,
 ) -> None:
-    data = criterion(niche.comparisons)
-    personal = train_criterion(data, config())
-    one_taste = train_criterion(data, config(personal_tastes=False))
-    faithful = train_criterion(data, config(solver="faithful"))
-    ordinary = sorted(set(data.user_ids.astype(str)) - set(niche.niche_users))
-    np.testing.assert_array_equal(personal.global_scores, one_taste.global_scores)
     # Tied to the global scores alone, their own comparisons do not carry niche users far.
-    assert users_spearman(one_taste, niche, niche.niche_users) < 0.4
-    assert users_spearman(personal, niche, niche.niche_users) >= 0.5
-    assert users_spearman(personal, niche, ordinary) >= users_spearman(faithful, niche, ordinary)
-    assert users_spearman(personal, niche, ordinary) >= (
-        users_spearman(one_taste, niche, ordinary) - 0.01
-    )
+    personal = follow_their_own_taste(niche, niche.niche_users, config(personal_tastes=False), 0.4)
     shuffled = niche.comparisons.sample(frac=1.0, random_state=3).reset_index(drop=True)
     again = train_criterion(criterion(shuffled), config())
     np.testing.assert_array_equal(personal.local_scores, again.local_scores)
