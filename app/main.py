@@ -12,26 +12,22 @@ from app.api.openapi import install_openapi
 from app.api.rate_limits import enforce_rate_limits, install_rate_limits
 from app.api.request_id import RequestId
 from app.api.request_metrics import cache_route_names
-from app.api.routes import (
-    api_keys,
-    catalog,
-    comparisons,
-    health,
-    me,
-    runs,
-    scores,
-    sweeps,
-    users,
-)
-from app.api.routes.docs import install_docs
-from app.api.single_write import SingleWriteFastPath
+from app.catalog import routes as catalog
+from app.comparisons import routes as comparisons
+from app.comparisons.single_write import SingleWriteFastPath
 from app.core.config import get_settings
 from app.core.cors import Cors
 from app.core.db import get_engine
 from app.core.errors import install_error_handlers
 from app.core.limits import BodySizeLimit
-from app.services.operations import OperationsCollector
-from app.services.queues import QueueDepthCollector
+from app.core.queues import QueueDepthCollector
+from app.identity.routes import api_keys, me, users
+from app.operations import routes as health
+from app.operations.metrics import OperationsCollector
+from app.runs import routes as runs
+from app.scores import routes as scores
+from app.sweeps import routes as sweeps
+from app.web.docs import install_docs
 from app.web.routes import install_web_app
 
 API_PREFIX = "/api/v1"

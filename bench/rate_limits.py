@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from app.api.rate_limits import WRITES, RateLimits
 from app.core.config import Settings
-from app.core.security import Principal
+from app.identity.security import Principal
 from bench.stack import REDIS_URL
 
 KEY_PREFIX = "licchavi:rate-limits"

@@ -155,7 +155,7 @@ def main() -> None:
         from app.cli.main import migrate
         from app.core.config import get_settings
         from app.core.db import get_engine
-        from app.core.security import create_api_key
+        from app.identity.security import create_api_key
         from app.main import create_app
 
         settings = get_settings()

@@ -692,7 +692,7 @@ def insert_listing_data(database_url: str, trials: int, seed: int) -> int:
     from sqlmodel import Session
 
     from app.models import Sweep, SweepEvaluation, SweepTrial
-    from app.services.sweeps import control
+    from app.sweeps import control
 
     sweep_table = Sweep.__table__  # type: ignore[attr-defined]
     trial_table = SweepTrial.__table__  # type: ignore[attr-defined]
@@ -780,8 +780,8 @@ def listing_statements(table: Any, sweep_id: int) -> dict[str, Any]:
     page, as the service builds them."""
     from sqlalchemy import and_, func, select
 
-    from app.services.sweeps.query import parse_filter, parse_sort
-    from app.services.sweeps.results import TRIAL_COLUMNS
+    from app.sweeps.query import parse_filter, parse_sort
+    from app.sweeps.results import TRIAL_COLUMNS
 
     columns = [table.c[column.name] for column in TRIAL_COLUMNS]
     condition = and_(table.c.sweep_id == sweep_id, parse_filter(FILTER, table))
@@ -806,8 +806,8 @@ def profile_listing(database_url: str, sweep_id: int) -> None:
     from sqlmodel import Session
 
     from app.models import Sweep
-    from app.services.sweeps import results
-    from app.services.sweeps import stats as sweep_stats
+    from app.sweeps import results
+    from app.sweeps import stats as sweep_stats
 
     trial_table = results.Trial
     engine = create_engine(database_url)

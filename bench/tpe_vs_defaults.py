@@ -36,8 +36,8 @@ def main() -> None:
     from app.cli.main import migrate
     from app.core.config import get_settings
     from app.core.db import get_engine
-    from app.services.sweeps import control, execution, results
-    from app.services.sweeps.scheduler import SweepScheduler
+    from app.sweeps import control, execution, results
+    from app.sweeps.scheduler import SweepScheduler
     from workers.sweep_evaluation import EvaluationRunner
 
     migrate()

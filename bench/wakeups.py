@@ -64,7 +64,7 @@ def waiting_wakeups(env: dict[str, str]) -> int:
     """Wake-ups in the worker queue not yet delivered, asked of the broker through kombu."""
     from app.core.celery_app import celery_app, reconfigure
     from app.core.config import get_settings
-    from app.services.wakeups import undelivered
+    from app.runs.wakeups import undelivered
 
     for name in ("CELERY_BROKER_URL", "DATA_DIR"):
         if name in env:

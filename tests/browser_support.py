@@ -141,9 +141,11 @@ def screenshot_path(request: pytest.FixtureRequest, name: str) -> Path:
     return OUTPUT_DIR / f"{test}-{name}.png"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[Any]:
-    """Headless Chromium (Debian's), one per test session."""
+    """Headless Chromium (Debian's), one for the browser tests' folder. Playwright's sync API runs
+    an event loop in the main thread while it is open; it stops with that folder's last test, so
+    the tests after it can run their own (`anyio.run`)."""
     if not Path(CHROMIUM).is_file():
         service_missing("Chromium", FileNotFoundError(f"{CHROMIUM} (apt-get install chromium)"))
     try:

@@ -17,7 +17,7 @@ from sqlmodel import Session
 from alembic import command
 from app.core.config import get_settings
 from app.core.db import dispose_engine, get_session, make_engine
-from app.core.security import create_api_key
+from app.identity.security import create_api_key
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -57,8 +57,8 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 def reset_caches() -> None:
     """Forget settings, pooled database connections and broker configuration."""
     from app.core.celery_app import reconfigure
-    from app.core.security import forget_verified_keys
-    from app.services.wakeups import forget_gpu_workers
+    from app.identity.security import forget_verified_keys
+    from app.runs.wakeups import forget_gpu_workers
 
     forget_verified_keys()
     forget_gpu_workers()

@@ -10,8 +10,8 @@ from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
 from app.models import Sweep, SweepEvaluation
-from app.services.sweeps import execution
-from app.services.sweeps.scheduler import SweepScheduler
+from app.sweeps import execution
+from app.sweeps.scheduler import SweepScheduler
 from workers.sweep_evaluation import EvaluationRunner
 
 FINAL = ("completed", "cancelled", "failed")

@@ -34,3 +34,35 @@ def test_a_layer_imports_nothing_above_it(package: str) -> None:
         if module.split(".")[0] in FORBIDDEN[package]
     ]
     assert offending == []
+
+
+# `app/` is grouped by domain: each package holds its routes, schemas, tables and logic.
+DOMAINS = ("catalog", "comparisons", "identity", "operations", "runs", "scores", "sweeps")
+
+
+def test_routes_are_leaves() -> None:
+    """A domain may use another's logic, schemas and tables, never its routes: only the app's
+    assembly (`app/main.py`) and the HTTP plumbing (`app/api/`) import routes of every domain."""
+    offending = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for domain in DOMAINS
+        for path in sorted((ROOT / "app" / domain).rglob("*.py"))
+        for line, module in imported_modules(path)
+        if (parts := module.split("."))[0] == "app"
+        and len(parts) > 2
+        and parts[1] in DOMAINS
+        and parts[1] != domain
+        and parts[2] == "routes"
+    ]
+    assert offending == []
+
+
+def test_core_imports_no_other_part_of_app() -> None:
+    """`app/core/` is the infrastructure every domain stands on; it imports none of them."""
+    offending = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in sorted((ROOT / "app" / "core").rglob("*.py"))
+        for line, module in imported_modules(path)
+        if module.split(".")[0] == "app" and not module.startswith("app.core")
+    ]
+    assert offending == []

@@ -21,10 +21,10 @@ from celery.signals import worker_shutdown as worker_stopping
 from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.core.columns import utcnow
 from app.core.config import get_settings
 from app.core.db import background_engine, without_waiting
 from app.models import WorkerHeartbeat
-from app.models.base import utcnow
 from workers import metrics
 
 logger = logging.getLogger(__name__)

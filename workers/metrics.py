@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.core.config import get_settings
-from app.services.operations import DURATION_BUCKETS
+from app.operations.metrics import DURATION_BUCKETS
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from app.core.config import Settings
 from app.core.errors import public_error
 from app.core.version import code_version, git_commit
 from app.models import SweepDataset
-from app.services.sweeps import execution
-from app.services.sweeps.execution import EvaluationClaim, EvaluationLost
-from app.services.wakeups import wake_workers
+from app.runs.wakeups import wake_workers
+from app.sweeps import execution
+from app.sweeps.execution import EvaluationClaim, EvaluationLost
 from workers import lifetime, metrics
 
 if TYPE_CHECKING:

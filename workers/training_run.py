@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 from app.core.config import Settings
 from app.core.db import read_only
 from app.models import TrainingMetric, TrainingRun
-from app.services import fanout, leases, publication
-from app.services.snapshot import ComparisonSnapshot, load_snapshot
+from app.runs import fanout, leases, publication
+from app.runs.snapshot import ComparisonSnapshot, load_snapshot
 from workers import lifetime, metrics
 
 if TYPE_CHECKING:

@@ -20,11 +20,13 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from starlette.concurrency import run_in_threadpool
 
-from app.api.routes import comparisons, runs, sweeps
+from app.comparisons import routes as comparisons
 from app.core.config import Settings
 from app.core.db import SessionDep
 from app.core.errors import NotAuthenticated, TooManyRequests
-from app.core.security import Principal, authenticate, cached_principal
+from app.identity.security import Principal, authenticate, cached_principal
+from app.runs import routes as runs
+from app.sweeps import routes as sweeps
 
 logger = logging.getLogger(__name__)
 

@@ -120,10 +120,10 @@ def api_key_create(
     from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
+    from app.api.schemas import UserId
     from app.core.db import get_engine
-    from app.core.security import UnknownScope, create_api_key
-    from app.schemas.common import UserId
-    from app.services.api_keys import parse_expiry
+    from app.identity.security import UnknownScope, create_api_key
+    from app.identity.service import parse_expiry
 
     wanted = [s.strip() for item in scopes for s in item.split(",") if s.strip()]
     try:
@@ -150,7 +150,7 @@ def api_key_list() -> None:
     from sqlmodel import Session
 
     from app.core.db import get_engine
-    from app.services.api_keys import aware, key_status, list_keys
+    from app.identity.service import aware, key_status, list_keys
 
     def when(moment: datetime | None) -> str:
         return "-" if moment is None else f"{aware(moment):%Y-%m-%dT%H:%MZ}"
@@ -182,7 +182,7 @@ def api_key_revoke(
     from sqlmodel import Session
 
     from app.core.db import get_engine
-    from app.services.api_keys import UnknownKey, revoke_key
+    from app.identity.service import UnknownKey, revoke_key
 
     try:
         with Session(get_engine()) as session:
@@ -198,7 +198,7 @@ def _user_ids(values: list[str]) -> list[str]:
     """The ids given (repeated or comma-separated), each checked as the API checks it."""
     from pydantic import TypeAdapter, ValidationError
 
-    from app.schemas.common import UserId
+    from app.api.schemas import UserId
 
     checked = []
     for item in (part.strip() for value in values for part in value.split(",")):
@@ -223,7 +223,7 @@ def users_trust(
     from sqlmodel import Session
 
     from app.core.db import get_engine
-    from app.services.trust import set_trusted
+    from app.runs.trust import set_trusted
 
     wanted = _user_ids(user_ids)
     try:
@@ -246,7 +246,7 @@ def users_untrust(
     from sqlmodel import Session
 
     from app.core.db import get_engine
-    from app.services.trust import UnknownUser, untrust
+    from app.runs.trust import UnknownUser, untrust
 
     wanted = _user_ids(user_ids)
     try:
@@ -274,7 +274,7 @@ def users_list(
     from sqlmodel import Session
 
     from app.core.db import get_engine
-    from app.services.trust import aware, list_users
+    from app.runs.trust import aware, list_users
 
     lines = [("user", "trusted", "changed")]
     try:
@@ -305,8 +305,8 @@ def import_command(
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
     from sqlalchemy.exc import SQLAlchemyError
 
+    from app.comparisons.transfer import ImportSourceError, import_comparisons, source_size
     from app.core.db import get_engine
-    from app.services.transfer import ImportSourceError, import_comparisons, source_size
 
     if not file.is_file():
         raise fail(f"{file}: no such file")
@@ -363,8 +363,8 @@ def export_command(directory: Annotated[Path, typer.Argument(help="Output direct
     """Write every comparison as comparisons.csv in the public-dataset format."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from app.comparisons.transfer import export_comparisons
     from app.core.db import get_engine
-    from app.services.transfer import export_comparisons
 
     try:
         prepare_database()
@@ -467,9 +467,9 @@ def _demo_signin() -> str:
     from sqlmodel import Session, select
 
     from app.core.db import get_engine
-    from app.core.security import create_api_key
+    from app.identity.security import create_api_key
+    from app.identity.service import revoke_key
     from app.models import ApiKey
-    from app.services.api_keys import revoke_key
 
     with Session(get_engine()) as session:
         for old in session.exec(
@@ -494,9 +494,9 @@ def _load_demo() -> None:
     from sqlalchemy import func
     from sqlmodel import Session, select
 
+    from app.comparisons.transfer import import_comparisons
     from app.core.db import get_engine
     from app.models import Comparison
-    from app.services.transfer import import_comparisons
 
     engine = get_engine()
     with Session(engine) as session:

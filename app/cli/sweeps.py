@@ -59,8 +59,8 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Submit a sweep; a worker's scheduler freezes its data and runs it."""
-    from app.services.sweeps import control
-    from app.services.sweeps.study import missing_extra
+    from app.sweeps import control
+    from app.sweeps.study import missing_extra
     from ml.sweep.spec import SpecError, load_spec
 
     try:
@@ -120,7 +120,7 @@ def status(
     """Trials and evaluations by status, and the best trial so far (live with --watch)."""
     from rich.live import Live
 
-    from app.services.sweeps import control
+    from app.sweeps import control
 
     def read() -> tuple[Any, dict[str, Any]]:
         return _run(lambda s: (control.get_sweep(s, sweep_id), control.progress(s, sweep_id)))
@@ -143,7 +143,7 @@ def status(
 
 def _control(action: str) -> Callable[[int], None]:
     def command(sweep_id: Annotated[int, typer.Argument()]) -> None:
-        from app.services.sweeps import control
+        from app.sweeps import control
 
         sweep = _run(lambda session: getattr(control, action)(session, sweep_id))
         out.print(f"sweep {sweep.id}: {sweep.status}")
@@ -167,7 +167,7 @@ def promote(
     note: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Make a trial's settings the defaults of production training runs."""
-    from app.services.sweeps import promotion
+    from app.sweeps import promotion
 
     row = _run(lambda session: promotion.promote(session, sweep_id, trial_id=trial, note=note))
     out.print(
@@ -189,7 +189,7 @@ def results(
 ) -> None:
     """The leaderboard: mean over seeds/folds with its 95% interval, and the paired test
     against the incumbent (the base settings)."""
-    from app.services.sweeps import results as service
+    from app.sweeps import results as service
 
     board = _run(
         lambda session: service.leaderboard(

@@ -9,7 +9,7 @@ from kombu import Queue
 
 from app.core.broker import SQL_PREFIX
 from app.core.config import get_settings
-from app.services.queues import WORKER_QUEUES
+from app.core.queues import WORKER_QUEUES
 
 celery_app = Celery(
     "licchavi",

@@ -82,7 +82,7 @@ def _configure_postgres(engine: Engine) -> None:
         # Prepared statements are planned afresh on each execution, never on a generic plan
         # cached when the tables were small: planned as unprepared statements are. Those psycopg
         # prepares by itself (after 5 runs) are then never stuck on a stale plan, and the one we
-        # prepare on purpose (app/services/upsert.py) saves its parsing, not its planning.
+        # prepare on purpose (app/comparisons/upsert.py) saves its parsing, not its planning.
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET plan_cache_mode = force_custom_plan")
         dbapi_connection.commit()

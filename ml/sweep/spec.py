@@ -68,7 +68,7 @@ MAX_GENERATOR_CRITERIA = 16
 
 # Printable text, one line: PostgreSQL refuses NUL in text, and a name or tag is shown in lists.
 PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
-# The API's rule for criterion names (app.schemas.common.CriterionName).
+# The API's rule for criterion names (app.api.schemas.CriterionName).
 CRITERION_NAME = r"^[a-z][a-z0-9_]*$"
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from tests.api.test_comparisons import assert_problem, payload
+from tests.comparisons.test_comparisons import assert_problem, payload
 from tests.conftest import ApiClient
 
 ADMIN = "admin"

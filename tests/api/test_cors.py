@@ -9,9 +9,9 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.core.db import get_engine
-from app.core.security import create_api_key
+from app.identity.security import create_api_key
 from app.main import create_app
-from tests.api.test_comparisons import assert_problem, payload
+from tests.comparisons.test_comparisons import assert_problem, payload
 from tests.conftest import migrate, reset_caches
 
 FRONTEND = "http://localhost:3000"

@@ -11,12 +11,14 @@ from sqlalchemy import text
 from starlette.requests import Request
 
 from app.api.rate_limits import categories, rate_limit_keys
-from app.api.routes import comparisons, scores, sweeps
+from app.comparisons import routes as comparisons
 from app.core.db import get_engine
-from app.core.security import Principal
-from tests.api.test_comparisons import assert_problem, payload
+from app.identity.security import Principal
+from app.scores import routes as scores
+from app.sweeps import routes as sweeps
 from tests.api.test_cors import AppFactory, app_with, bearer
 from tests.browser_support import IdentityProvider
+from tests.comparisons.test_comparisons import assert_problem, payload
 from tests.helpers import free_port
 
 __all__ = ["app_with"]  # the fixture, shared with the CORS tests

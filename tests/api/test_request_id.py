@@ -13,9 +13,9 @@ from sqlmodel import select
 
 from app.core.logs import ContextFilter, JsonFormatter, TextFormatter, bound
 from app.models import Sweep, TrainingRun
-from tests.api.test_sweeps import submit
 from tests.conftest import ApiClient
 from tests.helpers import free_port, stop, wait_for
+from tests.sweeps.test_sweeps import submit
 
 
 def test_a_plain_request_id_is_echoed_and_others_are_replaced(client: ApiClient) -> None:

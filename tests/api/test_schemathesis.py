@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlmodel import Session
 
-from app.core.security import create_api_key
+from app.identity.security import create_api_key
 from tests.conftest import create_database, drop_database, migrate, redis_test_url, reset_caches
 from tests.helpers import free_port, stop, wait_for
 

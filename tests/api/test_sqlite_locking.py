@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 
 from app.core.config import get_settings
 from app.core.db import get_engine
-from app.core.security import create_api_key
+from app.identity.security import create_api_key
 from app.models import ApiKey
 from tests.conftest import migrate, reset_caches
 

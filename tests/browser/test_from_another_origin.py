@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from sqlmodel import Session
 
+from app.comparisons.transfer import import_comparisons
 from app.core.config import get_settings
 from app.core.db import get_engine
-from app.core.security import create_api_key
-from app.services.transfer import import_comparisons
+from app.identity.security import create_api_key
 from tests.browser_support import (
     ApiServer,
     IdentityProvider,

@@ -3,7 +3,7 @@ keys, expiry, listing, revocation, and one-line errors with a non-zero exit."""
 
 from fastapi.testclient import TestClient
 
-from app.core.security import forget_verified_keys
+from app.identity.security import forget_verified_keys
 from app.main import create_app
 from tests.cli.test_commands import licchavi
 
@@ -45,7 +45,7 @@ def test_user_keys_are_created_listed_and_revoked(committed_database: str) -> No
     assert sum("revoked" in line for line in listing.splitlines()) == 2
 
     # This process verified the key above and may trust it for the cache window (4 s; reaching
-    # every process within 5 s is tests/api/test_key_revocation.py's); start from a fresh cache.
+    # every process within 5 s is tests/identity/test_key_revocation.py's); start from a fresh cache.
     forget_verified_keys()
     with TestClient(create_app()) as client:
         answer = client.post(URL, json=BODY, headers={"Authorization": f"Bearer {key}"})

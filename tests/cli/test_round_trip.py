@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from app.core.config import get_settings
 from app.core.db import get_engine
-from app.core.security import create_api_key
+from app.identity.security import create_api_key
 from app.main import create_app
 from tests.cli.test_transfer import TINY
 from tests.conftest import ApiClient, create_database, drop_database, migrate, reset_caches

@@ -14,7 +14,7 @@ from app.cli.main import cli
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.models import Sweep
-from app.services.training_defaults import active_defaults
+from app.runs.training_defaults import active_defaults
 from tests.sweeps_support import grid_spec, run_sweep_inline
 
 # Wide enough that rich keeps every table row on one line.

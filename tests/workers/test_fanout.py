@@ -17,8 +17,8 @@ from sqlmodel import Session
 
 from app.core.db import get_engine
 from app.main import create_app
-from app.schemas.runs import RunCreate
-from app.services import runs
+from app.runs import service as runs
+from app.runs.schemas import RunCreate
 from ml.synthetic import SyntheticParams, generate
 from tests.conftest import reset_caches
 from tests.helpers import children, wait_for

@@ -7,8 +7,8 @@ from sqlmodel import Session
 
 from app.core.db import get_engine
 from app.main import create_app
-from app.services.runs import new_run
-from app.services.wakeups import GPU_QUEUE, gpu_workers_alive, undelivered
+from app.runs.service import new_run
+from app.runs.wakeups import GPU_QUEUE, gpu_workers_alive, undelivered
 from ml.config import LicchaviConfig
 from tests.conftest import reset_caches
 from tests.helpers import children, wait_for

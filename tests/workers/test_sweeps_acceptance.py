@@ -12,7 +12,7 @@ from sqlalchemy import text
 from app.core.config import get_settings
 from app.core.db import get_engine
 from app.main import create_app
-from app.services.sweeps.study import open_storage
+from app.sweeps.study import open_storage
 from tests.conftest import (
     create_database,
     drop_database,

@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from app.core.db import get_engine
 from app.models import WorkerHeartbeat
-from app.services.wakeups import wake_workers
+from app.runs.wakeups import wake_workers
 from tests.dashboard_support import parse
 from tests.helpers import children, free_port, interrupt, stop, wait_for
 

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlmodel import Session
 
+from app.comparisons.transfer import import_comparisons
 from app.core.db import get_engine
-from app.core.security import create_api_key
-from app.services.transfer import import_comparisons
+from app.identity.security import create_api_key
 from ml.synthetic import SyntheticParams, generate
 from tests.helpers import children, stop, wait_for
 

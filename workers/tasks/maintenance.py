@@ -9,9 +9,9 @@ from sqlalchemy.engine import Engine
 
 from app.core.config import get_settings
 from app.core.db import background_engine, get_engine
-from app.services import publication
-from app.services.run_recovery import prune_superseded_scores, runs_to_wake
-from app.services.wakeups import wake_workers
+from app.runs import publication
+from app.runs.recovery import prune_superseded_scores, runs_to_wake
+from app.runs.wakeups import wake_workers
 from workers.celery_app import celery_app
 
 logger = logging.getLogger(__name__)

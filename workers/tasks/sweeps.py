@@ -16,9 +16,9 @@ from celery.signals import worker_ready, worker_shutdown
 from app.core.config import get_settings
 from app.core.db import background_engine, get_engine
 from app.core.logs import bound
-from app.services.sweeps import execution
-from app.services.sweeps.scheduler import SweepScheduler, release_lease
-from app.services.wakeups import wake_workers
+from app.runs.wakeups import wake_workers
+from app.sweeps import execution
+from app.sweeps.scheduler import SweepScheduler, release_lease
 from workers import lifetime, metrics
 from workers.celery_app import celery_app
 from workers.heartbeat import working_on

@@ -15,8 +15,8 @@ from app.core.config import Settings, get_settings
 from app.core.db import get_engine
 from app.core.errors import public_error
 from app.core.logs import bound
-from app.services import fanout, leases
-from app.services.wakeups import GPU_QUEUE, Wakeup, send_wakeup, wake_workers
+from app.runs import fanout, leases
+from app.runs.wakeups import GPU_QUEUE, Wakeup, send_wakeup, wake_workers
 from workers import lifetime, metrics
 from workers.celery_app import celery_app
 from workers.heartbeat import working_on

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from app.core.db import get_engine
-from app.services import fanout, leases
-from app.services.sweeps import execution
-from app.services.wakeups import WAKE_TASK, wake_workers
+from app.runs import fanout, leases
+from app.runs.wakeups import WAKE_TASK, wake_workers
+from app.sweeps import execution
 from workers import lifetime
 from workers.celery_app import celery_app
 

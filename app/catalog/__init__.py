@@ -1,0 +1,1 @@
+"""The catalog: criteria, videos and users as the comparisons name them."""

@@ -1,0 +1,1 @@
+"""Comparisons: single and bulk writes, upserts, CSV datasets, export and import."""

@@ -1,0 +1,92 @@
+"""API key lifecycle: expiry parsing, listing, finding a key by itself or its prefix, revoking."""
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from app.identity.security import KEY_PREFIX, aware, hash_key
+from app.models import ApiKey
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class UnknownKey(LookupError):
+    """No key has this prefix (or the full key does not match it)."""
+
+
+def parse_expiry(text: str, now: datetime | None = None) -> datetime:
+    """`30d`, `12h`, `2w` (from now) or an ISO date or date-time (a date means its midnight UTC,
+    a date-time without zone is UTC); ValueError when it is neither or lies in the past."""
+    now = now or datetime.now(UTC)
+    duration = _DURATION.match(text)
+    if duration:
+        moment = now + timedelta(**{_UNITS[duration[2]]: int(duration[1])})
+    else:
+        try:
+            parsed = (
+                datetime.fromisoformat(text)
+                if "T" in text or " " in text.strip()
+                else datetime.combine(date.fromisoformat(text), datetime.min.time())
+            )
+        except ValueError:
+            raise ValueError(
+                f"expiry {text!r} is neither a duration (30d, 12h, 2w) nor an ISO date"
+            ) from None
+        moment = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if moment <= now:
+        raise ValueError(f"expiry {moment.isoformat()} is not in the future")
+    return moment
+
+
+KeyStatus = Literal["active", "expired", "revoked"]
+
+
+def key_status(row: ApiKey, now: datetime | None = None) -> KeyStatus:
+    """`revoked`, `expired` or `active`."""
+    if row.revoked_at is not None:
+        return "revoked"
+    expires_at = aware(row.expires_at)
+    if expires_at is not None and expires_at <= (now or datetime.now(UTC)):
+        return "expired"
+    return "active"
+
+
+def list_keys(
+    session: Session, *, limit: int | None = None, offset: int = 0
+) -> tuple[list[ApiKey], int]:
+    """A page of keys, oldest first, and how many there are."""
+    rows = session.exec(select(ApiKey).order_by(col(ApiKey.id)).offset(offset).limit(limit)).all()
+    total = session.exec(select(sa.func.count()).select_from(ApiKey)).one()
+    return list(rows), int(total)
+
+
+def find_key(session: Session, key_or_prefix: str) -> ApiKey:
+    """The key named by the full `lk_…` key or by its prefix (the part after `lk_`)."""
+    text = key_or_prefix.strip()
+    parts = text.split("_", 2)
+    full = len(parts) == 3 and parts[0] == KEY_PREFIX
+    prefix = parts[1] if full else text.removeprefix(KEY_PREFIX + "_")
+    row = session.exec(select(ApiKey).where(ApiKey.prefix == prefix)).first()
+    if row is None or (full and row.key_hash != hash_key(text)):
+        raise UnknownKey(f"no API key {_shown(text)}")
+    return row
+
+
+def revoke_key(session: Session, key_or_prefix: str) -> ApiKey:
+    """Revoke the key (again is a no-op); every API process refuses it within seconds."""
+    row = find_key(session, key_or_prefix)
+    if row.revoked_at is None:
+        row.revoked_at = datetime.now(UTC)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _shown(text: str) -> str:
+    # Never echo a whole secret back: a mistyped full key shows its prefix only.
+    parts = text.split("_", 2)
+    return f"{parts[0]}_{parts[1]}_…" if len(parts) == 3 else repr(text)

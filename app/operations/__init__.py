@@ -1,0 +1,1 @@
+"""Operations: liveness and readiness, and the operator gauges of `/metrics`."""

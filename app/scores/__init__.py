@@ -1,0 +1,1 @@
+"""Scores of the published runs: global and local scores, paged."""

@@ -1,1 +1,0 @@
-"""Business logic: keyword-only functions taking a session; they flush, never commit."""
