@@ -1,10 +1,10 @@
 """What every leased row shares (runs, their criteria, sweep evaluations): the values a claim
-writes, and the condition that fences each write of the row's holder."""
+writes, the condition that fences each write of the row's holder, and which workers may take it."""
 
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_
+from sqlalchemy import ColumnElement, Table, and_, func, true
 
 
 def claimed_values(
@@ -29,3 +29,12 @@ def held_by(table: Table, row_id: int, owner: str, attempt: int) -> ColumnElemen
         table.c.lease_owner == owner,
         table.c.attempt == attempt,
     )
+
+
+def trainable_on(gpu: bool, settings: Any) -> ColumnElement[bool]:
+    """Rows whose training `settings` (a JSON column of LicchaviConfig) a worker may run: any, on
+    a worker that reads the `gpu` queue; on any other, none that ask for CUDA, which would fail
+    there (they wait for a GPU worker instead)."""
+    if gpu:
+        return true()
+    return func.coalesce(settings["device"].as_string(), "auto") != "cuda"

@@ -6,11 +6,12 @@ one; their renewals keep the run's lease fresh while any of them trains."""
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
 
 from app.models import TrainingRun
+from app.runs import lease_rows
 from app.runs.lease_rows import claimed_values, held_by
 
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
@@ -34,11 +35,8 @@ def now_utc() -> datetime:
 
 
 def trainable_on(gpu: bool) -> ColumnElement[bool]:
-    """Runs a worker may train: any, on a worker that reads the `gpu` queue; on any other, none
-    whose settings ask for CUDA, which would fail there (it waits for a GPU worker instead)."""
-    if gpu:
-        return true()
-    return func.coalesce(Run.c.config["device"].as_string(), "auto") != "cuda"
+    """Runs a worker may train (`lease_rows.trainable_on` of their settings)."""
+    return lease_rows.trainable_on(gpu, Run.c.config)
 
 
 def _claimable(now: datetime, gpu: bool) -> ColumnElement[bool]:

@@ -18,7 +18,7 @@ from app.models import Criterion, TrainingMetric, TrainingRun
 from app.runs import fanout
 from app.runs.schemas import EpochMetrics, RunCreate, RunCriterionPublic, RunMetrics, RunPublic
 from app.runs.training_defaults import production_config
-from app.runs.wakeups import gpu_workers_alive, wake_after_commit
+from app.runs.wakeups import require_gpu_worker, wake_after_commit
 from ml.config import LicchaviConfig, config_hash
 
 
@@ -113,12 +113,8 @@ def create_run(
             return existing, False
     _check_criteria(session, payload.criteria)
     config = resolved_config(payload.config, payload.solver, production_config(session))
-    if config.device == "cuda" and not gpu_workers_alive():
-        # Only a worker that reads the gpu queue trains it: queued now, it would wait for ever.
-        raise Conflict(
-            "This run asks for device cuda, and no live worker reads the gpu queue; start one"
-            " (docker compose's worker-gpu), or ask for device auto or cpu."
-        )
+    if config.device == "cuda":
+        require_gpu_worker("This run")
     run = new_run(
         criteria=payload.criteria, config=config, trigger="manual", warm_start=payload.warm_start
     )

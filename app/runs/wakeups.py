@@ -18,6 +18,7 @@ from sqlalchemy.orm import SessionTransaction
 from app.core.columns import utcnow
 from app.core.config import get_settings
 from app.core.db import get_engine, read_only
+from app.core.errors import Conflict
 from app.runs.models import WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,16 @@ def gpu_workers_alive() -> bool:
         alive = False
     _gpu_consumers = (time.monotonic(), alive)
     return alive
+
+
+def require_gpu_worker(asker: str) -> None:
+    """Refuse (409) work whose settings ask for CUDA while no live worker reads the gpu queue:
+    only such a worker takes it, so queued now it would wait for ever. `asker` names it."""
+    if not gpu_workers_alive():
+        raise Conflict(
+            f"{asker} asks for device cuda, and no live worker reads the gpu queue; start one"
+            " (docker compose's worker-gpu), or ask for device auto or cpu."
+        )
 
 
 def undelivered(channel: Any, queue: str) -> int:

@@ -14,6 +14,7 @@ from app.core.logs import current_request_id
 from app.core.version import code_version, git_commit
 from app.models import Criterion, Sweep, SweepEvaluation, SweepTrial
 from app.runs.service import resolved_config
+from app.runs.wakeups import require_gpu_worker
 from app.sweeps.execution import now_utc, record_event
 from app.sweeps.ranking import best_trial_id
 from app.sweeps.scheduler import add_evaluations
@@ -97,6 +98,8 @@ def submit(session: Session, spec: SweepSpec) -> Sweep:
                 }
             ],
         )
+    if spec.base.get("device") == "cuda":
+        require_gpu_worker("This sweep's base settings")
     objective = spec.objectives[0]
     assert spec.budget.max_trials is not None
     sweep = Sweep(

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from app.models import Sweep, SweepEvaluation, SweepEvent, SweepTrial
-from app.runs.lease_rows import claimed_values, held_by
+from app.runs.lease_rows import claimed_values, held_by, trainable_on
 
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
 Trial = SweepTrial.__table__  # type: ignore[attr-defined]
@@ -65,17 +65,30 @@ def record_event(
     )
 
 
-def queued_count(engine: Engine, *, limit: int) -> int:
-    """How many evaluations wait for a worker, counted up to `limit` (an index range scan)."""
+def _waiting(gpu: bool) -> Select[tuple[int]]:
+    """Queued evaluations a worker may run: on a worker that does not read the gpu queue, none
+    of a trial whose settings ask for CUDA (`trainable_on`)."""
+    waiting = select(Evaluation.c.id).where(Evaluation.c.status == "queued")
+    if gpu:
+        return waiting  # the index range scan alone
+    return waiting.where(
+        exists().where(Trial.c.id == Evaluation.c.trial_id, trainable_on(False, Trial.c.config))
+    )
+
+
+def queued_count(engine: Engine, *, limit: int, gpu: bool = True) -> int:
+    """How many evaluations wait for a worker that reads the gpu queue (`gpu`) or not, counted
+    up to `limit`."""
     with engine.connect() as connection:
-        waiting = (
-            select(Evaluation.c.id).where(Evaluation.c.status == "queued").limit(limit).subquery()
-        )
+        waiting = _waiting(gpu).limit(limit).subquery()
         return int(connection.execute(select(func.count()).select_from(waiting)).scalar_one())
 
 
-def claim_next(engine: Engine, *, owner: str, lease_seconds: float) -> EvaluationClaim | None:
-    """Take the oldest queued evaluation; None when there is none.
+def claim_next(
+    engine: Engine, *, owner: str, lease_seconds: float, gpu: bool = True
+) -> EvaluationClaim | None:
+    """Take the oldest queued evaluation this worker may run (`gpu`: it reads the gpu queue);
+    None when there is none.
 
     On PostgreSQL the candidate row is locked with SKIP LOCKED, so concurrent workers each take
     a different row without waiting; on SQLite the write transaction serialises them. The
@@ -83,8 +96,7 @@ def claim_next(engine: Engine, *, owner: str, lease_seconds: float) -> Evaluatio
     """
     now = now_utc()
     candidate = (
-        select(Evaluation.c.id)
-        .where(Evaluation.c.status == "queued")
+        _waiting(gpu)
         .order_by(Evaluation.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)

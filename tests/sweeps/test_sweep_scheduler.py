@@ -13,14 +13,15 @@ from sqlmodel import Session, select
 
 from app.core.config import get_settings
 from app.core.db import get_engine
-from app.models import SweepEvaluation, User
+from app.models import SweepEvaluation, User, WorkerHeartbeat
 from app.runs.trust import mark_users
+from app.runs.wakeups import forget_gpu_workers
 from app.sweeps import control, execution
 from app.sweeps.scheduler import SweepScheduler, acquire_lease
 from app.sweeps.study import load_study, open_storage
 from ml.sweep.datasets import FrozenDataset
 from ml.sweep.spec import SweepSpec
-from tests.sweeps_support import grid_spec, run_sweep_inline
+from tests.sweeps_support import GRID_SPEC, grid_spec, run_sweep_inline
 from workers.sweep_evaluation import EvaluationRunner
 
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
@@ -379,3 +380,28 @@ def test_optunas_connections_notice_a_dead_peer_as_ours_do(engine: Engine) -> No
     for name in ("keepalives", "keepalives_idle", "keepalives_count", "tcp_user_timeout"):
         assert parameters.get(name) == ours.get(name) is not None, name
     storage.engine.dispose()
+
+
+def test_evaluations_asking_for_cuda_wait_for_a_worker_on_the_gpu_queue(engine: Engine) -> None:
+    """A worker that does not read the gpu queue neither counts nor claims the evaluations of a
+    sweep whose settings ask for CUDA (they would fail there); one that reads it takes them."""
+    with Session(engine) as session:  # a live GPU worker, so the cuda sweep is accepted
+        session.add(WorkerHeartbeat(worker="gpu-host:1", pid=1, queues="cpu,gpu"))
+        session.commit()
+    forget_gpu_workers()
+    one_trial = {"parameters": {"w": {"values": [2.0]}}, "include_baseline": False}
+    cuda = submit(engine, grid_spec(**one_trial, base={**GRID_SPEC["base"], "device": "cuda"}))
+    cpu = submit(engine, grid_spec(**one_trial))
+    sched = scheduler(engine)
+    sched.tick()  # prepare both
+    sched.tick()  # ask each its trial, queue three evaluations each
+    assert execution.queued_count(engine, limit=10, gpu=False) == 3
+    assert execution.queued_count(engine, limit=10, gpu=True) == 6
+    taken = []
+    while claim := execution.claim_next(engine, owner="cpu", lease_seconds=30, gpu=False):
+        taken.append(claim)
+    assert [claim.sweep_id for claim in taken] == [cpu] * 3
+    assert execution.queued_count(engine, limit=10, gpu=False) == 0
+    on_gpu = execution.claim_next(engine, owner="gpu", lease_seconds=30, gpu=True)
+    assert on_gpu is not None and on_gpu.sweep_id == cuda
+    assert on_gpu.config["device"] == "cuda"

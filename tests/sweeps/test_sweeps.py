@@ -83,6 +83,17 @@ def test_a_yaml_spec_is_accepted(client: ApiClient) -> None:
     assert tagged["total"] == 2 and client.get(SWEEPS, params={"tag": "other"}).json()["total"] == 0
 
 
+def test_a_cuda_sweep_is_refused_while_no_worker_reads_the_gpu_queue(client: ApiClient) -> None:
+    """Only a worker that reads the gpu queue runs the evaluations of a sweep whose settings ask
+    for CUDA; with none alive they would wait for ever, so the sweep is refused, saying why."""
+    auth = client.key(WRITE)
+    cuda = grid_spec(base={"epochs": 20, "device": "cuda"})
+    refused = assert_problem(client.post(SWEEPS, json=cuda, headers=auth), 409)
+    assert "gpu queue" in refused["detail"]
+    assert client.get(SWEEPS).json()["total"] == 0
+    assert client.post(SWEEPS, json=grid_spec(), headers=auth).status_code == 202
+
+
 def test_a_dry_run_counts_trials_and_stores_nothing(client: ApiClient) -> None:
     auth = client.key(WRITE)
     response = client.post(SWEEPS, params={"dry_run": "true"}, json=grid_spec(), headers=auth)

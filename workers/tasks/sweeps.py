@@ -42,14 +42,20 @@ def evaluate_next(owner: str) -> bool:
     engine = get_engine()
     if lifetime.handoff_requested.is_set():
         return False  # this worker is stopping: the evaluation is for another one
-    if not execution.queued_count(engine, limit=1):
+    from workers.tasks.training import reads_gpu_queue
+
+    # A worker that does not read the gpu queue leaves evaluations that ask for CUDA alone.
+    gpu = reads_gpu_queue()
+    if not execution.queued_count(engine, limit=1, gpu=gpu):
         return False  # no sweep work: the sweep engine need not even be loaded
     # Load the engine before claiming: a claim starts the lease clock, and importing it in a
     # fresh process can take longer than a short lease.
     runner = _evaluation_runner()
     import ml.sweep.evaluate  # noqa: F401
 
-    claim = execution.claim_next(engine, owner=owner, lease_seconds=settings.sweep_lease_seconds)
+    claim = execution.claim_next(
+        engine, owner=owner, lease_seconds=settings.sweep_lease_seconds, gpu=gpu
+    )
     if claim is None:
         return False
     started = time.monotonic()

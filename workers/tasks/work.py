@@ -86,4 +86,4 @@ def backlog(engine: Engine, *, limit: int) -> int:
     runs += fanout.claimable_count(engine, limit=limit - runs, gpu=gpu)
     if runs >= limit:
         return runs
-    return runs + execution.queued_count(engine, limit=limit - runs)
+    return runs + execution.queued_count(engine, limit=limit - runs, gpu=gpu)
