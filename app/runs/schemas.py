@@ -73,8 +73,9 @@ class RunPublic(BaseModel):
     n_comparisons: int | None
     n_trusted: int | None = Field(
         default=None,
-        description="Trusted users among the contributors the run trained on (0: no trust data,"
-        " every voting right 1); null until the run has read its comparisons.",
+        description="Trusted users among the contributors of the run's criterion that had the"
+        " most of them (0: no trust data, every voting right 1); null until a criterion of the"
+        " run has finished.",
     )
     warm_start: bool
     progress: float = Field(description="The mean progress of the run's criteria.")
