@@ -2,10 +2,11 @@
 
 Sets (sizes scale with --comparisons, 30k by default): `typical` (sparse), `inverted` (10 % of
 users with inverted taste), `niche` (10 % sharing an independent taste), `dense` (many users,
-few videos) and `attacked` (the typical set plus 20 fake accounts × 100 comparisons promoting a
-video with 5 honest contributors). Each run trains the main criterion twice, on the rows as
-generated and shuffled, and reports a markdown table (docs/solvers.md, "Quality against a known
-truth"). Usage:
+few videos), `attacked` (the typical set plus 20 fake accounts × 100 comparisons promoting a
+video with 5 honest contributors) and `scales` (the typical set with users who differ in how
+extreme their ratings are: each user's sharpness lognormal, sigma 0.7). Each run trains the main
+criterion twice, on the rows as generated and shuffled, and reports a markdown table
+(docs/solvers.md, "Quality against a known truth"). Usage:
 
     python bench/quality.py [--comparisons 30000] [--sets typical,dense]
         [--run faithful:solver=faithful --run converged-w0.2:solver=converged,w=0.2]
@@ -39,7 +40,7 @@ from ml.resample import resample_contributors  # noqa: E402
 from ml.sybil import sybil_attack  # noqa: E402
 from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate  # noqa: E402
 
-SETS = ("typical", "inverted", "niche", "dense", "attacked")
+SETS = ("typical", "inverted", "niche", "dense", "attacked", "scales")
 DEFAULT_RUNS = (
     "faithful:solver=faithful",
     "converged:solver=converged,personalise=false",
@@ -74,6 +75,8 @@ def build_set(name: str, comparisons: int, seed: int) -> Truth:
         "attacked": sparse,
         "inverted": {**sparse, "fraction_adversarial": 0.1, "adversarial_mode": "reverse"},
         "niche": {**sparse, "fraction_niche": 0.1},
+        # Users differ in how extreme their ratings are (a rater's sharpness, lognormal).
+        "scales": {**sparse, "scale_sigma": 0.7},
         "dense": {"n_users": max(10, comparisons // 30), "n_videos": max(20, comparisons // 300)},
     }
     params = SyntheticParams.model_validate(

@@ -261,6 +261,9 @@ def generate(
     indiv_noise: Annotated[float, typer.Option(help="Personal deviation from the truth.")] = 0.3,
     sharpness: Annotated[float, typer.Option(help="Scale of true scores in the model.")] = 1.0,
     pop_sigma: Annotated[float, typer.Option(help="Lognormal skew of popularity.")] = 1.0,
+    scale_sigma: Annotated[
+        float, typer.Option(help="Lognormal spread of how extreme each user's ratings are.")
+    ] = 0.0,
     act_sigma: Annotated[float, typer.Option(help="Lognormal skew of activity.")] = 1.2,
     heldout: Annotated[
         float, typer.Option(help="Fraction of comparisons written to heldout.csv instead.")
@@ -283,6 +286,7 @@ def generate(
         "indiv_noise": indiv_noise,
         "sharpness": sharpness,
         "pop_sigma": pop_sigma,
+        "scale_sigma": scale_sigma,
         "act_sigma": act_sigma,
     }
     if criteria:

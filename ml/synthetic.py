@@ -52,6 +52,12 @@ class SyntheticParams(BaseModel):
     seed: int = 42
     indiv_noise: float = Field(0.3, ge=0, description="std of a user's deviation from the truth")
     sharpness: float = Field(1.0, ge=0, description="scale of true scores inside Bradley–Terry")
+    scale_sigma: float = Field(
+        0.0,
+        ge=0,
+        description="lognormal sigma of each user's own sharpness factor (how extreme their"
+        " ratings are for the same differences); 0: every user rates alike",
+    )
     pop_sigma: float = Field(1.0, ge=0, description="lognormal sigma of video popularity")
     act_sigma: float = Field(1.2, ge=0, description="lognormal sigma of user activity")
     fraction_adversarial: float = Field(0.0, ge=0, le=1)
@@ -195,6 +201,7 @@ def generate(params: SyntheticParams) -> SyntheticData:
     # Niche users and their taste come from a stream of their own, so the other draws (and every
     # set generated without niche users) stay as they were.
     is_niche, niche_truth = _niche(params, is_adversarial)
+    user_scale = _user_scales(params)
     names_users = user_names(n_users)
     names_videos = video_names(n_videos)
     weeks = [
@@ -213,7 +220,11 @@ def generate(params: SyntheticParams) -> SyntheticData:
             pushed = adversarial_uv & np.isin(uv_video, targets)
             personal[pushed] = truth[c].max() + 1.0
         rated = np.ones(len(users), dtype=bool) if c == 0 else _rated_mask(params, len(users), rng)
-        d = params.sharpness * (personal[index_b[rated]] - personal[index_a[rated]])
+        d = (
+            params.sharpness
+            * user_scale[users[rated]]
+            * (personal[index_b[rated]] - personal[index_a[rated]])
+        )
         scores = np.rint(sample_continuous_bt(d, rng) * params.score_max).astype(np.int64)
         comparison_frames.append(
             pd.DataFrame(
@@ -282,6 +293,14 @@ def _niche(
     rng = np.random.default_rng([params.seed, 1])
     is_niche[rng.choice(np.flatnonzero(~is_adversarial), n_niche, replace=False)] = True
     return is_niche, [rng.standard_normal(params.n_videos) for _ in params.criteria]
+
+
+def _user_scales(params: SyntheticParams) -> np.ndarray:
+    """Each user's sharpness factor, from a stream of its own (other draws stay as they were)."""
+    if params.scale_sigma == 0:
+        return np.ones(params.n_users)
+    rng = np.random.default_rng([params.seed, 2])
+    return rng.lognormal(0.0, params.scale_sigma, params.n_users)
 
 
 def split_heldout(

@@ -99,6 +99,24 @@ def test_same_seed_same_data_other_seed_other_data() -> None:
     assert not first.comparisons.score.equals(other.comparisons.score)
 
 
+def test_users_who_rate_more_extremely_change_only_the_ratings() -> None:
+    """`scale_sigma` draws each user's sharpness from a stream of its own: pairs and truths stay
+    as they were, 0 changes no bit, and users then differ in how extreme their ratings are."""
+    plain, spread = generate(small()), generate(small(scale_sigma=2.0))
+    pd.testing.assert_frame_equal(generate(small(scale_sigma=0.0)).comparisons, plain.comparisons)
+    same = ["public_username", "video_a", "video_b", "criteria", "week_date"]
+    pd.testing.assert_frame_equal(spread.comparisons[same], plain.comparisons[same])
+    pd.testing.assert_frame_equal(spread.truth_global, plain.truth_global)
+    assert not spread.comparisons.score.equals(plain.comparisons.score)
+
+    def extremeness_spread(comparisons: pd.DataFrame) -> float:
+        per_user = comparisons.score.abs().groupby(comparisons.public_username, observed=True)
+        means = per_user.mean()[per_user.size() >= 20]
+        return float(means.std())
+
+    assert extremeness_spread(spread.comparisons) > 1.5 * extremeness_spread(plain.comparisons)
+
+
 @pytest.mark.parametrize("d", [-6.0, -1.0, 0.0, 0.3, 2.5, 40.0])
 def test_ratings_follow_the_continuous_bradley_terry_law(d: float) -> None:
     draws = sample_continuous_bt(np.full(20000, d), np.random.default_rng(0))
