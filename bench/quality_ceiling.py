@@ -43,6 +43,29 @@ QUADRATURE_NODES = 12
 STEP = 1e-5  # central differences of the derivative, for the curvature
 
 
+def rounded_log_probability(
+    d: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """log P(r in [low, high] | d) under the continuous Bradley–Terry law (density
+    d·exp(r·d) / (2 sinh d) on [−1, 1]), and its derivative in d; elementwise."""
+    positive = d >= 0
+    # P(k | d) = P(−k | −d): fold onto d ≥ 0 by mirroring the interval.
+    top = np.where(positive, high, -low)
+    width = high - low
+    m = np.maximum(np.abs(d), 1e-9)
+    log_p = m * (top - 1) + np.log(-np.expm1(-m * width)) - np.log(-np.expm1(-2 * m))
+    # d log P / dm = (h − 1) + w / expm1(m w) − 2 / expm1(2 m); its two poles cancel at small
+    # m, where the series 1 − w/2 + m (w²/12 − 1/3) is exact to O(m²).
+    small = m < 1e-4
+    safe = np.where(small, 1.0, m)
+    slope = np.where(
+        small,
+        (top - 1) + 1 - width / 2 + m * (width**2 / 12 - 1 / 3),
+        (top - 1) + width / np.expm1(safe * width) - 2 / np.expm1(2 * safe),
+    )
+    return log_p, np.where(positive, slope, -slope)
+
+
 @dataclass(frozen=True)
 class GeneratorModel:
     """The comparisons of one set, indexed for the generator's likelihood."""
@@ -77,26 +100,13 @@ class GeneratorModel:
     def comparison_loss(self, difference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """−log P(rating | difference), the noise integrated out, and its derivative in the
         difference; one value per comparison."""
-        d = difference[:, None] + self.offsets[None, :]
-        positive = d >= 0
-        # P(k | d) = P(−k | −d): fold onto d ≥ 0 by mirroring the interval.
-        high = np.where(positive, self.high[:, None], -self.low[:, None])
-        width = (self.high - self.low)[:, None]
-        m = np.maximum(np.abs(d), 1e-9)
-        log_p = m * (high - 1) + np.log(-np.expm1(-m * width)) - np.log(-np.expm1(-2 * m))
-        # d log P / dm = (h − 1) + w / expm1(m w) − 2 / expm1(2 m); its two poles cancel at
-        # small m, where the series 1 − w/2 + m (w²/12 − 1/3) is exact to O(m²).
-        small = m < 1e-4
-        safe = np.where(small, 1.0, m)
-        slope_m = np.where(
-            small,
-            (high - 1) + 1 - width / 2 + m * (width**2 / 12 - 1 / 3),
-            (high - 1) + width / np.expm1(safe * width) - 2 / np.expm1(2 * safe),
+        log_p, slope = rounded_log_probability(
+            difference[:, None] + self.offsets[None, :], self.low[:, None], self.high[:, None]
         )
         weighted = log_p + self.log_weights[None, :]
         total = logsumexp(weighted, axis=1)
         share = np.exp(weighted - total[:, None])
-        return -total, -np.sum(share * np.where(positive, slope_m, -slope_m), axis=1)
+        return -total, -np.sum(share * slope, axis=1)
 
     def objective(self, scores: np.ndarray) -> tuple[float, np.ndarray]:
         """Negative log posterior (N(0, 1) prior) and its gradient."""
