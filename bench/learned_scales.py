@@ -28,17 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import SETS, Truth, _global, build_set, table  # noqa: E402
+from quality import SETS, Truth, build_set, global_spearman, table, target_rank  # noqa: E402
 from quality_ceiling import rounded_log_probability  # noqa: E402
 
 from ml.config import LicchaviConfig  # noqa: E402
 from ml.data import ComparisonDataset  # noqa: E402
 from ml.licchavi.trainer import CriterionResult, train_criterion  # noqa: E402
-from ml.metrics import spearman  # noqa: E402
 from ml.synthetic import MAIN_CRITERION, SyntheticParams  # noqa: E402
 
 NEWTON_STEPS = 30
-STEP = 1e-4  # central differences of the one-dimensional losses
+STEP = 1e-4  # central differences of the gradient, for the curvature
 
 
 def fitted_log_scales(
@@ -53,17 +52,21 @@ def fitted_log_scales(
     low = np.clip((score - 0.5) / score_max, -1.0, 1.0)
     high = np.clip((score + 0.5) / score_max, -1.0, 1.0)
 
-    def loss(log_scale: np.ndarray) -> np.ndarray:
-        log_p, _ = rounded_log_probability(np.exp(log_scale)[user] * difference, low, high)
-        return np.bincount(user, -log_p, minlength=n_users) + 0.5 * log_scale**2 / prior_variance
+    def gradient(log_scale: np.ndarray) -> np.ndarray:
+        # t = e^ℓ·Δ, so d(−log p)/dℓ = −(d log p / dt)·t; the prior adds ℓ / variance.
+        t = np.exp(log_scale)[user] * difference
+        _, slope = rounded_log_probability(t, low, high)
+        return np.bincount(user, -slope * t, minlength=n_users) + log_scale / prior_variance
+
+    def curvature(log_scale: np.ndarray) -> np.ndarray:
+        return np.maximum(
+            (gradient(log_scale + STEP) - gradient(log_scale - STEP)) / (2 * STEP), 1e-6
+        )
 
     log_scale = np.zeros(n_users)
     for _ in range(NEWTON_STEPS):  # one-dimensional and independent: Newton, steps clipped
-        here, up, down = loss(log_scale), loss(log_scale + STEP), loss(log_scale - STEP)
-        curvature = np.maximum((up - 2 * here + down) / STEP**2, 1e-6)
-        log_scale += np.clip(-(up - down) / (2 * STEP) / curvature, -1.0, 1.0)
-    here, up, down = loss(log_scale), loss(log_scale + STEP), loss(log_scale - STEP)
-    return log_scale, 1.0 / np.maximum((up - 2 * here + down) / STEP**2, 1e-6)
+        log_scale += np.clip(-gradient(log_scale) / curvature(log_scale), -1.0, 1.0)
+    return log_scale, 1.0 / curvature(log_scale)
 
 
 def learned_scales(result: CriterionResult, truth: Truth, cap: bool) -> tuple[np.ndarray, float]:
@@ -102,26 +105,18 @@ def row(name: str, seed: int, cap: bool) -> dict[str, object]:
     state = dataclasses.replace(default.state, s=scales)
     learned = train_criterion(data, config, initial_state=state)
 
-    def accuracy(result: CriterionResult) -> float:
-        scores = _global(result)
-        return spearman(scores.to_numpy(), truth.global_truth.reindex(scores.index).to_numpy())
-
-    def target_rank(result: CriterionResult) -> int | None:
-        if truth.target is None:
-            return None
-        scores = _global(result)
-        return int((scores > scores[truth.target]).sum()) + 1
-
     return {
         "set": name,
         "seed": seed,
-        "v1": accuracy(v1),
-        "default": accuracy(default),
-        "learned scales": accuracy(learned),
+        "v1": global_spearman(v1, truth),
+        "default": global_spearman(default, truth),
+        "learned scales": global_spearman(learned, truth),
         "τ": tau,
         "smallest / largest s": f"{scales.min():.2f} / {scales.max():.2f}",
         "target rank (default / learned)": (
-            None if truth.target is None else f"{target_rank(default)} / {target_rank(learned)}"
+            None
+            if truth.target is None
+            else f"{target_rank(default, truth)} / {target_rank(learned, truth)}"
         ),
         "converged": learned.converged,
     }

@@ -64,11 +64,12 @@ class Truth:
     target: str | None  # the attacked video
 
 
-def build_set(name: str, comparisons: int, seed: int) -> Truth:
-    """The set ``name`` at ``comparisons`` comparisons (shapes documented in the module)."""
+def build_set(name: str, comparisons: int, seed: int, n_videos: int | None = None) -> Truth:
+    """The set ``name`` at ``comparisons`` comparisons (shapes documented in the module); a
+    sparse shape with ``n_videos`` videos instead of 9 per 100 comparisons, if given."""
     sparse: dict[str, object] = {
         "n_users": max(10, comparisons // 100),
-        "n_videos": max(20, comparisons * 9 // 100),
+        "n_videos": n_videos or max(20, comparisons * 9 // 100),
     }
     shapes: dict[str, dict[str, object]] = {
         "typical": sparse,
@@ -110,6 +111,20 @@ def train_frame(frame: pd.DataFrame, config: LicchaviConfig) -> tuple[CriterionR
 
 def _global(result: CriterionResult) -> pd.Series:
     return pd.Series(result.global_scores, index=result.video_ids.astype(str))
+
+
+def global_spearman(result: CriterionResult, truth: Truth) -> float:
+    """Spearman of the global scores with the true ones, over the compared videos."""
+    scores = _global(result)
+    return spearman(scores.to_numpy(), truth.global_truth.reindex(scores.index).to_numpy())
+
+
+def target_rank(result: CriterionResult, truth: Truth) -> int | None:
+    """The attacked video's global rank (1: first); None for a set without one."""
+    if truth.target is None:
+        return None
+    scores = _global(result)
+    return int((scores > scores[truth.target]).sum()) + 1
 
 
 def _local(result: CriterionResult) -> pd.DataFrame:
@@ -214,17 +229,13 @@ def measure(
         return value
 
     figures: dict[str, object] = {
-        "spearman": spearman(
-            scores.to_numpy(), truth.global_truth.reindex(scores.index).to_numpy()
-        ),
+        "spearman": global_spearman(result, truth),
         "ordinary users": users_mean(ordinary),
         "deviating users": users_mean(deviating) if truth.deviating else float("nan"),
         "local = global": float(local["tied"].mean()),
         **coverage(result, truth.global_truth),
         "local cov": local_coverage(result, truth, local),
-        "target rank": (
-            int((scores > scores[truth.target]).sum()) + 1 if truth.target is not None else None
-        ),
+        "target rank": target_rank(result, truth),
         "iterations": result.epochs,
         "converged": result.converged,
         "stationarity": result.stationarity,

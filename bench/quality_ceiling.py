@@ -19,6 +19,7 @@ Usage: python bench/quality_ceiling.py [--sets typical] [--comparisons 30000] [-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import Truth, _global, build_set, table, train_frame  # noqa: E402
+from quality import Truth, build_set, global_spearman, table, train_frame  # noqa: E402
 
 from ml.config import LicchaviConfig  # noqa: E402
 from ml.metrics import spearman  # noqa: E402
-from ml.synthetic import MAIN_CRITERION, SyntheticParams, generate  # noqa: E402
+from ml.synthetic import MAIN_CRITERION, SyntheticParams  # noqa: E402
 
 QUADRATURE_NODES = 12
 STEP = 1e-5  # central differences of the derivative, for the curvature
@@ -173,44 +174,21 @@ class GeneratorModel:
         return rank_sum / kept, accepted / samples
 
 
-def typical_at(comparisons: int, appearances: int, seed: int) -> Truth:
-    """The typical shape (100 comparisons per user) with videos for ``appearances`` comparisons
-    each on average."""
-    params = SyntheticParams(
-        n_comparisons=comparisons,
-        seed=seed,
-        n_users=comparisons // 100,
-        n_videos=2 * comparisons // appearances,
-    )
-    data = generate(params)
-    truth = data.truth_global.assign(video=data.truth_global["video"].astype(str))
-    return Truth(
-        name=f"typical, {appearances} per video",
-        comparisons=data.comparisons,
-        global_truth=truth.set_index("video")["true_score"],
-        individual=data.truth_individual,
-        deviating=[],
-        excluded=[],
-        target=None,
-    )
-
-
 def ceiling_row(
     name: str, comparisons: int, seed: int, samples: int, appearances: int | None = None
 ) -> dict[str, object]:
-    truth = (
-        build_set(name, comparisons, seed)
-        if appearances is None
-        else typical_at(comparisons, appearances, seed)
-    )
+    if appearances is None:
+        truth = build_set(name, comparisons, seed)
+    else:  # the typical shape with videos for `appearances` comparisons each on average
+        typical = build_set("typical", comparisons, seed, n_videos=2 * comparisons // appearances)
+        truth = dataclasses.replace(typical, name=f"typical, {appearances} per video")
     defaults = SyntheticParams()
     model = GeneratorModel.of(truth, defaults.indiv_noise, defaults.score_max)
     target = truth.global_truth.reindex(model.video_ids).to_numpy()
     row: dict[str, object] = {"set": truth.name, "comparisons": comparisons, "seed": seed}
     for label, config in (("v1", LicchaviConfig(solver="faithful")), ("default", LicchaviConfig())):
         result, _ = train_frame(truth.comparisons, config)
-        scores = _global(result).reindex(model.video_ids)
-        row[label] = spearman(scores.to_numpy(), target)
+        row[label] = global_spearman(result, truth)
     mode = model.mode()
     row["oracle MAP"] = spearman(mode, target)
     if samples:
