@@ -1,6 +1,7 @@
 """Database engine, and the request session that commits on success and rolls back on error."""
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -14,10 +15,12 @@ from fastapi import Depends, Request
 from sqlalchemy import DateTime, event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings, get_settings
+from app.core.errors import public_error
 
 # An execution option: the transactions of a connection carrying it only read (see `read_only`).
 READ_ONLY = "licchavi_read_only"
@@ -271,6 +274,27 @@ def without_waiting(engine: Engine) -> Engine:
 def is_read_only(session: Session) -> bool:
     """Whether the session is bound to a `read_only` engine."""
     return bool(session.get_bind().get_execution_options().get(READ_ONLY))
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or could not serve (down,
+    restarting, cut off, its connection dropped, SQLite locked), rather than that a statement
+    was wrong: the kind of failure a later retry overcomes."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def log_background_failure(
+    logger: logging.Logger, failed: str, exc: BaseException, *, then: str
+) -> None:
+    """Log what a background loop failed to do (`failed`) and what follows (`then`): one
+    warning line while the database is unavailable (a traceback on every pass would bury the
+    log for as long as the outage lasts), the traceback for anything else."""
+    if database_unavailable(exc):
+        logger.warning("%s: the database is unavailable (%s); %s", failed, public_error(exc), then)
+    else:
+        logger.error("%s; %s", failed, then, exc_info=exc)
 
 
 def background_engine(url: str) -> Engine:

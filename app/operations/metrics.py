@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from app.core.db import log_background_failure
 from app.runs.models import RUN_STATUSES, RUN_TRIGGERS
 from app.sweeps.models import EVALUATION_STATUSES
 
@@ -286,10 +287,15 @@ class OperationsCollector(Collector):
                 try:
                     self.reading = read(self.engine())
                     self.read_at = time.monotonic()
-                except Exception:
+                except Exception as exc:
                     # A scrape must still answer (process and HTTP metrics) when the database
                     # does not; `licchavi_operations_up` says the figures are missing.
-                    logger.exception("operations metrics: the database could not be read")
+                    log_background_failure(
+                        logger,
+                        "operations metrics: the database could not be read",
+                        exc,
+                        then="licchavi_operations_up is 0",
+                    )
                     yield GaugeMetricFamily(
                         "licchavi_operations_up", "1 when the database was read.", value=0
                     )

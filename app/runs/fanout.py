@@ -451,6 +451,11 @@ def publish_if_done(connection: Connection, run_id: int) -> list[str] | None:
     return published
 
 
+def holds(connection: Connection, claim: CriterionClaim) -> bool:
+    """Whether the criterion is still this claim's (no other worker took it over)."""
+    return connection.execute(select(Item.c.id).where(_owned(claim))).first() is not None
+
+
 def stop_run(
     connection: Connection, claim: CriterionClaim, *, status: str, error: str | None = None
 ) -> bool:

@@ -3,6 +3,7 @@ attempt, the run published once by whichever finishes last (two finishing at onc
 a cancel before publication or a failure ends the run with nothing published and its staged
 scores deleted (in batches, after the run ended), and a cancel after publication is refused."""
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from app.runs import service as runs
 from app.runs.recovery import prune_superseded_scores, runs_to_wake
 from ml.config import LicchaviConfig
 from workers.tasks.maintenance import wake_stalled_runs
+from workers.tasks.training import fail_criterion
 
 CRITERIA = ["importance", "largely_recommended", "reliability"]
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
@@ -184,6 +186,44 @@ def test_a_criterion_retaken_after_its_lease_expired_fences_the_old_worker(
         assert not fanout.hand_off(connection, stale)
     assert finish(fresh) == ["importance", "reliability"]  # the withdrawn one moves too
     assert pointers() == {"importance": run.run_id, "reliability": run.run_id}
+
+
+def test_a_worker_failing_after_a_takeover_warns_and_leaves_the_run_to_its_new_holder(
+    committed_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker cut off from the database fails on its next write; when it gets through again
+    the criterion is another worker's, so its failure is one warning line, and neither the
+    run nor the criterion changes. The holder's own failure still fails the run, traceback
+    logged."""
+    catalogue()
+    run = listed_run(names=["importance"])
+    stale = claim("dead")
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with get_engine().begin() as connection:
+        connection.execute(update(Run).where(Run.c.id == run.run_id).values(lease_expires_at=past))
+        connection.execute(
+            update(Item).where(Item.c.id == stale.item_id).values(lease_expires_at=past)
+        )
+    fresh = claim("alive")
+    caplog.set_level(logging.INFO, logger="workers.tasks.training")
+
+    assert fail_criterion(get_engine(), stale, OSError("server closed the connection")) == (
+        "lease lost"
+    )
+    records = [r for r in caplog.records if r.name == "workers.tasks.training"]
+    assert [(r.levelno, r.exc_info) for r in records] == [(logging.WARNING, None)]
+    assert "taken over by another worker" in records[0].getMessage()
+    assert "OSError: server closed the connection" in records[0].getMessage()
+    assert run_status(run.run_id)[0] == "running"
+    with get_engine().connect() as connection:
+        assert fanout.holds(connection, fresh) and not fanout.holds(connection, stale)
+
+    caplog.clear()
+    assert fail_criterion(get_engine(), fresh, ValueError("no luck")) == "failed"
+    records = [r for r in caplog.records if r.name == "workers.tasks.training"]
+    assert [r.levelno for r in records] == [logging.ERROR]
+    assert records[0].exc_info is not None and records[0].exc_info[0] is ValueError
+    assert run_status(run.run_id)[::2] == ("failed", "importance: ValueError: no luck")
 
 
 def test_a_cancel_before_publication_publishes_nothing(committed_database: str) -> None:

@@ -8,7 +8,7 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.engine import Engine
 
 from app.core.config import get_settings
-from app.core.db import background_engine, get_engine
+from app.core.db import background_engine, get_engine, log_background_failure
 from app.runs import publication
 from app.runs.recovery import prune_superseded_scores, runs_to_wake
 from app.runs.wakeups import wake_workers
@@ -85,8 +85,8 @@ class RunRecoveryLoop:
                 woken = wake_stalled_runs(self.engine)
                 if woken:
                     logger.info("run recovery: %s run(s) woken again", woken)
-            except Exception:
-                logger.exception("run recovery: pass failed; retrying")
+            except Exception as exc:
+                log_background_failure(logger, "run recovery: pass failed", exc, then="retrying")
             self.stopping.wait(self.interval)
 
 

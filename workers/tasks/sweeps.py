@@ -14,7 +14,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 
 from app.core.config import get_settings
-from app.core.db import background_engine, get_engine
+from app.core.db import background_engine, get_engine, log_background_failure
 from app.core.logs import bound
 from app.runs.wakeups import wake_workers
 from app.sweeps import execution
@@ -110,8 +110,13 @@ class SchedulerThread:
         self.thread.join(timeout=10)
         try:
             release_lease(self.engine, owner=self.owner)
-        except Exception:
-            logger.exception("sweep scheduler: could not release the lease")
+        except Exception as exc:
+            log_background_failure(
+                logger,
+                "sweep scheduler: could not release the lease",
+                exc,
+                then="another worker takes over once it lapses",
+            )
         self.engine.dispose()
 
     def _wake_workers(self) -> None:
@@ -126,8 +131,8 @@ class SchedulerThread:
             holding = False
             try:
                 holding = self.scheduler.tick()
-            except Exception:
-                logger.exception("sweep scheduler: pass failed; retrying")
+            except Exception as exc:
+                log_background_failure(logger, "sweep scheduler: pass failed", exc, then="retrying")
             self._wake_workers()
             # A worker without the lease only needs to notice when it frees up.
             self.stopping.wait(self.interval if holding else self.interval * 4)

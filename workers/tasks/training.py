@@ -164,12 +164,7 @@ def _train_claimed(engine: Engine, claim: fanout.CriterionClaim, settings: Setti
             fanout.discard_staged(engine, claim.run_id)
         return "cancelled"
     except Exception as exc:
-        logger.exception("run %s failed (criterion %s)", claim.run_id, claim.criterion)
-        with engine.begin() as connection:  # the traceback is in the log above
-            ended = fanout.stop_run(connection, claim, status="failed", error=public_error(exc))
-        if ended:
-            fanout.discard_staged(engine, claim.run_id)
-        return "failed"
+        return fail_criterion(engine, claim, exc)
     finally:
         lifetime.training.clear()
         lifetime.exit_if_orphaned()  # its worker died: nobody would collect the result
@@ -178,6 +173,36 @@ def _train_claimed(engine: Engine, claim: fanout.CriterionClaim, settings: Setti
         return "trained"
     logger.info("run %s: succeeded; published %s", claim.run_id, ", ".join(published) or "nothing")
     return "succeeded"
+
+
+def fail_criterion(engine: Engine, claim: fanout.CriterionClaim, exc: Exception) -> str:
+    """End the run as failed because its criterion raised `exc`, unless another worker took
+    the criterion over meanwhile: a worker cut off from the database fails on its next write,
+    and when it gets through again its failure is no longer the run's (one warning line, not
+    an error with a traceback, for a run that will succeed elsewhere)."""
+    try:
+        with engine.begin() as connection:
+            ours = fanout.holds(connection, claim)
+            ended = ours and fanout.stop_run(
+                connection, claim, status="failed", error=public_error(exc)
+            )
+    except Exception:
+        # The database is out of reach too: keep the original failure's traceback in the log;
+        # the criterion's lease lapses and another attempt takes it.
+        logger.error("run %s failed (criterion %s)", claim.run_id, claim.criterion, exc_info=exc)
+        raise
+    if not ours:
+        logger.warning(
+            "run %s: taken over by another worker; %s failed here after that (%s)",
+            claim.run_id,
+            claim.criterion,
+            public_error(exc),
+        )
+        return "lease lost"
+    logger.error("run %s failed (criterion %s)", claim.run_id, claim.criterion, exc_info=exc)
+    if ended:
+        fanout.discard_staged(engine, claim.run_id)
+    return "failed"
 
 
 @worker_process_init.connect
