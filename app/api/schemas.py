@@ -17,6 +17,17 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Free text under the rule; the length bound goes with each use (`Query(max_length=…)`, `Field`).
 Text = Annotated[str, StringConstraints(pattern=TEXT_PATTERN)]
 
+# A name shown on one line of a listing (API key names): no control character at all, so a name
+# cannot start a line of its own or recolour a terminal in `licchavi api-key list`.
+LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+Line = Annotated[str, StringConstraints(pattern=LINE_PATTERN)]
+_LINE = re.compile(LINE_PATTERN)
+
+
+def is_one_line(value: str) -> bool:
+    """Whether `value` holds no control character (the `Line` rule)."""
+    return _LINE.match(value) is not None
+
 
 def _no_control_characters(value: Any, path: str = "") -> Any:
     if isinstance(value, str):

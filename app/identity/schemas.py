@@ -1,12 +1,13 @@
 """Identity shapes for the admin API: what is asked to create an API key, what is shown of one,
 and a user as listed, with the operator's trust mark."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from app.api.schemas import UserId
+from app.api.schemas import Line, UserId
+from app.identity.service import bounded_expiry
 
 
 class ApiKeyCreate(BaseModel):
@@ -14,7 +15,7 @@ class ApiKeyCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(default="api", min_length=1, max_length=100)
+    name: Line = Field(default="api", min_length=1, max_length=100)
     scopes: list[str] = Field(min_length=1, max_length=16)
     user_id: UserId | None = Field(default=None, description="Bind the key to this user.")
     expires_at: AwareDatetime | None = None
@@ -26,8 +27,8 @@ class ApiKeyCreate(BaseModel):
     def _one_expiry(self) -> "ApiKeyCreate":
         if self.expires_at is not None and self.expires_in is not None:
             raise ValueError("give expires_at or expires_in, not both")
-        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
-            raise ValueError("expires_at must be in the future")
+        if self.expires_at is not None:
+            self.expires_at = bounded_expiry(self.expires_at)
         return self
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
+from app.api.schemas import is_one_line
 from app.core.config import get_settings
 from app.core.db import (
     SessionDep,
@@ -77,6 +78,8 @@ def create_api_key(
     """Store a new key's hash and return the row with the key, which is never retrievable again.
 
     A key with a `user_id` acts for that user alone and may hold only the user scopes."""
+    if not 1 <= len(name) <= 100 or not is_one_line(name):
+        raise ValueError("a key's name is one line of 1 to 100 characters, no control characters")
     parsed = parse_scopes(scopes)
     if user_id is not None and not set(parsed) <= USER_SCOPES:
         raise UnknownScope(

@@ -18,13 +18,21 @@ class UnknownKey(LookupError):
     """No key has this prefix (or the full key does not match it)."""
 
 
+# The furthest a key's expiry may lie; a key meant to last is created without one.
+MAX_KEY_LIFETIME = timedelta(days=3653)
+
+
 def parse_expiry(text: str, now: datetime | None = None) -> datetime:
     """`30d`, `12h`, `2w` (from now) or an ISO date or date-time (a date means its midnight UTC,
-    a date-time without zone is UTC); ValueError when it is neither or lies in the past."""
+    a date-time without zone is UTC), in UTC; ValueError when it is neither, or lies in the past
+    or beyond `MAX_KEY_LIFETIME`."""
     now = now or datetime.now(UTC)
     duration = _DURATION.match(text)
     if duration:
-        moment = now + timedelta(**{_UNITS[duration[2]]: int(duration[1])})
+        try:
+            moment = now + timedelta(**{_UNITS[duration[2]]: int(duration[1])})
+        except OverflowError:
+            raise ValueError(f"expiry {text.strip()!r} is {_TOO_FAR}") from None
     else:
         try:
             parsed = (
@@ -37,8 +45,24 @@ def parse_expiry(text: str, now: datetime | None = None) -> datetime:
                 f"expiry {text!r} is neither a duration (30d, 12h, 2w) nor an ISO date"
             ) from None
         moment = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return bounded_expiry(moment, now)
+
+
+_TOO_FAR = "more than ten years ahead (leave the expiry out for a key that does not expire)"
+
+
+def bounded_expiry(moment: datetime, now: datetime | None = None) -> datetime:
+    """`moment` (timezone-aware) in UTC; ValueError when it is not in the future or lies more
+    than `MAX_KEY_LIFETIME` ahead (dates near year 9999 do not even fit the database)."""
+    now = now or datetime.now(UTC)
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:  # beyond year 9999 once in UTC
+        raise ValueError(f"expiry {moment.isoformat()} is {_TOO_FAR}") from None
     if moment <= now:
         raise ValueError(f"expiry {moment.isoformat()} is not in the future")
+    if moment > now + MAX_KEY_LIFETIME:
+        raise ValueError(f"expiry {moment.isoformat()} is {_TOO_FAR}")
     return moment
 
 
@@ -72,7 +96,7 @@ def find_key(session: Session, key_or_prefix: str) -> ApiKey:
     prefix = parts[1] if full else text.removeprefix(KEY_PREFIX + "_")
     row = session.exec(select(ApiKey).where(ApiKey.prefix == prefix)).first()
     if row is None or (full and row.key_hash != hash_key(text)):
-        raise UnknownKey(f"no API key {_shown(text)}")
+        raise UnknownKey(f"no API key {shown_key(text)}")
     return row
 
 
@@ -86,7 +110,8 @@ def revoke_key(session: Session, key_or_prefix: str) -> ApiKey:
     return row
 
 
-def _shown(text: str) -> str:
+def shown_key(text: str) -> str:
+    """`text` as it may be echoed: a whole key by its prefix only, anything else quoted."""
     # Never echo a whole secret back: a mistyped full key shows its prefix only.
     parts = text.split("_", 2)
     return f"{parts[0]}_{parts[1]}_…" if len(parts) == 3 else repr(text)

@@ -60,6 +60,13 @@ def test_bad_requests_are_one_line_errors(committed_database: str) -> None:
         (("create", "--scopes", "comparisons:write", "--expires-in", "soon"), "neither", 2),
         (("create", "--scopes", "comparisons:write", "--expires-in", "2001-01-01"), "future", 2),
         (("create", "--scopes", "comparisons:write", "--user", "not a user"), "invalid user", 2),
+        (
+            ("create", "--scopes", "comparisons:write", "--expires-in", "9" * 30 + "d"),
+            "ten years",
+            2,
+        ),
+        (("create", "--scopes", "comparisons:write", "--expires-in", "9999-12-31"), "ten years", 2),
+        (("create", "--scopes", "comparisons:write", "--name", "a\x1b[31mb"), "one line", 2),
     ]:
         result = licchavi("api-key", *args)
         assert result.returncode == code, (args, result.stderr)

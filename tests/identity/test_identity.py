@@ -2,7 +2,7 @@
 user key acts for that user alone (writes, bulk JSON and CSV, deletes, local scores)."""
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
@@ -166,6 +166,47 @@ def test_admin_api_creates_lists_and_revokes_keys(client: ApiClient) -> None:
     forget_verified_keys()  # the cache window, elapsed (two processes: test_key_revocation.py)
     assert_problem(client.post(URL, json=without_user(largely_recommended=1), headers=key), 401)
     assert client.get(URL).json()["items"][0]["score"] == 6
+
+
+def test_keys_that_could_not_be_stored_or_listed_safely_are_refused(client: ApiClient) -> None:
+    """Expiries beyond ten years (near year 9999 they do not fit the database once in UTC) and
+    names with control characters are 422s that store nothing; an expiry in another zone is
+    stored and answered in UTC; a mistyped whole key is never echoed."""
+    admin = client.key("admin")
+    far = (datetime.now(UTC) + timedelta(days=3660)).isoformat()
+    for bad, expected in [
+        ({"expires_at": "9999-12-31T23:59:59-12:00"}, "ten years"),
+        ({"expires_at": "9999-12-31T23:59:59Z"}, "ten years"),
+        ({"expires_at": far}, "ten years"),
+        ({"expires_in": "9999-12-31T23:59:59-12:00"}, "ten years"),
+        ({"expires_in": "9" * 30 + "d"}, "ten years"),
+        ({"expires_in": "4000w"}, "ten years"),
+        ({"name": "x\u0000y"}, "/name"),
+        ({"name": "bell\u0007"}, "/name"),
+        ({"name": "ok\r\nfake line"}, "/name"),
+        ({"name": "\u001b[31mred"}, "/name"),
+    ]:
+        body = {"scopes": [WRITE], **bad}
+        problem = assert_problem(client.post("/api/v1/api-keys", json=body, headers=admin), 422)
+        assert expected in str(problem), (bad, problem)
+    listing = client.get("/api/v1/api-keys", headers=admin)
+    assert listing.status_code == 200 and listing.json()["total"] == 1  # the admin key alone
+
+    in_a_year = (datetime.now(UTC) + timedelta(days=365)).replace(microsecond=0)
+    west = in_a_year.astimezone(timezone(timedelta(hours=-12)))
+    created = client.post(
+        "/api/v1/api-keys",
+        json={"name": "west", "scopes": [WRITE], "expires_at": west.isoformat()},
+        headers=admin,
+    )
+    assert created.status_code == 201, created.text
+    assert datetime.fromisoformat(created.json()["expires_at"]) == in_a_year
+    assert created.json()["expires_at"].endswith(("Z", "+00:00"))
+
+    mistyped = assert_problem(
+        client.post("/api/v1/api-keys/lk_deadbeef_SECRETSECRET/revoke", headers=admin), 404
+    )
+    assert "SECRET" not in mistyped["detail"] and "lk_deadbeef_…" in mistyped["detail"]
 
 
 def test_an_expired_key_is_refused(client: ApiClient) -> None:

@@ -67,4 +67,4 @@ def revoke_key(prefix: str, session: SessionDep) -> ApiKeyPublic:
     try:
         return public(service.revoke_key(session, prefix))
     except service.UnknownKey as exc:
-        raise NotFound(f"No API key with prefix {prefix!r}.") from exc
+        raise NotFound(f"No API key {service.shown_key(prefix)}.") from exc
