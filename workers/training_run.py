@@ -29,7 +29,12 @@ Metric = TrainingMetric.__table__  # type: ignore[attr-defined]
 
 
 class NothingToTrain(ValueError):
-    """The run names a criterion that has no comparisons."""
+    """The run names a criterion that has no comparisons; `skip` when the run is an automatic
+    one whose comparisons were all deleted before it started (it ends cancelled, not failed)."""
+
+    def __init__(self, message: str, *, skip: bool = False) -> None:
+        super().__init__(message)
+        self.skip = skip
 
 
 class HandedOff(Exception):
@@ -154,7 +159,9 @@ def list_run_criteria(engine: Engine, claim: leases.Claim) -> tuple[int, list[st
     # for it: most likely a mistake, so it fails saying so. An auto run then just skips it.
     idle = [name for name in wanted if name not in present and name not in served]
     if (not names and not withdrawn) or (idle and trigger != "auto"):
-        raise NothingToTrain(f"no comparisons for criterion {', '.join(idle) or '(any)'}")
+        raise NothingToTrain(
+            f"no comparisons for criterion {', '.join(idle) or '(any)'}", skip=trigger == "auto"
+        )
     with engine.begin() as connection:
         return fanout.list_criteria(
             connection, claim, names=names, withdrawn=withdrawn, snapshot_at=taken_at

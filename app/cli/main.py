@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from app.cli.database import database_error_message, migrate, prepare_database
 from app.cli.sweeps import sweep_cli
 from app.core.config import get_settings
 
@@ -55,31 +56,9 @@ def _settings_are_valid() -> None:
         raise fail(f"invalid settings: {reasons}") from exc
 
 
-def migrate(revision: str = "head") -> None:
-    from alembic.config import Config
-
-    from alembic import command
-
-    root = Path(__file__).resolve().parents[2]
-    config = Config(str(root / "alembic.ini"))
-    config.set_main_option("script_location", str(root / "alembic"))
-    command.upgrade(config, revision)
-
-
-def prepare_database() -> None:
-    """The embedded default sets itself up (data directory, schema) as `serve` does; a server
-    database is migrated by its operator (`licchavi db upgrade`)."""
-    settings = get_settings()
-    settings.ensure_data_dir()
-    if settings.resolved_database_url.startswith("sqlite"):
-        migrate()
-
-
 def database_failure(exc: Exception) -> typer.Exit:
     """A database error as a one-line message (the statement stays out of it)."""
-    from app.core.errors import public_error
-
-    return fail(f"database error: {public_error(exc)} (is it migrated? `licchavi db upgrade`)")
+    return fail(database_error_message(exc))
 
 
 def print_columns(lines: Sequence[tuple[str, ...]]) -> None:

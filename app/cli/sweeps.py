@@ -32,17 +32,22 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 @contextmanager
 def _session() -> Iterator[Any]:
     """A session on the configured database; service errors become one-line CLI errors."""
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
+    from app.cli.database import database_error_message, prepare_database
     from app.core.db import get_engine
     from app.core.errors import ServiceError
 
     try:
+        prepare_database()
         with Session(get_engine(), expire_on_commit=False) as session:
             yield session
             session.commit()
     except ServiceError as exc:
         raise fail(exc.detail) from exc
+    except SQLAlchemyError as exc:
+        raise fail(database_error_message(exc)) from exc
 
 
 def _run(action: Callable[[Any], T]) -> T:
@@ -71,7 +76,7 @@ def submit(
     if missing is not None:
         raise fail(missing)
     if dry_run:
-        plan = control.dry_run(spec)
+        plan = _run(lambda session: control.dry_run(session, spec))
         if as_json:
             out.print_json(json.dumps(plan, default=str))
             return

@@ -47,9 +47,10 @@ def validate_spec(content: Any, *, pointer: str = "") -> SweepSpec:
         raise InvalidInput(f"{first['pointer']}: {first['message']}", errors=errors) from exc
 
 
-def dry_run(spec: SweepSpec) -> dict[str, Any]:
+def dry_run(session: Session, spec: SweepSpec) -> dict[str, Any]:
     """What a submission would run: the trials (a grid's first DRY_RUN_LISTED_TRIALS are
-    listed) and the evaluation count."""
+    listed) and the evaluation count; refused as the submission would be."""
+    check_submittable(session, spec)
     units = spec.units()
     max_trials = spec.budget.max_trials or 0
     baseline = spec.needs_baseline(max_trials)
@@ -81,8 +82,9 @@ def dry_run(spec: SweepSpec) -> dict[str, Any]:
     }
 
 
-def submit(session: Session, spec: SweepSpec) -> Sweep:
-    """Store a sweep in `preparing`; the scheduler freezes its data and starts it."""
+def check_submittable(session: Session, spec: SweepSpec) -> None:
+    """Refuse what the spec alone cannot tell: a criterion nobody compared on (a holdout
+    evaluation needs its comparisons) or CUDA while no worker reads the `gpu` queue."""
     known = session.exec(
         select(Criterion.id).where(col(Criterion.name) == spec.criterion)  # type: ignore[call-overload]
     ).first()
@@ -100,6 +102,11 @@ def submit(session: Session, spec: SweepSpec) -> Sweep:
         )
     if spec.base.get("device") == "cuda":
         require_gpu_worker("This sweep's base settings")
+
+
+def submit(session: Session, spec: SweepSpec) -> Sweep:
+    """Store a sweep in `preparing`; the scheduler freezes its data and starts it."""
+    check_submittable(session, spec)
     objective = spec.objectives[0]
     assert spec.budget.max_trials is not None
     sweep = Sweep(

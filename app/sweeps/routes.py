@@ -116,7 +116,7 @@ async def submit_sweep(
     spec = await run_in_threadpool(control.validate_spec, content)
     if dry_run:
         response.status_code = status.HTTP_200_OK
-        return await run_in_threadpool(control.dry_run, spec)
+        return await run_in_threadpool(control.dry_run, session, spec)
     sweep = await run_in_threadpool(control.submit, session, spec)
     response.headers["Location"] = str(request.url_for("get_sweep", sweep_id=sweep.id).path)
     return public(sweep)

@@ -15,6 +15,7 @@ from app.core.config import get_settings
 from app.core.db import get_engine
 from app.models import Sweep
 from app.runs.training_defaults import active_defaults
+from tests.conftest import reset_caches
 from tests.sweeps_support import grid_spec, run_sweep_inline
 
 # Wide enough that rich keeps every table row on one line.
@@ -94,6 +95,9 @@ def test_a_bad_spec_file_is_a_one_line_error(committed_database: str, tmp_path: 
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text(yaml.safe_dump({"name": "h", "criterion": "nope"}))
     assert "unknown criterion 'nope'" in one_line_error(licchavi("submit", str(unknown)))
+    # A dry run refuses what the submission would.
+    dry = licchavi("submit", str(unknown), "--dry-run")
+    assert "unknown criterion 'nope'" in one_line_error(dry)
     assert sweep_statuses() == []
 
 
@@ -199,3 +203,19 @@ def test_submit_without_the_sweeps_extra_is_a_one_line_error(
     message = one_line_error(licchavi("submit", str(spec_file)))
     assert "licchavi[sweeps]" in message and "optuna" in message
     assert sweep_statuses() == []
+
+
+def test_a_fresh_embedded_default_is_set_up_and_an_unreachable_server_is_one_line(
+    spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No table yet (a first command on a new data directory): the sweep commands set the
+    embedded default up as every other command does; a database that cannot be reached is a
+    one-line error, not a traceback."""
+    assert not (get_settings().data_dir / "licchavi.sqlite3").exists()
+    assert licchavi("submit", str(spec_file), "--dry-run").exit_code == 0
+    assert submitted_id(licchavi("submit", str(spec_file))) == 1
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/postgres")
+    reset_caches()
+    for args in (("submit", str(spec_file), "--dry-run"), ("status", "1"), ("cancel", "1")):
+        assert one_line_error(licchavi(*args)).startswith("error: database unavailable: ")

@@ -22,7 +22,7 @@ from app.runs import service as runs
 from app.runs.recovery import prune_superseded_scores, runs_to_wake
 from ml.config import LicchaviConfig
 from workers.tasks.maintenance import wake_stalled_runs
-from workers.tasks.training import fail_criterion
+from workers.tasks.training import fail_criterion, take_run
 
 CRITERIA = ["importance", "largely_recommended", "reliability"]
 Run = TrainingRun.__table__  # type: ignore[attr-defined]
@@ -38,15 +38,19 @@ def catalogue() -> None:
         session.commit()
 
 
-def listed_run(names: list[str] = CRITERIA, withdrawn: list[str] | None = None) -> leases.Claim:
+def stored_run(criteria: list[str] | None = None, trigger: str = "manual") -> int:
     with Session(get_engine()) as session:
         run = runs.new_run(
-            criteria=None, config=LicchaviConfig(), trigger="manual", warm_start=False
+            criteria=criteria, config=LicchaviConfig(), trigger=trigger, warm_start=False
         )
         session.add(run)
         session.commit()
         assert run.id is not None
-        run_id = run.id
+        return run.id
+
+
+def listed_run(names: list[str] = CRITERIA, withdrawn: list[str] | None = None) -> leases.Claim:
+    run_id = stored_run()
     claim = leases.claim(get_engine(), run_id=run_id, owner="lister", lease_seconds=60)
     assert claim is not None
     with get_engine().begin() as connection:
@@ -224,6 +228,25 @@ def test_a_worker_failing_after_a_takeover_warns_and_leaves_the_run_to_its_new_h
     assert [r.levelno for r in records] == [logging.ERROR]
     assert records[0].exc_info is not None and records[0].exc_info[0] is ValueError
     assert run_status(run.run_id)[::2] == ("failed", "importance: ValueError: no luck")
+
+
+@pytest.mark.parametrize(("trigger", "status"), [("auto", "cancelled"), ("manual", "failed")])
+def test_a_run_with_nothing_to_train_ends_in_one_line(
+    committed_database: str, caplog: pytest.LogCaptureFixture, trigger: str, status: str
+) -> None:
+    """A comparison on a new criterion queues an automatic run; deleted before the run starts,
+    it leaves nothing to train: the auto run is skipped (cancelled, saying why), a manual run
+    asking for that criterion fails; both in one log line, no traceback."""
+    catalogue()
+    run_id = stored_run(["importance"], trigger)
+    caplog.set_level(logging.INFO, logger="workers.tasks.training")
+    assert take_run(get_engine(), run_id, "lister") == status
+    state, _progress, error = run_status(run_id)
+    assert state == status and error is not None
+    assert "no comparisons for criterion importance" in error
+    records = [r for r in caplog.records if r.name == "workers.tasks.training"]
+    assert all(r.levelno == logging.INFO and r.exc_info is None for r in records)
+    assert any(f"run {run_id}: {status}" in r.getMessage() for r in records)
 
 
 def test_a_cancel_before_publication_publishes_nothing(committed_database: str) -> None:

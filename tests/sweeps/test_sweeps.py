@@ -124,6 +124,18 @@ def test_a_dry_run_counts_trials_and_stores_nothing(client: ApiClient) -> None:
     )
     plan = client.post(SWEEPS, params={"dry_run": "true"}, json=sampled, headers=auth).json()
     assert (plan["n_trials"], plan["trials"], plan["n_evaluations"]) == (9, None, 27)
+    # It refuses what the submission would: the web editor validates a spec by its dry run.
+    unknown = client.post(
+        SWEEPS,
+        params={"dry_run": "true"},
+        json=grid_spec(
+            criterion="zzz",
+            evaluation={"kind": "holdout"},
+            objectives=[{"metric": "heldout_accuracy", "direction": "maximize"}],
+        ),
+        headers=auth,
+    )
+    assert assert_problem(unknown, 422)["errors"][0]["pointer"] == "/criterion"
     assert client.get(SWEEPS).json()["total"] == 0
 
 

@@ -84,7 +84,7 @@ def take_run(engine: Engine, run_id: int, owner: str) -> str:
 
 def _list_claimed(engine: Engine, claim: leases.Claim) -> str:
     """List a claimed run's criteria; returns how that ended."""
-    from workers.training_run import list_run_criteria
+    from workers.training_run import NothingToTrain, list_run_criteria
 
     run_id = claim.run_id
     logger.info("run %s: claimed by %s (attempt %s)", run_id, claim.owner, claim.attempt)
@@ -93,6 +93,15 @@ def _list_claimed(engine: Engine, claim: leases.Claim) -> str:
     except leases.LeaseLost:
         logger.warning("run %s: taken over before its criteria were listed", run_id)
         return "lease lost"
+    except NothingToTrain as nothing:
+        # What was asked, not a fault of the service: one line, no traceback. An automatic
+        # run whose comparisons were deleted before it started has nothing to do: skipped.
+        status = "cancelled" if nothing.skip else "failed"
+        error = f"{nothing}: nothing to train, skipped" if nothing.skip else public_error(nothing)
+        with engine.begin() as connection:
+            leases.finish(connection, claim, status=status, error=error)
+        logger.info("run %s: %s (%s)", run_id, status, error)
+        return status
     except Exception as exc:
         logger.exception("run %s failed", run_id)
         with engine.begin() as connection:  # the traceback is in the log above

@@ -1,0 +1,36 @@
+"""The database as the commands find it: the embedded default set up on first use, and a
+database error told in one line."""
+
+from pathlib import Path
+
+from app.core.config import get_settings
+
+
+def migrate(revision: str = "head") -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    root = Path(__file__).resolve().parents[2]
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "alembic"))
+    command.upgrade(config, revision)
+
+
+def prepare_database() -> None:
+    """The embedded default sets itself up (data directory, schema) as `serve` does; a server
+    database is migrated by its operator (`licchavi db upgrade`)."""
+    settings = get_settings()
+    settings.ensure_data_dir()
+    if settings.resolved_database_url.startswith("sqlite"):
+        migrate()
+
+
+def database_error_message(exc: Exception) -> str:
+    """A database error in one line (the statement stays out of it), with the likely cause."""
+    from app.core.db import database_unavailable
+    from app.core.errors import public_error
+
+    if database_unavailable(exc) and "no such table" not in str(exc):
+        return f"database unavailable: {public_error(exc)}"
+    return f"database error: {public_error(exc)} (is it migrated? `licchavi db upgrade`)"
