@@ -154,7 +154,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"config file {path}: {error.strerror or error}") from error
     try:
-        content = json.loads(text) if path.suffix == ".json" else bounded_yaml.load(text)
+        content = (
+            bounded_yaml.load_json(text) if path.suffix == ".json" else bounded_yaml.load(text)
+        )
     except (ValueError, RecursionError, yaml.YAMLError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"config file {path}: cannot parse ({first_line})") from error

@@ -12,14 +12,14 @@ from sqlmodel import Session, col
 from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.logs import current_request_id
 from app.core.version import code_version, git_commit
-from app.models import Criterion, Sweep, SweepEvaluation, SweepTrial
+from app.models import Comparison, Criterion, Sweep, SweepEvaluation, SweepTrial
 from app.runs.service import resolved_config
 from app.runs.wakeups import require_gpu_worker
 from app.sweeps.execution import now_utc, record_event
 from app.sweeps.ranking import best_trial_id
 from app.sweeps.scheduler import add_evaluations
 from ml.config import LicchaviConfig, config_hash
-from ml.sweep.spec import SweepSpec, error_location, spec_hash
+from ml.sweep.spec import HoldoutEvaluation, SweepSpec, error_location, spec_hash
 
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
 Trial = SweepTrial.__table__  # type: ignore[attr-defined]
@@ -83,25 +83,45 @@ def dry_run(session: Session, spec: SweepSpec) -> dict[str, Any]:
 
 
 def check_submittable(session: Session, spec: SweepSpec) -> None:
-    """Refuse what the spec alone cannot tell: a criterion nobody compared on (a holdout
-    evaluation needs its comparisons) or CUDA while no worker reads the `gpu` queue."""
-    known = session.exec(
-        select(Criterion.id).where(col(Criterion.name) == spec.criterion)  # type: ignore[call-overload]
-    ).first()
-    if spec.evaluation.kind == "holdout" and known is None:
-        raise InvalidInput(
-            f"/criterion: unknown criterion {spec.criterion!r}",
-            errors=[
-                {
-                    "loc": ["body", "criterion"],
-                    "pointer": "/criterion",
-                    "message": f"unknown criterion {spec.criterion!r}",
-                    "type": "unknown_criterion",
-                }
-            ],
+    """Refuse what the spec alone cannot tell: a criterion without the comparisons a holdout
+    evaluation splits into folds, or CUDA while no worker reads the `gpu` queue."""
+    if isinstance(spec.evaluation, HoldoutEvaluation):
+        known = (
+            session.connection()
+            .execute(select(col(Criterion.id)).where(col(Criterion.name) == spec.criterion))
+            .scalar()
         )
+        if known is None:
+            _refuse_criterion(f"unknown criterion {spec.criterion!r}", "unknown_criterion")
+        folds = spec.evaluation.folds
+        # Counted up to what is needed: a criterion with millions of comparisons stops early.
+        enough = (
+            select(col(Comparison.id)).where(col(Comparison.criterion_id) == known).limit(folds)
+        )
+        found = session.connection().execute(select(func.count()).select_from(enough.subquery()))
+        if (count := int(found.scalar_one())) < folds:
+            _refuse_criterion(
+                f"criterion {spec.criterion!r} has "
+                + ("no comparisons" if count == 0 else f"{count} comparisons, too few")
+                + f" for {folds} folds",
+                "too_few_comparisons",
+            )
     if spec.base.get("device") == "cuda":
         require_gpu_worker("This sweep's base settings")
+
+
+def _refuse_criterion(message: str, kind: str) -> None:
+    raise InvalidInput(
+        f"/criterion: {message}",
+        errors=[
+            {
+                "loc": ["body", "criterion"],
+                "pointer": "/criterion",
+                "message": message,
+                "type": kind,
+            }
+        ],
+    )
 
 
 def submit(session: Session, spec: SweepSpec) -> Sweep:
@@ -370,6 +390,8 @@ def rerun_trial(
     if sweep.started_at is None:
         raise Conflict(f"Sweep {sweep_id} has not started yet.")
     config = resolved_config(overrides, None, parent.config, pointer="/overrides")
+    if config.device == "cuda":  # CPU workers leave it queued: the sweep would never end
+        require_gpu_worker("This trial's settings")
     _reopen(session, sweep)
     spec = SweepSpec.model_validate(sweep.spec)
     number = (

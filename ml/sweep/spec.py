@@ -121,6 +121,11 @@ class Parameter(BaseModel):
                 raise ValueError(f"the range has over {MAX_GRID_TRIALS} points")
         elif self.high is not None:
             raise ValueError("high without low")
+        listed = self.values if self.values is not None else self.choices
+        for index, value in enumerate(listed or ()):
+            # A value listed twice would train the same trial twice (1 and 1.0 are one value).
+            if any(value == earlier for earlier in (listed or ())[:index]):
+                raise ValueError(f"{value!r} is listed twice")
         return self
 
     @property
@@ -537,7 +542,7 @@ def read_document(text: str | bytes, kind: Literal["json", "yaml"]) -> Any:
     if len(text) > MAX_SPEC_BYTES:
         raise SpecTooLarge(f"a spec is at most {MAX_SPEC_BYTES} bytes (got {len(text)})")
     try:
-        return json.loads(text) if kind == "json" else bounded_yaml.load(text)
+        return bounded_yaml.load_json(text) if kind == "json" else bounded_yaml.load(text)
     except (ValueError, RecursionError, bounded_yaml.BoundedYamlError) as error:
         raise SpecError(
             str(error).splitlines()[0] if str(error) else type(error).__name__

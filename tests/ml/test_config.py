@@ -84,6 +84,9 @@ def test_hash_is_stable_and_sensitive() -> None:
         ("w: .inf\n", ".yaml", "w: Input should be a finite number"),
         ('{"w": 1e309}', ".json", "w: Input should be a finite number"),
         ("epochs: 1000000000\n", ".yaml", "epochs: Input should be less than or equal to 100000"),
+        ("w: 1\nepochs: 5\nw: 2\n", ".yaml", "key 'w' given twice (line 3)"),
+        ("licchavi:\n  w: 1\n  w: 2\n", ".yaml", "key 'w' given twice"),
+        ('{"w": 1, "w": 2}', ".json", "key 'w' given twice"),
     ],
 )
 def test_an_exhausting_or_infinite_config_file_is_a_config_error(

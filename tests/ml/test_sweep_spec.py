@@ -122,6 +122,11 @@ def test_grid_over_ranges_with_a_step() -> None:
             "objectives: 'spearman' is not recorded by a holdout evaluation",
         ),
         ({"repeats": {"seeds": [1, 2, 1]}}, "repeats.seeds: seeds must be distinct"),
+        ({"parameters": {"w": {"values": [1, 2, 1.0]}}}, "parameters.w: 1.0 is listed twice"),
+        (
+            {"method": "random", "parameters": {"solver": {"choices": ["faithful", "faithful"]}}},
+            "parameters.solver: 'faithful' is listed twice",
+        ),
         (
             {"evaluation": {"kind": "synthetic", "generator": {"seed": 4}}},
             "evaluation.generator: the generator's seed comes from repeats.seeds",
@@ -218,6 +223,12 @@ def test_load_spec_errors_are_one_line(tmp_path: Path) -> None:
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("name: x\nrepeats: {seeds: [2, 2]}\n")
     assert error(invalid) == "repeats.seeds: seeds must be distinct"
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("name: x\nparameters: {w: {values: [1]}}\nname: y\n")
+    assert error(twice) == f"{twice}: cannot parse (key 'name' given twice (line 3))"
+    twice_json = tmp_path / "twice.json"
+    twice_json.write_text('{"name": "x", "name": "y"}')
+    assert error(twice_json) == f"{twice_json}: cannot parse (key 'name' given twice)"
 
 
 def test_values_are_checked_and_stored_as_the_setting_reads_them() -> None:

@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from app.core.config import get_settings
 from app.core.db import get_engine
+from app.core.errors import InvalidInput
 from app.models import SweepEvaluation, User, WorkerHeartbeat
 from app.runs.trust import mark_users
 from app.runs.wakeups import forget_gpu_workers
@@ -38,6 +39,11 @@ def submit(engine: Engine, spec: dict[str, Any]) -> int:
         session.commit()
         assert sweep.id is not None
         return sweep.id
+
+
+def dry_run(engine: Engine, spec: dict[str, Any]) -> dict[str, Any]:
+    with Session(engine) as session:
+        return control.dry_run(session, control.validate_spec(spec))
 
 
 def scheduler(engine: Engine, owner: str = "inline-scheduler") -> SweepScheduler:
@@ -334,14 +340,28 @@ def test_a_holdout_sweep_freezes_the_live_comparisons_and_their_split(engine: En
     assert marked == set(trusted)
 
 
-def test_a_holdout_sweep_without_comparisons_fails_with_the_reason(engine: Engine) -> None:
-    sweep_id = submit(
-        engine,
-        grid_spec(
-            evaluation={"kind": "holdout"},
-            objectives=[{"metric": "heldout_accuracy", "direction": "maximize"}],
-        ),
+def test_a_holdout_sweep_without_comparisons_is_refused_or_fails_with_the_reason(
+    engine: Engine,
+) -> None:
+    """Refused at submission (and by its dry run) while the criterion has fewer comparisons
+    than folds; when they are deleted after it was accepted, the sweep fails saying why."""
+    from app.comparisons.transfer import import_comparisons
+    from tests.conftest import SHARED_DATA
+
+    spec = grid_spec(
+        evaluation={"kind": "holdout", "folds": 4},
+        objectives=[{"metric": "heldout_accuracy", "direction": "maximize"}],
     )
+    for check in (submit, dry_run):
+        with pytest.raises(InvalidInput, match="'largely_recommended' has no comparisons for 4"):
+            check(engine, spec)
+    with pytest.raises(InvalidInput, match="unknown criterion 'zzz'"):
+        submit(engine, {**spec, "criterion": "zzz"})
+
+    import_comparisons(engine, SHARED_DATA / "licchavi-v1-reference" / "xs" / "comparisons.csv")
+    sweep_id = submit(engine, spec)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM comparisons"))
     assert run_sweep_inline(engine, get_settings(), sweep_id) == "failed"
     assert (
         "no comparisons for criterion 'largely_recommended'" in sweep_row(engine, sweep_id)["error"]

@@ -22,7 +22,7 @@ from app.models import SweepEvaluation
 from app.sweeps import execution
 from app.sweeps.scheduler import SweepScheduler
 from ml.sweep.spec import parse_spec, spec_hash
-from tests.comparisons.test_comparisons import assert_problem
+from tests.comparisons.test_comparisons import assert_problem, payload
 from tests.conftest import ApiClient, create_database, drop_database, migrate, reset_caches
 from tests.sweeps_support import grid_spec, run_sweep_inline
 
@@ -226,7 +226,17 @@ def test_a_holdout_spec_needs_a_known_criterion(client: ApiClient) -> None:
         client.post(SWEEPS, json={"name": "h", "criterion": "nope"}, headers=auth), 422
     )
     assert body["errors"][0]["pointer"] == "/criterion" and "'nope'" in body["detail"]
-    known = client.post(SWEEPS, json={"name": "h", "criterion": "reliability"}, headers=auth)
+    # Known but without the comparisons its 5 folds split: refused rather than failing later.
+    spec = {"name": "h", "criterion": "reliability"}
+    for dry_run in ("true", "false"):
+        few = client.post(SWEEPS, json=spec, headers=auth, params={"dry_run": dry_run})
+        assert "'reliability' has no comparisons for 5 folds" in assert_problem(few, 422)["detail"]
+    rows = [payload(user=f"u{i}", a=f"yt:a{i}", b=f"yt:b{i}", reliability=3) for i in range(5)]
+    written = client.post(
+        "/api/v1/comparisons/bulk", json=rows, headers=client.key("comparisons:write")
+    )
+    assert written.status_code == 200, written.text
+    known = client.post(SWEEPS, json=spec, headers=auth)
     assert known.status_code == 202 and known.json()["spec"]["evaluation"]["kind"] == "holdout"
     # Synthetic data is generated for whatever criterion it names.
     invented = client.post(SWEEPS, json=grid_spec(criterion="invented"), headers=auth)
@@ -597,6 +607,12 @@ def test_a_rerun_with_overrides_runs_as_a_child_trial(live: Live) -> None:
     assert_problem(
         client.post(f"{base}/trials/999999/rerun", json={"overrides": {}}, headers=auth), 404
     )
+    # CPU workers leave a CUDA evaluation queued: with no GPU worker the sweep would never end.
+    cuda = client.post(
+        f"{base}/trials/{parent['id']}/rerun", json={"overrides": {"device": "cuda"}}, headers=auth
+    )
+    assert "gpu queue" in assert_problem(cuda, 409)["detail"]
+    assert client.get(base).json()["status"] == "completed"
     response = client.post(
         f"{base}/trials/{parent['id']}/rerun", json={"overrides": {"epochs": 5}}, headers=auth
     )
