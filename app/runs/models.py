@@ -37,6 +37,10 @@ class TrainingRun(SQLModel, table=True):
             postgresql_where=sa.text("status = 'queued' AND trigger = 'auto'"),
             sqlite_where=sa.text("status = 'queued' AND trigger = 'auto'"),
         ),
+        # An Idempotency-Key is the caller's own: another caller's same key is another request.
+        sa.Index(
+            "uq_training_runs_caller_idempotency_key", "caller", "idempotency_key", unique=True
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -64,7 +68,11 @@ class TrainingRun(SQLModel, table=True):
     heartbeat_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))
     cancel_requested: bool = False
     error: str | None = Field(default=None, sa_type=sa.Text)
-    idempotency_key: str | None = Field(default=None, max_length=200, unique=True)
+    # The credential that asked for it through the API (`Principal.credential`: `key:<id>` or
+    # `jwt:<issuer>:<user>`); None for runs queued otherwise (auto training, sweeps, the CLI) or
+    # stored before callers were recorded.
+    caller: str | None = Field(default=None, sa_type=sa.Text)
+    idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str | None = Field(default=None, max_length=64)
     # The X-Request-ID of the API request that queued it: its worker logs carry it too.
     request_id: str | None = Field(default=None, max_length=128)

@@ -2,14 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from app.api.auth_first import AuthFirstRoute
 from app.api.deps import Id, PagingDep
 from app.api.openapi import problems
 from app.api.schemas import CriterionName, Page, Text
 from app.core.db import SessionDep
-from app.identity.security import scoped
+from app.identity.security import Principal, require_scope, scoped
 from app.runs import plots, service
 from app.runs.schemas import RunCreate, RunMetrics, RunPublic, RunStatus, RunTrigger
 
@@ -21,16 +21,19 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="A retry with the same key and body returns the run the first call created.",
+        description="A retry with the same key and body, from the same credential, returns the"
+        " run the first call created; the key is the credential's own (another credential's"
+        " same key is another request).",
     ),
 ]
+WRITE = "runs:write"
 
 
 @router.post(
     "",
     response_model=RunPublic,
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[scoped("runs:write")],
+    dependencies=[scoped(WRITE)],
     responses=problems(409),
 )
 def create_run(
@@ -38,10 +41,16 @@ def create_run(
     session: SessionDep,
     request: Request,
     response: Response,
+    principal: Annotated[Principal, Depends(require_scope(WRITE))],
     idempotency_key: IdempotencyKey = None,
 ) -> RunPublic:
     """Queue a training run; a worker picks it up. Poll the `Location` for progress."""
-    run, created = service.create_run(session, payload=payload, idempotency_key=idempotency_key)
+    run, created = service.create_run(
+        session,
+        payload=payload,
+        caller=principal.credential,
+        idempotency_key=idempotency_key,
+    )
     response.headers["Location"] = str(request.url_for("get_run", run_id=run.id).path)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -89,7 +98,7 @@ def get_run(run_id: Id, session: SessionDep) -> RunPublic:
 @router.post(
     "/{run_id}/cancel",
     response_model=RunPublic,
-    dependencies=[scoped("runs:write")],
+    dependencies=[scoped(WRITE)],
     responses=problems(409),
 )
 def cancel_run(run_id: Id, session: SessionDep) -> RunPublic:

@@ -48,8 +48,18 @@ def resolved_config(
         ) from exc
 
 
-def _request_hash(payload: RunCreate) -> str:
-    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def _request_hash(payload: RunCreate, config: LicchaviConfig) -> str:
+    """The request as validated, so that bodies meaning the same run hash alike: `"w": 1` and
+    `"w": 1.0`, criteria in any order, the solver named in `config` or beside it. Only the
+    settings the request names count, so a retry after a promotion of other defaults replays."""
+    named = set(payload.config) | ({"solver"} if payload.solver is not None else set())
+    settings = config.model_dump(mode="json")
+    request = {
+        "criteria": sorted(payload.criteria) if payload.criteria is not None else None,
+        "config": {name: settings[name] for name in sorted(named)},
+        "warm_start": payload.warm_start,
+    }
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -99,25 +109,33 @@ def new_run(
 
 
 def create_run(
-    session: Session, *, payload: RunCreate, idempotency_key: str | None
+    session: Session,
+    *,
+    payload: RunCreate,
+    caller: str | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[TrainingRun, bool]:
     """A queued manual run, woken after commit; returns (run, created).
 
-    With an Idempotency-Key, a retry of the same request returns the run it created; the same key
-    with a different request is a conflict.
+    `caller` is the credential that asks (`Principal.credential`). An Idempotency-Key is that
+    caller's own: a retry of the same request returns the run it created, the same key with a
+    different request is a conflict, and another caller's same key is another request.
     """
-    request_hash = _request_hash(payload)
-    if idempotency_key is not None:
-        existing = _by_idempotency_key(session, idempotency_key, request_hash)
+    if idempotency_key is not None and caller is None:
+        raise ValueError("an Idempotency-Key needs the caller it belongs to")
+    config = resolved_config(payload.config, payload.solver, production_config(session))
+    request_hash = _request_hash(payload, config)
+    if caller is not None and idempotency_key is not None:
+        existing = _by_idempotency_key(session, caller, idempotency_key, request_hash)
         if existing is not None:
             return existing, False
     _check_criteria(session, payload.criteria)
-    config = resolved_config(payload.config, payload.solver, production_config(session))
     if config.device == "cuda":
         require_gpu_worker("This run")
     run = new_run(
         criteria=payload.criteria, config=config, trigger="manual", warm_start=payload.warm_start
     )
+    run.caller = caller
     run.idempotency_key = idempotency_key
     run.request_hash = request_hash
     try:
@@ -125,10 +143,10 @@ def create_run(
             session.add(run)
             session.flush()
     except IntegrityError:
-        # A concurrent request with the same key won the insert.
-        if idempotency_key is None:
+        # A concurrent request of the same caller with the same key won the insert.
+        if caller is None or idempotency_key is None:
             raise
-        existing = _by_idempotency_key(session, idempotency_key, request_hash)
+        existing = _by_idempotency_key(session, caller, idempotency_key, request_hash)
         if existing is None:
             raise
         return existing, False
@@ -137,8 +155,12 @@ def create_run(
     return run, True
 
 
-def _by_idempotency_key(session: Session, key: str, request_hash: str) -> TrainingRun | None:
-    run = session.exec(select(TrainingRun).where(TrainingRun.idempotency_key == key)).first()
+def _by_idempotency_key(
+    session: Session, caller: str, key: str, request_hash: str
+) -> TrainingRun | None:
+    run = session.exec(
+        select(TrainingRun).where(TrainingRun.caller == caller, TrainingRun.idempotency_key == key)
+    ).first()
     if run is not None and run.request_hash != request_hash:
         raise Conflict("This Idempotency-Key was used with a different request; use a new key.")
     return run

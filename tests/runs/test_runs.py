@@ -2,15 +2,24 @@
 
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import jwt
+import pytest
+from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
+from app.core.db import get_engine
+from app.identity.security import create_api_key
+from app.main import create_app
 from app.models import TrainingRun
 from app.runs.freshness import comparisons_changed
 from app.runs.wakeups import pending, wake_after_commit
 from tests.comparisons.test_comparisons import assert_problem, payload
 from tests.conftest import ApiClient
+from tests.identity.test_tokens import SECRET, bearer, claims, configure
 
 RUNS = "/api/v1/training-runs"
 WRITE = "runs:write"
@@ -61,6 +70,123 @@ def test_an_idempotency_key_replays_the_same_run_and_rejects_another_body(
     assert client.get(RUNS).json()["total"] == 1
     body = assert_problem(client.post(RUNS, json={"config": {"epochs": 6}}, headers=headers), 409)
     assert "Idempotency-Key" in body["detail"]
+
+
+def test_an_idempotency_key_is_the_callers_own(client: ApiClient) -> None:
+    """Two credentials choosing the same key make two runs, each replaying its own; a key is
+    never a conflict with another credential's request."""
+    body = {"criteria": ["largely_recommended"], "config": {"epochs": 5}}
+    service_a, service_b = client.key(WRITE), client.key(WRITE)
+    alice = client.key(WRITE, user="alice")
+    ids = []
+    for auth in (service_a, service_b, alice):
+        response = client.post(RUNS, json=body, headers={**auth, "Idempotency-Key": "shared-X"})
+        assert response.status_code == 202, response.text
+        assert "Idempotent-Replayed" not in response.headers
+        ids.append(response.json()["id"])
+    assert len(set(ids)) == 3
+    for auth, run_id in zip((service_a, service_b, alice), ids, strict=True):
+        again = client.post(RUNS, json=body, headers={**auth, "Idempotency-Key": "shared-X"})
+        assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+        assert again.json()["id"] == run_id
+    # A caller that never used the key may send any body with it.
+    other = {**body, "config": {"epochs": 6}}
+    fresh = client.post(
+        RUNS, json=other, headers={**client.key(WRITE), "Idempotency-Key": "shared-X"}
+    )
+    assert fresh.status_code == 202, fresh.text
+    assert fresh.json()["id"] not in ids
+    # The same caller with another body is still a conflict.
+    assert_problem(
+        client.post(RUNS, json=other, headers={**service_a, "Idempotency-Key": "shared-X"}), 409
+    )
+    assert client.get(RUNS).json()["total"] == 4
+
+
+def test_bearer_tokens_scope_their_keys_by_user(
+    client: ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token's caller is its issuer and user: alice's tokens share her keys, bob's are his."""
+    configure(monkeypatch, jwt_secret=SECRET, jwt_grantable_scopes=WRITE)
+
+    def post(user: str) -> Any:
+        token = jwt.encode(claims(sub=user, scope=WRITE), SECRET, "HS256")
+        headers = {**bearer(token), "Idempotency-Key": "tokens"}
+        response = client.post(RUNS, json={"config": {"epochs": 5}}, headers=headers)
+        assert response.status_code == 202, response.text
+        return response
+
+    alice, bob, alice_again = post("alice"), post("bob"), post("alice")
+    assert alice.json()["id"] != bob.json()["id"]
+    assert alice_again.json()["id"] == alice.json()["id"]
+    assert alice_again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in bob.headers
+
+
+def test_a_retry_is_compared_as_validated_not_as_sent(client: ApiClient) -> None:
+    """`1` and `1.0` are the same setting, criteria are a set, the solver may be named in the
+    config or beside it: such retries replay the run rather than conflict."""
+    headers = {**client.key(WRITE), "Idempotency-Key": "normalised"}
+    first = client.post(
+        RUNS,
+        json={
+            "criteria": ["reliability", "importance"],
+            "solver": "faithful",
+            "config": {"w": 1.0},
+        },
+        headers=headers,
+    )
+    assert first.status_code == 202, first.text
+    for retry in (
+        {"criteria": ["reliability", "importance"], "solver": "faithful", "config": {"w": 1}},
+        {"criteria": ["importance", "reliability"], "config": {"w": 1, "solver": "faithful"}},
+        {
+            "criteria": ["importance", "reliability"],
+            "solver": "faithful",
+            "config": {"w": 1},
+            "warm_start": True,
+        },
+    ):
+        again = client.post(RUNS, json=retry, headers=headers)
+        assert again.status_code == 202, (retry, again.text)
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.json()["id"] == first.json()["id"]
+    for different in (
+        {"criteria": ["reliability", "importance"], "solver": "faithful", "config": {"w": 1.5}},
+        {"criteria": ["reliability"], "solver": "faithful", "config": {"w": 1}},
+        {"criteria": ["reliability", "importance"], "config": {"w": 1}},
+        {
+            "criteria": ["reliability", "importance"],
+            "solver": "faithful",
+            "config": {"w": 1},
+            "warm_start": False,
+        },
+    ):
+        assert_problem(client.post(RUNS, json=different, headers=headers), 409)
+    assert client.get(RUNS).json()["total"] == 1
+
+
+def test_concurrent_retries_of_each_caller_make_one_run_each(committed_database: str) -> None:
+    """Twelve identical requests at once from each of two callers with one key: each caller
+    gets exactly one run, the other caller's never, and every answer is a 202."""
+    with Session(get_engine()) as session:
+        keys = [create_api_key(session, name=f"c{i}", scopes=[WRITE])[1] for i in range(2)]
+        session.commit()
+    barrier = threading.Barrier(24)
+
+    def post(key: str) -> tuple[str, int, int]:
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "at-once"}
+        barrier.wait(30)
+        response = client.post(RUNS, json={"config": {"epochs": 5}}, headers=headers)
+        return key, response.status_code, response.json().get("id", 0)
+
+    with TestClient(create_app()) as client, ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(post, keys * 12))
+        total = client.get(RUNS).json()["total"]
+    assert {status for _key, status, _id in answers} == {202}
+    ids = {key: {run_id for k, _status, run_id in answers if k == key} for key in keys}
+    assert all(len(each) == 1 for each in ids.values())
+    assert ids[keys[0]] != ids[keys[1]] and total == 2
 
 
 def test_invalid_settings_and_unknown_criteria_are_rejected(client: ApiClient) -> None:
