@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp
 
+from app.api.head_requests import HeadAsGet
 from app.api.openapi import install_openapi
 from app.api.rate_limits import enforce_rate_limits, install_rate_limits
 from app.api.request_id import RequestId
@@ -35,13 +36,16 @@ API_PREFIX = "/api/v1"
 
 class Application(FastAPI):
     """FastAPI with CORS (when CORS_ALLOW_ORIGINS is set) around its whole middleware stack, the
-    server-error handler included, so that even a 500 problem is readable by the page."""
+    server-error handler included, so that even a 500 problem is readable by the page; and around
+    that, HEAD run as GET on every route that has GET."""
 
     cors_allow_origins: tuple[str, ...] = ()
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
-        return Cors(stack, self.cors_allow_origins) if self.cors_allow_origins else stack
+        if self.cors_allow_origins:
+            stack = Cors(stack, self.cors_allow_origins)
+        return HeadAsGet(stack)
 
 
 def create_app() -> FastAPI:

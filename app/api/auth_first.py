@@ -2,25 +2,23 @@
 reads and parses the request body, so an unauthenticated client cannot make the service parse
 16 MB of JSON only to be told 401."""
 
-from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
-from typing import Any
 
 from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_parameterless_sub_dependant, solve_dependencies
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
+
+from app.api.json_route import Handler, JsonBodyRoute
 
 # Where FastAPI keeps the exit stacks of a request's dependencies.
 _STACKS = ("fastapi_inner_astack", "fastapi_function_astack")
 
-Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
-
-class AuthFirstRoute(APIRoute):
-    """An APIRoute whose `dependencies=[…]` run before its body is read, when it has a body.
+class AuthFirstRoute(JsonBodyRoute):
+    """A JsonBodyRoute whose `dependencies=[…]` run before its body is read (and its media type
+    checked), when it has a body.
 
     They run again with the handler's own dependencies; the second check of a key is a hit of
     the verified-key cache (no database lookup).

@@ -37,8 +37,8 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def _implied_statuses(path: str, operation: dict[str, Any]) -> set[int]:
     """Codes an operation answers because of its shape: a key (401, 403), an id in the path or a
-    criterion to look up (404), parameters or a body to validate (422), a body (413; 400 when
-    it is not even text the framework can parse as JSON)."""
+    criterion to look up (404), parameters or a body to validate (422, a body that is not JSON
+    included), a body (413, and 415 for a media type the route does not take)."""
     parameters = operation.get("parameters", [])
     names = {p["name"] for p in parameters}
     statuses = set()
@@ -49,7 +49,7 @@ def _implied_statuses(path: str, operation: dict[str, Any]) -> set[int]:
     if parameters or "requestBody" in operation:
         statuses.add(422)
     if "requestBody" in operation:
-        statuses |= {400, 413}
+        statuses |= {413, 415}
     return statuses
 
 

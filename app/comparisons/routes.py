@@ -33,10 +33,9 @@ from app.core.errors import (
     Forbidden,
     InvalidInput,
     PayloadTooLarge,
-    UnsupportedMediaType,
     validation_errors,
 )
-from app.core.json_body import parse_json
+from app.core.json_body import JSON, media_type, parse_json, unsupported_media_type
 from app.identity.security import Principal, require_scope, scoped
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"], route_class=AuthFirstRoute)
@@ -159,13 +158,13 @@ async def create_comparisons_bulk(
     With a user key or token, every row is that user's: `user_id` (JSON) or the
     `public_username` column (CSV) may be left out, and a row naming another user is a 403."""
     body = await request.body()
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "text/csv":
+    media = media_type(request.headers.get("content-type"))
+    if media == "text/csv":
         rows = await run_in_threadpool(_rows_from_csv, session, body, principal)
-    elif media_type in ("application/json", ""):
+    elif media in (JSON, ""):
         rows = await run_in_threadpool(_rows_from_json, session, body, principal)
     else:
-        raise UnsupportedMediaType(f"Send application/json or text/csv, not {media_type!r}.")
+        raise unsupported_media_type(media, JSON, "text/csv")
     outcome = await run_in_threadpool(service.write_many, session, rows=rows)
     return BulkResult(
         inserted=outcome.inserted, updated=outcome.updated, unchanged=outcome.unchanged

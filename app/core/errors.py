@@ -217,15 +217,19 @@ _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the application serves on the request's path."""
+    """Every method some route of the application serves on the request's path (HEAD wherever
+    GET is: the application answers HEAD as GET)."""
     routes = request.app.router.routes
-    return [
+    served = {
         method
         for method in _METHODS
         if any(
             route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )
-    ]
+    }
+    if "GET" in served:
+        served.add("HEAD")
+    return [method for method in _METHODS if method in served]
 
 
 # SQLSTATEs of values the database refuses to store, with what the client is told.

@@ -14,8 +14,8 @@ from app.core.errors import (
     InvalidInput,
     PayloadTooLarge,
     ServiceUnavailable,
-    UnsupportedMediaType,
 )
+from app.core.json_body import JSON, media_type, unsupported_media_type
 from app.identity.security import scoped
 from app.models import Sweep
 from app.sweeps import control, promotion, results
@@ -60,15 +60,13 @@ def spec_schema() -> dict[str, Any]:
     return SweepSpec.model_json_schema()
 
 
-def _spec_content(body: bytes, media_type: str) -> Any:
-    if media_type in YAML_TYPES:
+def _spec_content(body: bytes, media: str) -> Any:
+    if media in YAML_TYPES:
         kind: Literal["json", "yaml"] = "yaml"
-    elif media_type in ("application/json", ""):
+    elif media in (JSON, ""):
         kind = "json"
     else:
-        raise UnsupportedMediaType(
-            f"Send application/json or application/yaml, not {media_type!r}."
-        )
+        raise unsupported_media_type(media, JSON, "application/yaml")
     try:
         return read_document(body, kind)
     except SpecTooLarge as exc:
@@ -111,8 +109,7 @@ async def submit_sweep(
     missing = missing_extra()
     if missing is not None:
         raise ServiceUnavailable(missing)
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    content = _spec_content(await request.body(), media_type)
+    content = _spec_content(await request.body(), media_type(request.headers.get("content-type")))
     spec = await run_in_threadpool(control.validate_spec, content)
     if dry_run:
         response.status_code = status.HTTP_200_OK

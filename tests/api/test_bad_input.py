@@ -57,13 +57,14 @@ def _score(value: Any) -> dict[str, Any]:
 
 # (method, path, request keywords, acceptable statuses): each sent with the admin key.
 CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...]]] = {
-    # 100,000-deep JSON: the standard library's parser raised RecursionError (500).
-    "deep json, single write": ("POST", "/comparisons", _raw(deep_json()), (400, 422)),
+    # 100,000-deep JSON: the standard library's parser raised RecursionError (500), and FastAPI
+    # answered the routes it parses itself with a 400.
+    "deep json, single write": ("POST", "/comparisons", _raw(deep_json()), (422,)),
     "deep json, bulk": ("POST", "/comparisons/bulk", _raw(deep_json()), (422,)),
     "deep json, sweep": ("POST", "/sweeps", _raw(deep_json()), (422,)),
     "deep json, sweep dry run": ("POST", "/sweeps?dry_run=true", _raw(deep_json()), (422,)),
-    "deep json, criterion": ("POST", "/criteria", _raw(deep_json()), (400, 422)),
-    "deep json, run": ("POST", "/training-runs", _raw(deep_json()), (400, 422)),
+    "deep json, criterion": ("POST", "/criteria", _raw(deep_json()), (422,)),
+    "deep json, run": ("POST", "/training-runs", _raw(deep_json()), (422,)),
     "deep object, bulk": (
         "POST",
         "/comparisons/bulk",
@@ -275,12 +276,12 @@ def test_the_key_is_checked_before_the_body_is_parsed(
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("PUT", "/api/v1/comparisons", "GET, POST"),
-        ("PATCH", "/api/v1/comparisons/a/yt:a/yt:b", "DELETE, GET"),
-        ("DELETE", "/api/v1/sweeps/1", "GET, PATCH"),
+        ("PUT", "/api/v1/comparisons", "GET, HEAD, POST"),
+        ("PATCH", "/api/v1/comparisons/a/yt:a/yt:b", "DELETE, GET, HEAD"),
+        ("DELETE", "/api/v1/sweeps/1", "GET, HEAD, PATCH"),
         ("POST", "/api/v1/no-such-path", None),
-        ("PUT", "/api/v1/criteria", "GET, POST"),
-        ("POST", "/healthz", "GET"),
+        ("PUT", "/api/v1/criteria", "GET, HEAD, POST"),
+        ("POST", "/healthz", "GET, HEAD"),
     ],
 )
 def test_method_not_allowed_names_every_allowed_method(

@@ -136,6 +136,11 @@ def test_a_wildcard_admits_anonymous_reads_from_any_origin_and_nothing_more(
     assert "access-control-allow-credentials" not in read.headers
     assert "etag" in read.headers["access-control-expose-headers"].lower()
     assert "origin" in vary(read)
+    # A HEAD is the GET without its body: as readable, with the same headers.
+    head = client.head("/api/v1/scores", headers={"Origin": OTHER})
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["access-control-allow-origin"] == "*"
+    assert head.headers["content-length"] == read.headers["content-length"]
     # A request with a credential from an unlisted origin (no browser would send it after the
     # refused preflight) is not marked readable either, nor is a write.
     with_key = client.get(

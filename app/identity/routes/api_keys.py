@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, status
 
+from app.api.auth_first import AuthFirstRoute
 from app.api.deps import PagingDep
 from app.api.schemas import Page
 from app.core.db import SessionDep
@@ -11,7 +12,12 @@ from app.identity.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
 from app.identity.security import UnknownScope, create_api_key, scoped
 from app.models import ApiKey
 
-router = APIRouter(prefix="/api-keys", tags=["api keys"], dependencies=[scoped("admin")])
+router = APIRouter(
+    prefix="/api-keys",
+    tags=["api keys"],
+    dependencies=[scoped("admin")],
+    route_class=AuthFirstRoute,
+)
 
 
 def public(row: ApiKey) -> ApiKeyPublic:
