@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from app.cli.database import database_error_message, migrate, prepare_database
+from app.cli.database import DataDirError, database_error_message, migrate, prepare_database
 from app.cli.sweeps import sweep_cli
 from app.core.config import get_settings
 
@@ -118,7 +118,7 @@ def api_key_create(
         raise fail(f"invalid user id {user!r}: {exc.errors()[0]['msg']}") from exc
     except (UnknownScope, ValueError) as exc:
         raise fail(str(exc)) from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     typer.echo(key)
 
@@ -153,7 +153,7 @@ def api_key_list() -> None:
                 )
                 for row in rows
             ]
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     print_columns(lines)
 
@@ -177,7 +177,7 @@ def api_key_revoke(
             session.commit()
     except UnknownKey as exc:
         raise fail(str(exc), code=1) from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     out.print(f"revoked {shown}", highlight=False)
 
@@ -220,7 +220,7 @@ def users_trust(
             for user_id in wanted:
                 set_trusted(session, user_id, True)
             session.commit()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     out.print(f"trusted {', '.join(wanted)}", highlight=False)
 
@@ -245,7 +245,7 @@ def users_untrust(
             session.commit()
     except UnknownUser as exc:
         raise fail(str(exc), code=1) from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     out.print(f"untrusted {', '.join(wanted)}", highlight=False)
 
@@ -278,7 +278,7 @@ def users_list(
                         "-" if changed is None else f"{changed:%Y-%m-%dT%H:%MZ}",
                     )
                 )
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     print_columns(lines)
 
@@ -306,7 +306,7 @@ def import_command(
         raise fail(str(exc)) from exc
     try:
         prepare_database()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     with Progress(
         "[progress.description]{task.description}",
@@ -361,7 +361,7 @@ def export_command(directory: Annotated[Path, typer.Argument(help="Output direct
         count = export_comparisons(get_engine(), directory)
     except OSError as exc:
         raise fail(f"{directory}: {exc.strerror or exc}") from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     out.print(f"exported {count} comparisons to {directory / 'comparisons.csv'}")
 
@@ -417,7 +417,7 @@ def serve(
         signin = _demo_signin() if demo else None
         if demo:
             _load_demo()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     run_worker = settings.is_embedded if worker is None else worker
     supervisor = (

@@ -35,7 +35,7 @@ def _session() -> Iterator[Any]:
     from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
-    from app.cli.database import database_error_message, prepare_database
+    from app.cli.database import DataDirError, database_error_message, prepare_database
     from app.core.db import get_engine
     from app.core.errors import ServiceError
 
@@ -46,7 +46,7 @@ def _session() -> Iterator[Any]:
             session.commit()
     except ServiceError as exc:
         raise fail(exc.detail) from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise fail(database_error_message(exc)) from exc
 
 

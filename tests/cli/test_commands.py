@@ -236,3 +236,19 @@ def test_import_refuses_a_directory_and_a_damaged_zip(tmp_path: Path) -> None:
     result = licchavi("import", str(bad), env=env)
     assert result.returncode == 2
     assert one_line(result) == f"error: cannot read {bad}: File is not a zip file"
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {"DATA_DIR": str(blocker / "data")}
+    expected = f"error: cannot create the data directory {blocker / 'data'}: Not a directory"
+    for args in (
+        ("api-key", "list"),
+        ("api-key", "create", "--scopes", "runs:write"),
+        ("users", "list"),
+        ("export", str(tmp_path / "out")),
+        ("sweep", "status", "1"),
+    ):
+        result = licchavi(*args, env=env)
+        assert result.returncode == 2 and one_line(result) == expected, args
