@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -125,6 +127,9 @@ def _train(
         raise CliError(f"config: {error}") from error
 
     # Cheap checks first, so a bad path does not surface after minutes of reading and training.
+    if criteria_options is not None and not _split_items(criteria_options):
+        # `--criteria ''` (an unset variable in a script) must not mean every criterion.
+        raise CliError("--criteria names no criterion")
     if not input_path.is_file():
         raise CliError(f"input file not found: {input_path}")
     if warm_start is not None and not warm_start.is_file():
@@ -135,7 +140,7 @@ def _train(
     started = time.perf_counter()
     try:
         dataset = read_comparisons(input_path)
-    except (ValueError, KeyError, OSError) as error:
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
         raise CliError(f"cannot read {input_path}: {error}") from error
     if trusted is not None:
         dataset = dataset.with_trusted(trusted)
@@ -299,16 +304,23 @@ def generate(
         raise _fail(f"{field}: {details['msg']}") from None
     if not 0 <= heldout < 1:
         raise _fail("heldout: must be in [0, 1)")
+    if output.exists() and not output.is_dir():
+        raise _fail(f"output is not a directory: {output}")
     started = time.perf_counter()
     data = generate_data(params)
-    data.write(output)
-    if heldout > 0:
-        kept, held = split_heldout(data.comparisons, heldout, seed=params.seed)
-        write_frame(output / "comparisons.csv", kept)
-        write_frame(output / "heldout.csv", held)
+    rows = f"{len(data.comparisons)} comparison rows"
+    try:
+        data.write(output)
+        if heldout > 0:
+            kept, held = split_heldout(data.comparisons, heldout, seed=params.seed)
+            write_frame(output / "comparisons.csv", kept)
+            write_frame(output / "heldout.csv", held)
+            rows = f"{len(kept)} comparison rows + {len(held)} held out"
+    except OSError as error:
+        raise _fail(f"cannot write {output}: {error}") from None
     err.print(
-        f"{len(data.comparisons)} comparison rows, {params.n_users} users, {params.n_videos} "
-        f"videos -> {output} ({time.perf_counter() - started:.1f} s)",
+        f"{rows}, {params.n_users} users, {params.n_videos} videos -> {output} "
+        f"({time.perf_counter() - started:.1f} s)",
         highlight=False,
     )
 
@@ -319,7 +331,7 @@ def evaluate(
     heldout: Annotated[
         Path | None, typer.Option(help="Comparisons CSV not used in training.")
     ] = None,
-    top_k: Annotated[int | None, typer.Option(help="k of the top-k precision.")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="k of the top-k precision.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Compare scores with the ground truth (and held-out comparisons)."""
@@ -331,10 +343,17 @@ def evaluate(
             raise _fail(f"file not found: {path}")
     try:
         report = evaluate_scores(truth, scores, heldout, top_k)
-    except (ValueError, KeyError) as error:
+    except KeyError as error:
+        raise _fail(f"cannot evaluate: missing column {error}") from None
+    except ValueError as error:
         raise _fail(f"cannot evaluate: {error}") from None
     if as_json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        # A metric without data (no video in common, say) is NaN, which JSON cannot hold: null.
+        finite = {
+            name: {key: _json_value(value) for key, value in row.items()}
+            for name, row in report.items()
+        }
+        sys.stdout.write(json.dumps(finite, indent=2, allow_nan=False) + "\n")
         return
     table = Table(title="Licchavi scores vs truth")
     metric_names = list(dict.fromkeys(key for row in report.values() for key in row))
@@ -344,6 +363,10 @@ def evaluate(
     for metric in metric_names:
         table.add_row(metric, *[_format_value(report[name].get(metric)) for name in report])
     out.print(table)
+
+
+def _json_value(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _format_value(value: Any) -> str:

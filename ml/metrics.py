@@ -255,6 +255,13 @@ def evaluate(
         if heldout is not None
         else None
     )
+    if heldout_frame is not None:
+        needed = ["video_a", "video_b", "criteria", "score"]
+        if individual_scores is not None:
+            needed.append("public_username")
+        missing = [column for column in needed if column not in heldout_frame.columns]
+        if missing:
+            raise ValueError(f"{heldout} lacks column(s) {', '.join(missing)}")
 
     report: dict[str, dict[str, Any]] = {}
     for criterion, scores in global_scores.groupby("criteria", sort=True):

@@ -49,7 +49,7 @@ class SyntheticParams(BaseModel):
     criteria_correlation: float = Field(
         0.6, ge=-1, le=1, description="correlation of each further criterion's truth with the first"
     )
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     indiv_noise: float = Field(0.3, ge=0, description="std of a user's deviation from the truth")
     sharpness: float = Field(1.0, ge=0, description="scale of true scores inside Bradley–Terry")
     scale_sigma: float = Field(

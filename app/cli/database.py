@@ -17,11 +17,20 @@ def migrate(revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
+class DataDirError(Exception):
+    """The embedded default's data directory cannot be made (DATA_DIR under a file, say)."""
+
+
 def prepare_database() -> None:
     """The embedded default sets itself up (data directory, schema) as `serve` does; a server
     database is migrated by its operator (`licchavi db upgrade`)."""
     settings = get_settings()
-    settings.ensure_data_dir()
+    try:
+        settings.ensure_data_dir()
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot create the data directory {settings.data_dir}: {exc.strerror or exc}"
+        ) from exc
     if settings.resolved_database_url.startswith("sqlite"):
         migrate()
 
@@ -31,6 +40,8 @@ def database_error_message(exc: Exception) -> str:
     from app.core.db import database_unavailable
     from app.core.errors import public_error
 
+    if isinstance(exc, DataDirError):
+        return str(exc)
     if database_unavailable(exc) and "no such table" not in str(exc):
         return f"database unavailable: {public_error(exc)}"
     return f"database error: {public_error(exc)} (is it migrated? `licchavi db upgrade`)"

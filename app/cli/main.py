@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from app.cli.database import database_error_message, migrate, prepare_database
+from app.cli.database import DataDirError, database_error_message, migrate, prepare_database
 from app.cli.sweeps import sweep_cli
 from app.core.config import get_settings
 
@@ -118,7 +118,7 @@ def api_key_create(
         raise fail(f"invalid user id {user!r}: {exc.errors()[0]['msg']}") from exc
     except (UnknownScope, ValueError) as exc:
         raise fail(str(exc)) from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     typer.echo(key)
 
@@ -126,6 +126,7 @@ def api_key_create(
 @api_key_cli.command("list")
 def api_key_list() -> None:
     """List keys: prefix, name, scopes, user, created, last used, expiry, status."""
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
@@ -135,21 +136,25 @@ def api_key_list() -> None:
         return "-" if moment is None else f"{aware(moment):%Y-%m-%dT%H:%MZ}"
 
     lines = [("prefix", "name", "scopes", "user", "created", "last used", "expires", "status")]
-    with Session(get_engine()) as session:
-        rows, _total = list_keys(session)
-        lines += [
-            (
-                row.prefix,
-                row.name,
-                ",".join(row.scopes.split()),
-                row.user_id or "-",
-                when(row.created_at),
-                when(row.last_used_at),
-                when(row.expires_at),
-                key_status(row),
-            )
-            for row in rows
-        ]
+    try:
+        prepare_database()
+        with Session(get_engine()) as session:
+            rows, _total = list_keys(session)
+            lines += [
+                (
+                    row.prefix,
+                    row.name,
+                    ",".join(row.scopes.split()),
+                    row.user_id or "-",
+                    when(row.created_at),
+                    when(row.last_used_at),
+                    when(row.expires_at),
+                    key_status(row),
+                )
+                for row in rows
+            ]
+    except (SQLAlchemyError, DataDirError) as exc:
+        raise database_failure(exc) from exc
     print_columns(lines)
 
 
@@ -158,18 +163,22 @@ def api_key_revoke(
     key_or_prefix: Annotated[str, typer.Argument(help="The key itself or its prefix.")],
 ) -> None:
     """Revoke a key: every API process refuses it within seconds."""
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
     from app.identity.service import UnknownKey, revoke_key
 
     try:
+        prepare_database()
         with Session(get_engine()) as session:
             row = revoke_key(session, key_or_prefix)
             shown = f"{row.prefix} ({row.name})"
             session.commit()
     except UnknownKey as exc:
         raise fail(str(exc), code=1) from exc
+    except (SQLAlchemyError, DataDirError) as exc:
+        raise database_failure(exc) from exc
     out.print(f"revoked {shown}", highlight=False)
 
 
@@ -211,7 +220,7 @@ def users_trust(
             for user_id in wanted:
                 set_trusted(session, user_id, True)
             session.commit()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     out.print(f"trusted {', '.join(wanted)}", highlight=False)
 
@@ -236,7 +245,7 @@ def users_untrust(
             session.commit()
     except UnknownUser as exc:
         raise fail(str(exc), code=1) from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     out.print(f"untrusted {', '.join(wanted)}", highlight=False)
 
@@ -269,7 +278,7 @@ def users_list(
                         "-" if changed is None else f"{changed:%Y-%m-%dT%H:%MZ}",
                     )
                 )
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     print_columns(lines)
 
@@ -287,6 +296,8 @@ def import_command(
     from app.comparisons.transfer import ImportSourceError, import_comparisons, source_size
     from app.core.db import get_engine
 
+    if file.is_dir():
+        raise fail(f"{file} is a directory")
     if not file.is_file():
         raise fail(f"{file}: no such file")
     try:
@@ -295,7 +306,7 @@ def import_command(
         raise fail(str(exc)) from exc
     try:
         prepare_database()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     with Progress(
         "[progress.description]{task.description}",
@@ -350,7 +361,7 @@ def export_command(directory: Annotated[Path, typer.Argument(help="Output direct
         count = export_comparisons(get_engine(), directory)
     except OSError as exc:
         raise fail(f"{directory}: {exc.strerror or exc}") from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise database_failure(exc) from exc
     out.print(f"exported {count} comparisons to {directory / 'comparisons.csv'}")
 
@@ -366,7 +377,15 @@ def worker_command_cli(
     import os
 
     from app.cli.supervisor import worker_command
+    from app.core.queues import WORKER_QUEUES
 
+    named = [queue.strip() for queue in queues.split(",") if queue.strip()]
+    unknown = [queue for queue in named if queue not in WORKER_QUEUES]
+    # Work is only ever sent to these queues: a worker on another would wait forever.
+    if unknown or not named:
+        given = f"unknown queue(s) {', '.join(unknown)}" if unknown else "no queue given"
+        raise fail(f"{given}; known: {', '.join(WORKER_QUEUES)}")
+    queues = ",".join(named)
     command = worker_command(queues, concurrency, pool, loglevel or get_settings().log_level)
     os.execv(command[0], command)
 
@@ -374,7 +393,7 @@ def worker_command_cli(
 @cli.command("serve")
 def serve(
     host: str = "127.0.0.1",
-    port: int = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     demo: Annotated[
         bool, typer.Option(help="Load demo comparisons if the database is empty.")
     ] = False,
@@ -386,16 +405,20 @@ def serve(
 ) -> None:
     """Serve the HTTP API; on the embedded default also migrate and supervise a Celery worker."""
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from app.cli.supervisor import WorkerSupervisor, worker_command
     from app.core.logs import configure_logging, logging_config
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    prepare_database()
-    signin = _demo_signin() if demo else None
-    if demo:
-        _load_demo()
+    try:
+        prepare_database()
+        signin = _demo_signin() if demo else None
+        if demo:
+            _load_demo()
+    except (SQLAlchemyError, DataDirError) as exc:
+        raise database_failure(exc) from exc
     run_worker = settings.is_embedded if worker is None else worker
     supervisor = (
         WorkerSupervisor(worker_command("cpu", 1, "prefork", settings.log_level))

@@ -35,7 +35,7 @@ def _session() -> Iterator[Any]:
     from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
-    from app.cli.database import database_error_message, prepare_database
+    from app.cli.database import DataDirError, database_error_message, prepare_database
     from app.core.db import get_engine
     from app.core.errors import ServiceError
 
@@ -46,7 +46,7 @@ def _session() -> Iterator[Any]:
             session.commit()
     except ServiceError as exc:
         raise fail(exc.detail) from exc
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, DataDirError) as exc:
         raise fail(database_error_message(exc)) from exc
 
 
@@ -108,6 +108,8 @@ def _status_table(sweep: Any, progress: dict[str, Any]) -> Table:
             f"trial {best['trial_id']}: {sweep.objective_metric} = {best['objective']:.4g}"
             f"  {json.dumps(best['params'])}",
         )
+    if sweep.error:
+        table.add_row("error", escape(sweep.error))
     return table
 
 
@@ -133,7 +135,10 @@ def status(
     sweep, progress = read()
     if as_json:
         out.print_json(
-            json.dumps({"id": sweep.id, "status": sweep.status, **progress}, default=str)
+            json.dumps(
+                {"id": sweep.id, "status": sweep.status, "error": sweep.error, **progress},
+                default=str,
+            )
         )
         return
     if not watch:
@@ -208,8 +213,12 @@ def results(
         )
     )
     if csv_file is not None:
-        csv_file.write_text(_run(lambda session: service.export_csv(session, sweep_id)))
-        err.print(f"trials written to {csv_file}")
+        text = _run(lambda session: service.export_csv(session, sweep_id))
+        try:
+            csv_file.write_text(text)
+        except OSError as exc:
+            raise fail(f"cannot write {csv_file}: {exc.strerror or exc}") from exc
+        err.print(f"trials written to {escape(str(csv_file))}", highlight=False)
     if as_json:
         out.print_json(json.dumps(board, default=str))
         return

@@ -73,10 +73,28 @@ def _comparisons_member(archive: zipfile.ZipFile, path: Path) -> zipfile.ZipInfo
     raise ImportSourceError(f"{path}: the zip holds no comparisons.csv")
 
 
+def _is_zip(path: Path) -> bool:
+    """A zip, readable or not: by its name or its first bytes, not only by a readable directory
+    (a damaged export is refused as such, not read as a CSV with a nonsense header)."""
+    if zipfile.is_zipfile(path) or path.suffix.lower() == ".zip":
+        return True
+    with open(path, "rb") as file:
+        return file.read(4) == b"PK\x03\x04"
+
+
+@contextmanager
+def _archive(path: Path) -> Iterator[zipfile.ZipFile]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            yield archive
+    except zipfile.BadZipFile as exc:
+        raise ImportSourceError(f"cannot read {path}: {exc}") from exc
+
+
 def source_size(path: Path) -> int:
     """Bytes of CSV text `open_comparisons` will read (uncompressed size for a zip)."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
+    if _is_zip(path):
+        with _archive(path) as archive:
             return _comparisons_member(archive, path).file_size
     return path.stat().st_size
 
@@ -88,9 +106,9 @@ def open_comparisons(
     """Text lines of a comparisons CSV, read from the file or from `comparisons.csv` in a zip."""
     if not path.is_file():
         raise ImportSourceError(f"{path}: no such file")
-    if zipfile.is_zipfile(path):
+    if _is_zip(path):
         with (
-            zipfile.ZipFile(path) as archive,
+            _archive(path) as archive,
             archive.open(_comparisons_member(archive, path)) as raw,
         ):
             yield _text(raw, on_read)

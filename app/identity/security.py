@@ -61,6 +61,9 @@ def hash_key(key: str) -> str:
 
 
 def parse_scopes(scopes: list[str]) -> list[str]:
+    if not scopes:
+        # A key without scopes is refused by every route: never a useful key.
+        raise UnknownScope(f"a key needs at least one scope; known: {', '.join(SCOPES)}")
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise UnknownScope(f"unknown scope(s): {', '.join(unknown)}; known: {', '.join(SCOPES)}")

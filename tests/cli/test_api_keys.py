@@ -67,6 +67,8 @@ def test_bad_requests_are_one_line_errors(committed_database: str) -> None:
         ),
         (("create", "--scopes", "comparisons:write", "--expires-in", "9999-12-31"), "ten years", 2),
         (("create", "--scopes", "comparisons:write", "--name", "a\x1b[31mb"), "one line", 2),
+        (("create", "--scopes", ""), "at least one scope", 2),
+        (("create", "--scopes", ",", "--user", "alice"), "at least one scope", 2),
     ]:
         result = licchavi("api-key", *args)
         assert result.returncode == code, (args, result.stderr)

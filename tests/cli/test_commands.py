@@ -188,3 +188,67 @@ def test_import_into_an_unmigrated_server_database_is_a_one_line_error(
     assert len(lines) == 1, result.stderr
     assert "licchavi db upgrade" in lines[0] and "Traceback" not in result.stderr
     assert "SELECT" not in lines[0]
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_api_key_list_and_revoke_on_a_fresh_data_directory(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "fresh")}
+    listing = licchavi("api-key", "list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.split()[:2] == ["prefix", "name"]
+    revoked = licchavi("api-key", "revoke", "abc", env=env)
+    assert revoked.returncode == 1 and one_line(revoked) == "error: no API key 'abc'"
+
+
+def test_api_key_list_and_revoke_on_an_unmigrated_server_database(empty_postgres: str) -> None:
+    for args in (("list",), ("revoke", "abc")):
+        message = one_line(licchavi("api-key", *args))
+        assert message.startswith("error: database error: ") and "licchavi db upgrade" in message
+    for args in (("users", "list"), ("users", "trust", "bob"), ("users", "untrust", "bob")):
+        assert "licchavi db upgrade" in one_line(licchavi(*args))
+
+
+def test_bad_service_arguments_are_refused(tmp_path: Path) -> None:
+    for port in ("99999", "0", "-1"):
+        result = licchavi("serve", "--port", port, env={"DATA_DIR": str(tmp_path)})
+        assert result.returncode == 2 and "--port" in result.stderr, result.stderr
+    for queues, message in [
+        ("tpu", "error: unknown queue(s) tpu; known: cpu, gpu"),
+        ("cpu,gpus", "error: unknown queue(s) gpus; known: cpu, gpu"),
+        (",", "error: no queue given; known: cpu, gpu"),
+    ]:
+        result = licchavi("worker", "--queues", queues)
+        assert result.returncode == 2 and one_line(result) == message
+
+
+def test_import_refuses_a_directory_and_a_damaged_zip(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data")}
+    result = licchavi("import", str(tmp_path), env=env)
+    assert result.returncode == 2 and one_line(result) == f"error: {tmp_path} is a directory"
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04garbage")
+    result = licchavi("import", str(bad), env=env)
+    assert result.returncode == 2
+    assert one_line(result) == f"error: cannot read {bad}: File is not a zip file"
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {"DATA_DIR": str(blocker / "data")}
+    expected = f"error: cannot create the data directory {blocker / 'data'}: Not a directory"
+    for args in (
+        ("api-key", "list"),
+        ("api-key", "create", "--scopes", "runs:write"),
+        ("users", "list"),
+        ("export", str(tmp_path / "out")),
+        ("sweep", "status", "1"),
+    ):
+        result = licchavi(*args, env=env)
+        assert result.returncode == 2 and one_line(result) == expected, args

@@ -114,6 +114,34 @@ def test_pause_resume_and_cancel_report_the_status(
     assert refused == f"error: Sweep {sweep_id} is cancelled; cannot move it to preparing."
 
 
+def test_status_shows_why_a_sweep_failed(committed_database: str, spec_file: Path) -> None:
+    sweep_id = submitted_id(licchavi("submit", str(spec_file)))
+    assert json.loads(licchavi("status", str(sweep_id), "--json").stdout)["error"] is None
+    assert "│ error" not in licchavi("status", str(sweep_id)).stdout
+    with Session(get_engine()) as session:
+        sweep = session.get(Sweep, sweep_id)
+        assert sweep is not None
+        sweep.status, sweep.error = "failed", "the data [frozen] could not be read"
+        session.add(sweep)
+        session.commit()
+    state = json.loads(licchavi("status", str(sweep_id), "--json").stdout)
+    assert state["status"] == "failed" and state["error"] == "the data [frozen] could not be read"
+    table = licchavi("status", str(sweep_id))
+    assert table.exit_code == 0, table.output
+    (row,) = [line for line in table.stdout.splitlines() if line.startswith("│ error")]
+    assert "the data [frozen] could not be read" in row
+
+
+def test_results_to_an_unwritable_csv_is_a_one_line_error(
+    committed_database: str, spec_file: Path, tmp_path: Path
+) -> None:
+    sweep_id = submitted_id(licchavi("submit", str(spec_file)))
+    for target in (tmp_path, tmp_path / "missing" / "trials.csv"):
+        message = one_line_error(licchavi("results", str(sweep_id), "--csv", str(target)))
+        assert message.startswith(f"error: cannot write {target}: "), message
+    assert sweep_statuses() == ["preparing"]
+
+
 def test_an_unknown_sweep_is_a_one_line_error(committed_database: str) -> None:
     for command in ("status", "results", "pause", "resume", "cancel", "promote"):
         message = one_line_error(licchavi(command, "424242"))

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -158,6 +159,9 @@ def test_warm_start_from_a_saved_state(workspace: Path, tmp_path: Path) -> None:
         (["--solver", "magic"], "solver"),
         (["--criteria", "nope"], "unknown criterion nope"),
         (["--warm-start", "/does/not/exist.pt"], "warm-start file not found"),
+        # Naming nothing (an unset variable in a script) must not train every criterion.
+        (["--criteria", ","], "--criteria names no criterion"),
+        (["--criteria", ""], "--criteria names no criterion"),
         (
             ["--solver", "converged", "--set", "max_iterations=1"],
             "did not converge: stationarity",
@@ -220,6 +224,88 @@ def test_unreadable_input_file(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "missing column" in result.stderr
+
+
+def test_a_damaged_zip_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04garbage")
+    result = runner.invoke(ml_app, ["train", "--input", str(bad), "--output", str(tmp_path / "t")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot read {bad}: File is not a zip file"
+    ]
+
+
+def one_line_error(result: Any) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return str(lines[0])
+
+
+SMALL = ["--users", "10", "--videos", "50", "--comparisons", "100"]
+
+
+def test_bad_generate_arguments_are_one_line(tmp_path: Path) -> None:
+    seed = one_line_error(
+        runner.invoke(ml_app, ["generate", "-o", str(tmp_path / "g"), *SMALL, "--seed", "-1"])
+    )
+    assert seed == "error: seed: Input should be greater than or equal to 0"
+    existing = tmp_path / "existing_file.csv"
+    existing.write_text("kept\n")
+    as_file = one_line_error(runner.invoke(ml_app, ["generate", "-o", str(existing), *SMALL]))
+    assert as_file == f"error: output is not a directory: {existing}"
+    assert existing.read_text() == "kept\n"
+    # A directory that cannot be made (its parent is a file).
+    below_file = existing / "out"
+    cannot = one_line_error(runner.invoke(ml_app, ["generate", "-o", str(below_file), *SMALL]))
+    assert cannot.startswith(f"error: cannot write {below_file}: ")
+
+
+def test_generate_says_what_its_row_count_counts(tmp_path: Path) -> None:
+    result = runner.invoke(
+        ml_app, ["generate", "-o", str(tmp_path / "g"), *SMALL, "--heldout", "0.2"]
+    )
+    assert result.exit_code == 0, result.output
+    kept = len(pd.read_csv(tmp_path / "g" / "comparisons.csv"))
+    held = len(pd.read_csv(tmp_path / "g" / "heldout.csv"))
+    assert result.stderr.startswith(f"{kept} comparison rows + {held} held out, 10 users, ")
+
+
+def test_evaluate_refuses_a_bad_top_k_and_a_heldout_file_without_comparisons(
+    workspace: Path,
+) -> None:
+    base = ["evaluate", "--truth", str(workspace / "data"), "--scores", str(workspace / "scores")]
+    for k in ("-3", "0"):
+        result = runner.invoke(ml_app, [*base, "--top-k", k, "--json"])
+        assert result.exit_code == 2 and "--top-k" in result.output and not result.stdout
+    truth = workspace / "data" / "truth_global.csv"
+    message = one_line_error(runner.invoke(ml_app, [*base, "--heldout", str(truth)]))
+    assert message == (
+        f"error: cannot evaluate: {truth} lacks column(s) video_a, video_b, score, public_username"
+    )
+
+
+def test_evaluate_json_is_strict_json_when_a_metric_has_no_data(
+    workspace: Path, tmp_path: Path
+) -> None:
+    # A truth naming none of the scored videos: the correlations have no data.
+    truth = pd.read_csv(workspace / "data" / "truth_global.csv", dtype={"video": str})
+    truth["video"] = "other-" + truth["video"]
+    truth.to_csv(tmp_path / "truth_global.csv", index=False)
+    result = runner.invoke(
+        ml_app,
+        ["evaluate", "--truth", str(tmp_path), "--scores", str(workspace / "scores"), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant}")
+
+    report = json.loads(result.stdout, parse_constant=refuse)
+    main = report["largely_recommended"]
+    assert main["n_videos"] == 0 and main["spearman"] is None and main["top_k_precision"] is None
 
 
 def test_evaluate_missing_directory(tmp_path: Path) -> None:
