@@ -314,6 +314,32 @@ def require_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+def require_started_by(principal: Principal, started_by: str | None, what: str) -> None:
+    """A user's credential (a user key, a token) steers only the `what` it started itself; a
+    service credential steers any."""
+    if principal.user_id is not None and started_by != principal.credential:
+        raise Forbidden(
+            f"This credential acts for user {principal.user_id!r}: it steers only the {what}"
+            " it started."
+        )
+
+
+def require_service_scope(scope: str) -> Callable[..., Awaitable[Principal]]:
+    """Dependency factory: `scope` held by a service credential, for what is service-wide (the
+    production training defaults): a user's credential may hold the scope for its own work."""
+    holds_scope = require_scope(scope)
+
+    async def dependency(principal: Annotated[Principal, Depends(holds_scope)]) -> Principal:
+        if principal.user_id is not None:
+            raise Forbidden(
+                f"This credential acts for user {principal.user_id!r}; the production training"
+                " defaults are service-wide and change with a service credential only."
+            )
+        return principal
+
+    return dependency
+
+
 def scoped(scope: str) -> Any:
     """`dependencies=[scoped("…")]` for routes that need a scope but not the principal."""
     return Depends(require_scope(scope))

@@ -9,7 +9,7 @@ from app.api.deps import Id, PagingDep
 from app.api.openapi import problems
 from app.api.schemas import CriterionName, Page, Text
 from app.core.db import SessionDep
-from app.identity.security import Principal, require_scope, scoped
+from app.identity.security import Principal, require_scope, require_started_by, scoped
 from app.runs import plots, service
 from app.runs.schemas import RunCreate, RunMetrics, RunPublic, RunStatus, RunTrigger
 
@@ -95,14 +95,15 @@ def get_run(run_id: Id, session: SessionDep) -> RunPublic:
     )
 
 
-@router.post(
-    "/{run_id}/cancel",
-    response_model=RunPublic,
-    dependencies=[scoped(WRITE)],
-    responses=problems(409),
-)
-def cancel_run(run_id: Id, session: SessionDep) -> RunPublic:
-    """Cancel a queued run now, or ask a running one to stop after its current epoch."""
+@router.post("/{run_id}/cancel", response_model=RunPublic, responses=problems(409))
+def cancel_run(
+    run_id: Id,
+    session: SessionDep,
+    principal: Annotated[Principal, Depends(require_scope(WRITE))],
+) -> RunPublic:
+    """Cancel a queued run now, or ask a running one to stop after its current epoch. A user's
+    credential cancels only the runs it started."""
+    require_started_by(principal, service.get_run(session, run_id).caller, "runs")
     return service.public(service.cancel_run(session, run_id))
 
 

@@ -124,8 +124,9 @@ def _refuse_criterion(message: str, kind: str) -> None:
     )
 
 
-def submit(session: Session, spec: SweepSpec) -> Sweep:
-    """Store a sweep in `preparing`; the scheduler freezes its data and starts it."""
+def submit(session: Session, spec: SweepSpec, caller: str | None = None) -> Sweep:
+    """Store a sweep in `preparing`; the scheduler freezes its data and starts it. `caller`:
+    the credential that submitted it through the API (None from the command line)."""
     check_submittable(session, spec)
     objective = spec.objectives[0]
     assert spec.budget.max_trials is not None
@@ -145,6 +146,7 @@ def submit(session: Session, spec: SweepSpec) -> Sweep:
         code_version=code_version(),
         git_commit=git_commit(),
         request_id=current_request_id(),
+        caller=caller,
     )
     session.add(sweep)
     session.flush()

@@ -48,6 +48,9 @@ class Sweep(SQLModel, table=True):
     git_commit: str | None = Field(default=None, max_length=64)
     # The X-Request-ID of the API request that created it: its evaluations' logs carry it.
     request_id: str | None = Field(default=None, max_length=128)
+    # The credential that submitted it through the API (`Principal.credential`); a user's
+    # credential steers only the sweeps it submitted. None from the CLI or before it was kept.
+    caller: str | None = Field(default=None, sa_type=sa.Text)
     error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = timestamp_field(index=True)
     started_at: datetime | None = Field(default=None, sa_type=sa.DateTime(timezone=True))

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from app.api.auth_first import AuthFirstRoute
@@ -16,7 +16,13 @@ from app.core.errors import (
     ServiceUnavailable,
 )
 from app.core.json_body import JSON, media_type, unsupported_media_type
-from app.identity.security import scoped
+from app.identity.security import (
+    Principal,
+    require_scope,
+    require_service_scope,
+    require_started_by,
+    scoped,
+)
 from app.models import Sweep
 from app.sweeps import control, promotion, results
 from app.sweeps.schemas import (
@@ -40,6 +46,20 @@ defaults_router = APIRouter(
 )
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+WRITE = "sweeps:write"
+Writer = Annotated[Principal, Depends(require_scope(WRITE))]
+
+
+def _own_sweep(sweep_id: Id, session: SessionDep, principal: Writer) -> None:
+    """The `sweeps:write` scope, and for a user's credential a sweep it submitted itself."""
+    require_started_by(principal, control.get_sweep(session, sweep_id).caller, "sweeps")
+
+
+# Steering a sweep without a body (pause, resume, cancel, retries); the routes with one (budget,
+# re-runs) check after the body, so that bad input is a 422 whoever sends it.
+Steers = Depends(_own_sweep)
+# Promoting or reverting the production training defaults: service-wide.
+ServiceWide = Depends(require_service_scope(WRITE))
 
 
 def public(sweep: Sweep, progress: dict[str, Any] | None = None) -> SweepPublic:
@@ -81,7 +101,6 @@ def _spec_content(body: bytes, media: str) -> Any:
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[scoped("sweeps:write")],
     responses={
         200: {"description": "dry run: the trials and evaluations it would run"},
         **problems(415),
@@ -102,6 +121,7 @@ async def submit_sweep(
     request: Request,
     session: SessionDep,
     response: Response,
+    principal: Writer,
     dry_run: Annotated[bool, Query(description="validate and expand; run nothing")] = False,
 ) -> Any:
     """Submit a sweep spec (JSON or YAML, at most 1 MiB); with `?dry_run=true`, see what it
@@ -114,7 +134,7 @@ async def submit_sweep(
     if dry_run:
         response.status_code = status.HTTP_200_OK
         return await run_in_threadpool(control.dry_run, session, spec)
-    sweep = await run_in_threadpool(control.submit, session, spec)
+    sweep = await run_in_threadpool(control.submit, session, spec, principal.credential)
     response.headers["Location"] = str(request.url_for("get_sweep", sweep_id=sweep.id).path)
     return public(sweep)
 
@@ -148,11 +168,14 @@ def get_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
 @router.patch(
     "/{sweep_id}",
     response_model=SweepPublic,
-    dependencies=[scoped("sweeps:write")],
+    dependencies=[scoped(WRITE)],  # the key, before the body is read
     responses=problems(409),
 )
-def update_budget(sweep_id: Id, payload: SweepBudgetUpdate, session: SessionDep) -> SweepPublic:
+def update_budget(
+    sweep_id: Id, payload: SweepBudgetUpdate, session: SessionDep, principal: Writer
+) -> SweepPublic:
     """Extend or shrink the budget."""
+    _own_sweep(sweep_id, session, principal)  # after the body's checks: bad input is a 422
     sweep = control.update_budget(
         session,
         sweep_id,
@@ -166,7 +189,7 @@ def update_budget(sweep_id: Id, payload: SweepBudgetUpdate, session: SessionDep)
 @router.post(
     "/{sweep_id}/pause",
     response_model=SweepPublic,
-    dependencies=[scoped("sweeps:write")],
+    dependencies=[Steers],
     responses=problems(409),
 )
 def pause_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
@@ -177,7 +200,7 @@ def pause_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
 @router.post(
     "/{sweep_id}/resume",
     response_model=SweepPublic,
-    dependencies=[scoped("sweeps:write")],
+    dependencies=[Steers],
     responses=problems(409),
 )
 def resume_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
@@ -187,7 +210,7 @@ def resume_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
 @router.post(
     "/{sweep_id}/cancel",
     response_model=SweepPublic,
-    dependencies=[scoped("sweeps:write")],
+    dependencies=[Steers],
     responses=problems(409),
 )
 def cancel_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
@@ -198,7 +221,7 @@ def cancel_sweep(sweep_id: Id, session: SessionDep) -> SweepPublic:
 @router.post(
     "/{sweep_id}/retry-failed",
     response_model=RetryResult,
-    dependencies=[scoped("sweeps:write")],
+    dependencies=[Steers],
     responses=problems(409),
 )
 def retry_failed(sweep_id: Id, session: SessionDep) -> RetryResult:
@@ -262,12 +285,13 @@ def get_trial(sweep_id: Id, trial_id: Id, session: SessionDep) -> dict[str, Any]
     "/{sweep_id}/trials/{trial_id}/rerun",
     response_model=TrialPublic,
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[scoped("sweeps:write")],
+    dependencies=[scoped(WRITE)],  # the key, before the body is read
     responses=problems(409),
 )
 def rerun_trial(
-    sweep_id: Id, trial_id: Id, payload: TrialRerun, session: SessionDep
+    sweep_id: Id, trial_id: Id, payload: TrialRerun, session: SessionDep, principal: Writer
 ) -> TrialPublic:
+    _own_sweep(sweep_id, session, principal)  # after the body's checks: bad input is a 422
     trial = control.rerun_trial(session, sweep_id, trial_id, overrides=payload.overrides)
     values = trial.model_dump()
     values["tags"] = [tag for tag in values.pop("tags_text").split(",") if tag]
@@ -345,7 +369,7 @@ def plot_png(
     "/{sweep_id}/promote",
     response_model=TrainingDefaultsPublic,
     status_code=status.HTTP_201_CREATED,
-    dependencies=[scoped("sweeps:write")],
+    dependencies=[ServiceWide],
     responses=problems(409),
 )
 def promote(sweep_id: Id, payload: PromotionCreate, session: SessionDep) -> TrainingDefaultsPublic:
@@ -371,7 +395,7 @@ def list_training_defaults(session: SessionDep, paging: PagingDep) -> Page[Train
 @defaults_router.post(
     "/{defaults_id}/revert",
     response_model=TrainingDefaultsPublic,
-    dependencies=[scoped("sweeps:write")],
+    dependencies=[ServiceWide],
     responses=problems(409),
 )
 def revert_training_defaults(defaults_id: Id, session: SessionDep) -> TrainingDefaultsPublic:

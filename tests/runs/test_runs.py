@@ -235,6 +235,26 @@ def test_list_filters_and_pages_newest_first(client: ApiClient) -> None:
     assert_problem(client.get(RUNS, params={"status": "done"}), 422)
 
 
+def test_a_users_credential_cancels_only_the_runs_it_started(client: ApiClient) -> None:
+    """A user key with `runs:write` (a researcher's) may start runs and cancel its own, not the
+    service's or another user's: they are what every user's scores come from."""
+    service, alice, bob = (
+        client.key(WRITE),
+        client.key(WRITE, user="alice"),
+        client.key(WRITE, user="bob"),
+    )
+    services_run = client.post(RUNS, json={}, headers=service).json()["id"]
+    alices_run = client.post(RUNS, json={}, headers=alice).json()["id"]
+    for run_id, who in ((services_run, alice), (alices_run, bob)):
+        refused = assert_problem(client.post(f"{RUNS}/{run_id}/cancel", headers=who), 403)
+        assert "steers only the runs it started" in refused["detail"]
+        assert client.get(f"{RUNS}/{run_id}").json()["status"] == "queued"
+    assert client.post(f"{RUNS}/{alices_run}/cancel", headers=alice).status_code == 200
+    # A service credential cancels any run; an unknown run is still a 404.
+    assert client.post(f"{RUNS}/{services_run}/cancel", headers=service).status_code == 200
+    assert_problem(client.post(f"{RUNS}/999999/cancel", headers=alice), 404)
+
+
 def test_cancel_a_queued_run_once(client: ApiClient) -> None:
     auth = client.key(WRITE)
     run_id = client.post(RUNS, json={}, headers=auth).json()["id"]

@@ -244,6 +244,38 @@ def test_a_holdout_spec_needs_a_known_criterion(client: ApiClient) -> None:
     assert client.get(SWEEPS).json()["total"] == 2
 
 
+def test_a_users_credential_steers_only_its_own_sweeps_and_never_promotes(
+    client: ApiClient,
+) -> None:
+    """A user key with `sweeps:write` (a researcher's) submits sweeps and steers those it
+    submitted; the service's and other users' sweeps, and the production training defaults,
+    are not its to change."""
+    service, alice = client.key(WRITE), client.key(WRITE, user="alice")
+    bob = client.key(WRITE, user="bob")
+    services = submit(client, service)["id"]
+    alices = submit(client, alice)["id"]
+    for sweep_id, who in ((services, alice), (alices, bob)):
+        for method, path, body in (
+            ("post", "pause", None),
+            ("post", "cancel", None),
+            ("post", "retry-failed", None),
+            ("patch", "", {"max_parallel": 2}),
+        ):
+            url = f"{SWEEPS}/{sweep_id}/{path}".rstrip("/")
+            refused = client.request(method, url, json=body, headers=who)
+            assert "steers only the sweeps it started" in assert_problem(refused, 403)["detail"]
+        assert client.get(f"{SWEEPS}/{sweep_id}").json()["status"] == "preparing"
+    assert client.post(f"{SWEEPS}/{alices}/pause", headers=alice).json()["status"] == "paused"
+    assert client.post(f"{SWEEPS}/{services}/pause", headers=service).status_code == 200
+    # Promotion changes every run's defaults: a service credential's call, even for her sweep.
+    for sweep_id in (services, alices):
+        promoted = client.post(f"{SWEEPS}/{sweep_id}/promote", json={}, headers=alice)
+        assert "service-wide" in assert_problem(promoted, 403)["detail"]
+    reverted = client.post("/api/v1/training-defaults/1/revert", headers=alice)
+    assert "service-wide" in assert_problem(reverted, 403)["detail"]
+    assert client.post(f"{SWEEPS}/{alices}/promote", json={}, headers=service).status_code == 409
+
+
 def test_pause_resume_and_cancel_follow_the_allowed_transitions(client: ApiClient) -> None:
     auth = client.key(WRITE)
     sweep_id = submit(client, auth)["id"]

@@ -76,7 +76,8 @@ function controls(sweep) {
     running && sweep.status !== "paused" ? el("button", { type: "button", onclick: act("pause", undefined, "Sweep paused.") }, "Pause") : null,
     sweep.status === "paused" ? el("button", { type: "button", onclick: act("resume", undefined, "Sweep resumed.") }, "Resume") : null,
     running ? el("button", { type: "button", class: "danger", onclick: act("cancel", undefined, "Sweep cancelled.") }, "Cancel") : null,
-    el("button", { type: "button", class: "primary", onclick: act("promote", {}, "The best trial's settings are now the training defaults.") }, "Promote the best trial")), result);
+    // The training defaults are service-wide: a user's credential cannot promote (a 403).
+    me().user_id === null ? el("button", { type: "button", class: "primary", onclick: act("promote", {}, "The best trial's settings are now the training defaults.") }, "Promote the best trial") : null), result);
 }
 
 async function leaderboard(id) {
