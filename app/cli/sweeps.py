@@ -69,12 +69,17 @@ def submit(
     from ml.sweep.spec import SpecError, load_spec
 
     try:
-        spec = load_spec(spec_file)
+        load_spec(spec_file)  # the file's own faults first, before the database is asked
     except SpecError as exc:
         raise fail(str(exc)) from exc
     missing = missing_extra()
     if missing is not None:
         raise fail(missing)
+    # Its base laid over the production settings, as the API does.
+    try:
+        spec = load_spec(spec_file, _run(control.production_settings))
+    except SpecError as exc:
+        raise fail(str(exc)) from exc
     if dry_run:
         plan = _run(lambda session: control.dry_run(session, spec))
         if as_json:

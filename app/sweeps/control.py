@@ -13,13 +13,13 @@ from app.core.errors import Conflict, InvalidInput, NotFound
 from app.core.logs import current_request_id
 from app.core.version import code_version, git_commit
 from app.models import Comparison, Criterion, Sweep, SweepEvaluation, SweepTrial
-from app.runs.service import resolved_config
+from app.runs.service import production_config, resolved_config
 from app.runs.wakeups import require_gpu_worker
 from app.sweeps.execution import now_utc, record_event
 from app.sweeps.ranking import best_trial_id
 from app.sweeps.scheduler import add_evaluations
 from ml.config import LicchaviConfig, config_hash
-from ml.sweep.spec import HoldoutEvaluation, SweepSpec, error_location, spec_hash
+from ml.sweep.spec import HoldoutEvaluation, SweepSpec, error_location, on_defaults, spec_hash
 
 Evaluation = SweepEvaluation.__table__  # type: ignore[attr-defined]
 Trial = SweepTrial.__table__  # type: ignore[attr-defined]
@@ -27,10 +27,19 @@ SweepTable = Sweep.__table__  # type: ignore[attr-defined]
 DRY_RUN_LISTED_TRIALS = 1_000
 
 
-def validate_spec(content: Any, *, pointer: str = "") -> SweepSpec:
-    """The spec with every default resolved; InvalidInput names each bad field."""
+def production_settings(session: Session) -> dict[str, Any]:
+    """The settings a sweep's `base` is laid over: production's (the promoted training
+    defaults, else the library's), as a run's are."""
+    return (production_config(session) or LicchaviConfig()).model_dump(mode="json")
+
+
+def validate_spec(
+    content: Any, *, pointer: str = "", defaults: dict[str, Any] | None = None
+) -> SweepSpec:
+    """The spec (its `base` over `defaults`) with every default resolved; InvalidInput names
+    each bad field."""
     try:
-        return SweepSpec.model_validate(content)
+        return SweepSpec.model_validate(on_defaults(content, defaults))
     except ValidationError as exc:
         errors: list[dict[str, Any]] = []
         for details in exc.errors():

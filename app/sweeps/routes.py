@@ -130,7 +130,8 @@ async def submit_sweep(
     if missing is not None:
         raise ServiceUnavailable(missing)
     content = _spec_content(await request.body(), media_type(request.headers.get("content-type")))
-    spec = await run_in_threadpool(control.validate_spec, content)
+    defaults = await run_in_threadpool(control.production_settings, session)
+    spec = await run_in_threadpool(control.validate_spec, content, defaults=defaults)
     if dry_run:
         response.status_code = status.HTTP_200_OK
         return await run_in_threadpool(control.dry_run, session, spec)

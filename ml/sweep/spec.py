@@ -510,16 +510,29 @@ def first_error(error: ValidationError) -> str:
     return f"{'.'.join(path) or 'spec'}: {message}"
 
 
-def parse_spec(content: dict[str, Any]) -> SweepSpec:
-    """Validate a spec mapping; SpecError names the first bad field."""
+def on_defaults(content: Any, defaults: dict[str, Any] | None) -> Any:
+    """The spec mapping with its `base` laid over `defaults` (the production training settings,
+    as a run's settings are), so that the incumbent is what production trains with; anything
+    that is not a mapping is left for validation to refuse."""
+    if defaults is None or not isinstance(content, dict):
+        return content
+    base = content.get("base", {})
+    if not isinstance(base, dict):
+        return content
+    return {**content, "base": {**defaults, **base}}
+
+
+def parse_spec(content: dict[str, Any], defaults: dict[str, Any] | None = None) -> SweepSpec:
+    """Validate a spec mapping (its `base` over `defaults`); SpecError names the first bad
+    field."""
     try:
-        return SweepSpec.model_validate(content)
+        return SweepSpec.model_validate(on_defaults(content, defaults))
     except ValidationError as error:
         raise SpecError(first_error(error)) from error
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read a YAML or JSON spec file."""
+def load_spec(path: str | Path, defaults: dict[str, Any] | None = None) -> SweepSpec:
+    """Read a YAML or JSON spec file (its `base` over `defaults`)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -533,7 +546,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise SpecError(f"{path}: cannot parse ({error})") from error
     if not isinstance(content, dict):
         raise SpecError(f"{path}: expected a mapping")
-    return parse_spec(content)
+    return parse_spec(content, defaults)
 
 
 def read_document(text: str | bytes, kind: Literal["json", "yaml"]) -> Any:

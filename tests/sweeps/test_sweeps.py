@@ -592,6 +592,14 @@ def test_a_promoted_trial_sets_the_settings_of_new_training_runs(done: tuple[Liv
     assert run["config"]["w"] == 2.0 and run["config"]["epochs"] == 20
     # Explicit settings of a run still win over the promoted ones.
     assert client.post(RUNS, json={"config": {"w": 3}}, headers=auth).json()["config"]["w"] == 3.0
+    # A sweep's base is laid over them too, so its incumbent is what production trains with.
+    plan = client.post(
+        SWEEPS,
+        params={"dry_run": "true"},
+        json={**grid_spec(parameters={"w0": {"values": [0.5, 2.0]}}), "base": {"epochs": 10}},
+        headers=auth,
+    ).json()
+    assert (plan["spec"]["base"]["w"], plan["spec"]["base"]["epochs"]) == (2.0, 10)
     listed = client.get(DEFAULTS).json()
     assert listed["total"] == 1 and listed["items"][0]["id"] == defaults["id"]
     assert listed["items"][0]["active"] is True
