@@ -2,6 +2,7 @@
 
 import csv
 import math
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -179,6 +180,8 @@ def _week_start(raw: str | None) -> datetime | None:
         return None
     start = _WEEK_STARTS.get(raw)
     if start is None:
+        if not _ISO_DAY.fullmatch(raw):  # fromisoformat also reads 20210125 and 2021-W04-1
+            raise ValueError(f"{raw} is not a date YYYY-MM-DD")
         day = date.fromisoformat(raw)
         if day.weekday() != 0:
             raise ValueError(f"{raw} is not a Monday")
@@ -188,11 +191,17 @@ def _week_start(raw: str | None) -> datetime | None:
     return start
 
 
+# A plain decimal number, as Tournesol's exports write them. Python's float() also reads `1_0`,
+# other scripts' digits and full-width ones, which no export holds and a JSON write refuses.
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
 def _number(raw: str | None) -> float | None:
-    try:
-        value = float((raw or "").strip())
-    except ValueError:
+    text = (raw or "").strip()
+    if not _DECIMAL.fullmatch(text):
         return None
+    value = float(text)
     return value if math.isfinite(value) else None
 
 

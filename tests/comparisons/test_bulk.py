@@ -71,6 +71,25 @@ def test_bulk_csv_with_bad_rows_imports_nothing_and_names_rows(client: ApiClient
         (5, "criteria"),
     ]
     assert "2, 3, 4, 5" in problem["detail"]
+    # Numbers and dates as exports write them: not what Python's float() and fromisoformat()
+    # also read (digit separators, other scripts' and full-width digits, compact dates).
+    loose = (
+        "public_username,video_a,video_b,criteria,score,week_date\n"
+        "alice,vid1,vid2,largely_recommended,1_0,\n"
+        "alice,vid1,vid3,largely_recommended,\u0663,\n"
+        "alice,vid1,vid4,largely_recommended,\uff11,\n"
+        "alice,vid1,vid5,largely_recommended,-1.5e0,20210125\n"
+        "alice,vid1,vid6,largely_recommended,+.5,2021-01-25\n"
+    )
+    problem = assert_problem(
+        client.post("/api/v1/comparisons/bulk", content=loose.encode(), headers=auth), 422
+    )
+    assert [(e["row"], e["field"]) for e in problem["errors"]] == [
+        (1, "score"),
+        (2, "score"),
+        (3, "score"),
+        (4, "week_date"),
+    ]
     assert client.get("/api/v1/comparisons").json()["total"] == 0
     missing_column = "public_username,video_a,video_b,score\nalice,vid1,vid2,5\n"
     assert (
