@@ -412,6 +412,11 @@ def serve(
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    # Before anything is set up or printed: a sign-in link with a live key must not point at
+    # another server that holds the port.
+    taken = _cannot_listen(host, port)
+    if taken is not None:
+        raise fail(taken)
     try:
         prepare_database()
         signin = _demo_signin() if demo else None
@@ -458,6 +463,25 @@ def serve(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, signal.SIG_IGN)
             supervisor.stop()
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port now (taken, unknown host), or None."""
+    import socket
+
+    try:
+        family, kind, _proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror}"
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 DEMO_USER = "demo"

@@ -2,6 +2,7 @@
 PostgreSQL + Redis with its healthcheck, and the worker healthcheck."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,19 @@ def test_bad_service_arguments_are_refused(tmp_path: Path) -> None:
     ]:
         result = licchavi("worker", "--queues", queues)
         assert result.returncode == 2 and one_line(result) == message
+
+
+def test_serve_on_a_taken_port_is_one_line_before_any_sign_in_link(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = licchavi(
+            "serve", "--demo", "--port", str(port), env={"DATA_DIR": str(tmp_path / "data")}
+        )
+    assert result.returncode == 2
+    assert one_line(result) == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "signin" not in result.stdout and not (tmp_path / "data").exists()
 
 
 def test_import_refuses_a_directory_and_a_damaged_zip(tmp_path: Path) -> None:
