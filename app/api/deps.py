@@ -28,11 +28,11 @@ async def paging(
     cap = get_settings().page_max_limit
     if limit > cap:
         raise InvalidInput(
-            f"/limit: must be at most {cap}",
+            f"/query/limit: must be at most {cap}",
             errors=[
                 {
                     "loc": ["query", "limit"],
-                    "pointer": "/limit",
+                    "pointer": "/query/limit",  # as FastAPI's own query errors
                     "message": f"must be at most {cap}",
                     "type": "less_than_equal",
                 }

@@ -323,3 +323,10 @@ def test_text_postgresql_cannot_store_is_refused_as_a_client_error(postgres_engi
         assert refused_value(caught.value) == (
             "Text in the request holds characters the service cannot store."
         ), caught.value
+
+
+def test_both_bounds_of_a_page_point_at_the_same_query_parameter(client: ApiClient) -> None:
+    for limit in (0, 100_000):
+        problem = assert_problem(client.get("/api/v1/comparisons", params={"limit": limit}), 422)
+        assert problem["errors"][0]["pointer"] == "/query/limit", problem
+        assert problem["detail"].startswith("/query/limit: ")
