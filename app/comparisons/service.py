@@ -341,7 +341,8 @@ def delete_pair(
     result = session.execute(delete(Comparison).where(Comparison.id.in_(ids)))  # type: ignore[union-attr]
     deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if deleted == 0:
-        raise NotFound(f"No comparison of {video_a} and {video_b} by {user_id}.")
+        on = "" if criterion is None else f" on criterion {criterion!r}"
+        raise NotFound(f"No comparison of {video_a} and {video_b} by {user_id}{on}.")
     comparisons_changed(
         session, criteria=None if criterion is None else [criterion], changed=deleted
     )

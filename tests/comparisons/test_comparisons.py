@@ -92,6 +92,14 @@ def test_delete_one_criterion_keeps_the_others(client: ApiClient) -> None:
     assert response.status_code == 204
     remaining = client.get("/api/v1/comparisons/alice/yt:aaa/yt:bbb").json()["criteria_scores"]
     assert [r["criterion"] for r in remaining] == ["largely_recommended"]
+    # The pair exists, but not on that criterion: the 404 says which.
+    for criterion in ("importance", "nope"):
+        missing = client.delete(
+            "/api/v1/comparisons/alice/yt:aaa/yt:bbb",
+            params={"criterion": criterion},
+            headers=auth,
+        )
+        assert f"on criterion '{criterion}'" in assert_problem(missing, 404)["detail"]
 
 
 def test_list_filters_and_stable_paging(client: ApiClient) -> None:
