@@ -250,7 +250,10 @@ def compare(session: Session, sweep_id: int, trial_ids: list[int]) -> dict[str, 
     found = {row.id for row in rows}
     missing = [trial_id for trial_id in trial_ids if trial_id not in found]
     if missing:
-        raise NotFound(f"Trial(s) {', '.join(map(str, missing))} not in sweep {sweep_id}.")
+        shown = ", ".join(map(str, missing[:10])) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
+        raise NotFound(f"Trial(s) {shown} not in sweep {sweep_id}.")
     by_id = {row.id: row for row in rows}
     return {
         "trials": trial_ids,

@@ -506,6 +506,10 @@ def test_results_of_a_finished_sweep(done: tuple[Live, int]) -> None:
     }
     assert set(compared["metrics"]) == {str(trial_id) for trial_id in pair}
     assert_problem(client.get(f"{base}/compare", params={"trials": f"{pair[0]},999999"}), 404)
+    # Many unknown trials: the 404 names the first ten and counts the rest.
+    unknown = ",".join(str(900_000 + i) for i in range(30))
+    many = assert_problem(client.get(f"{base}/compare", params={"trials": unknown}), 404)
+    assert many["detail"].endswith("900009 and 20 more not in sweep " + f"{finished}.")
 
     # The CSV has a row per trial with parameter and metric columns.
     exported = client.get(f"{base}/trials.csv")
