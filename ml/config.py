@@ -6,10 +6,17 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ml import bounded_yaml
 
@@ -115,6 +122,21 @@ class LicchaviConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     compute_uncertainty: bool = True
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_and_numbers_apart(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic's lax mode reads `true` as 1.0 and "yes" or 1 as true: in a JSON request or
+        # a file those are mistakes, not settings. Numbers written as text still pass (YAML 1.1
+        # reads 1e-3 as a string).
+        kinds = set(get_args(cls.model_fields[str(info.field_name)].annotation)) or {
+            cls.model_fields[str(info.field_name)].annotation
+        }
+        if isinstance(value, bool) and kinds & {int, float}:
+            raise ValueError("a boolean is not a number")
+        if bool in kinds and value is not None and not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
 
 
 def personalises(config: LicchaviConfig) -> bool:

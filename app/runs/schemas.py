@@ -15,7 +15,8 @@ RunTrigger = Literal["manual", "auto", "sweep"]
 class RunCreate(BaseModel):
     """Start training: every criterion with comparisons unless `criteria` names some."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a JSON body says what it means ("yes" is not true, "4" is not a number).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     criteria: list[CriterionName] | None = Field(default=None, min_length=1, max_length=64)
     config: JsonSettings = Field(

@@ -52,8 +52,9 @@ class SweepPublic(BaseModel):
 class SweepBudgetUpdate(BaseModel):
     """Change the budget of a live sweep (a completed one with room left runs on)."""
 
-    # The spec's bounds: a budget changed later is held to what a submission may ask.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # The spec's bounds: a budget changed later is held to what a submission may ask. Strict:
+    # a JSON body says what it means ("4" is not a number).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     max_trials: int | None = Field(default=None, ge=1, le=MAX_GRID_TRIALS)
     max_parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)

@@ -206,6 +206,21 @@ CASES: dict[str, tuple[str, str, dict[str, Any], tuple[int, ...]]] = {
     "offset beyond bigint": ("GET", "/comparisons?offset=99999999999999999999", {}, (422,)),
     "limit over the cap": ("GET", "/comparisons?limit=100000", {}, (422,)),
     "same video twice": ("POST", "/comparisons", _json(payload(a="yt:x", b="yt:x")), (422,)),
+    # Lax coercions: a JSON body says what it means.
+    "run setting true for a number": (
+        "POST",
+        "/training-runs",
+        _json({"config": {"w": True}}),
+        (422,),
+    ),
+    "run setting 1 for a boolean": (
+        "POST",
+        "/training-runs",
+        _json({"config": {"optimise_s": 1}}),
+        (422,),
+    ),
+    "run warm_start as text": ("POST", "/training-runs", _json({"warm_start": "yes"}), (422,)),
+    "sweep budget as text": ("PATCH", "/sweeps/1", _json({"max_parallel": "4"}), (422,)),
 }
 
 
