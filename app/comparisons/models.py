@@ -33,7 +33,13 @@ class Comparison(SQLModel, table=True):
         ),
     )
 
-    id: int | None = Field(default=None, primary_key=True)
+    # 64-bit on PostgreSQL: every attempted upsert draws a value from the sequence (an unchanged
+    # row of a re-import too), so a long-lived deployment could run through 2³¹. (SQLite's
+    # INTEGER PRIMARY KEY is the 64-bit rowid already, and only it autoincrements.)
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    )
     user_id: int
     video_a_id: int = Field(index=True)
     video_b_id: int = Field(index=True)
