@@ -31,6 +31,9 @@ NO_WAIT = "licchavi_no_wait"
 # tcp_user_timeout while what we sent goes unacknowledged. A worker stuck waiting would otherwise
 # never learn that its run was taken over.
 POSTGRES_CONNECTION = {
+    # A host that accepts the connection but never answers (a hung server, a half-open proxy)
+    # fails it after this many seconds instead of holding the caller for ever.
+    "connect_timeout": 10,
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 2,

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, OperationalError, StatementError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -175,6 +175,22 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DataError, _out_of_range)
 
     async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+        if database_out_of_reach(exc):
+            # Down, restarting, cut off, or the transaction broken by the server (a deadlock,
+            # a cancelled statement): rolled back, so the request can be sent again as it was.
+            logger.warning(
+                "database unavailable on %s %s: %s",
+                request.method,
+                request.url.path,
+                public_error(exc),
+            )
+            return problem_response(
+                request,
+                status=503,
+                slug="service-unavailable",
+                detail="The database is unavailable; nothing was changed. Retry shortly.",
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+            )
         if not database_busy(exc):
             return await _unexpected(request, exc)
         # SQLite's bounded wait for another process's write ran out; the transaction was rolled
@@ -188,6 +204,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(OperationalError, _database_busy)
+    # A pooled connection the server dropped fails as an InterfaceError ("connection closed").
+    app.add_exception_handler(InterfaceError, _database_busy)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -200,6 +218,27 @@ def install_error_handlers(app: FastAPI) -> None:
 # SQLite's SQLITE_BUSY and SQLITE_LOCKED, the primary codes of "database is locked" errors.
 _SQLITE_BUSY_CODES = frozenset({5, 6})
 BUSY_RETRY_AFTER_SECONDS = 1
+
+
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+
+
+def database_out_of_reach(exc: BaseException) -> bool:
+    """True when PostgreSQL could not be reached or could not serve the transaction (the driver's
+    OperationalError: connection refused or lost, server shutting down, deadlock, cancelled), or
+    when a pooled connection turned out to be dead. SQLite's operational errors are the file's
+    (a missing table is a fault, not an outage) and stay apart."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(getattr(exc, "orig", None), _driver_operational_errors())
+
+
+def _driver_operational_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:  # an installation on SQLite alone
+        return ()
+    return (psycopg.OperationalError,)
 
 
 def database_busy(exc: BaseException) -> bool:

@@ -1,8 +1,11 @@
 """Liveness (`/healthz`, no I/O) and readiness (`/readyz`: database and broker reachable; whether
 sweeps can run)."""
 
+from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -20,11 +23,21 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+async def _within(seconds: float, name: str, check: Callable[[], str | None]) -> str | None:
+    """`check`'s answer, or a timeout after `seconds`: a server that accepts connections but
+    never answers must not hang the probe (its thread is left to the connection's own timeout)."""
+    try:
+        with anyio.fail_after(seconds):
+            return await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+    except TimeoutError:
+        return f"{name}: no answer within {seconds:g} s"
+
+
 @router.get("/readyz", response_model=None, responses=problems(503))
 async def readyz(request: Request) -> Any:
     settings = get_settings()
     checks = {
-        "database": await run_in_threadpool(check_database),
+        "database": await _within(settings.readiness_timeout_seconds, "database", check_database),
         "broker": await run_in_threadpool(check_broker, settings),
     }
     summary = {name: "error" if problem else "ok" for name, problem in checks.items()}
