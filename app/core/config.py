@@ -15,6 +15,19 @@ PLACEHOLDER_SECRET = "changethis"
 SCORE_MAX_LIMIT = 1000.0
 
 
+def _is_origin(value: str) -> bool:
+    """Scheme, host and an optional port within 1–65535, nothing else."""
+    from urllib.parse import urlsplit
+
+    if not re.fullmatch(r"https?://[^/\s]+", value):
+        return False
+    try:
+        port = urlsplit(value).port
+    except ValueError:  # not a number, or out of range
+        return False
+    return port is None or port > 0
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Unset database and broker URLs mean the embedded default."""
 
@@ -73,7 +86,9 @@ class Settings(BaseSettings):
     )
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Least severe level logged (any case)."
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="`json`: one JSON object per log line, with the request id of the work.",
@@ -251,6 +266,60 @@ class Settings(BaseSettings):
         ),
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        # Refused here, at start-up, rather than by the first request (a 500) or a command's
+        # "is it migrated?" hint. The message names the scheme only: the URL may hold a password.
+        if value is None:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            backend = make_url(value).get_backend_name()
+        except ArgumentError:
+            raise ValueError("not a SQLAlchemy URL like postgresql+psycopg://host/db") from None
+        if backend not in ("postgresql", "sqlite"):
+            raise ValueError(f"PostgreSQL or SQLite only, not {backend!r}")
+        return value
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://.*", value):
+            raise ValueError("not a broker URL like redis://host:6379/0")
+        return value
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _limits_storage(cls, value: str | None) -> str | None:
+        from limits.storage import SCHEMES
+
+        scheme = (value or "").split("://", 1)[0]
+        if value is not None and ("://" not in value or scheme not in SCHEMES):
+            raise ValueError(f"not a `limits` storage URI like redis://host:6379/1: {scheme!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _renewals_within_their_leases(self) -> "Settings":
+        # A lease renewed less often than it lasts expires between renewals: every run or
+        # evaluation would be taken over while its worker is alive. Celery's soft limit must
+        # come first, or the hard kill leaves no time to hand a run off.
+        for every, lease in (
+            ("run_progress_interval_seconds", "run_lease_seconds"),
+            ("sweep_heartbeat_seconds", "sweep_lease_seconds"),
+            ("task_soft_time_limit_seconds", "task_time_limit_seconds"),
+        ):
+            if getattr(self, every) >= getattr(self, lease):
+                raise ValueError(f"{every.upper()} must be below {lease.upper()}")
+        return self
+
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -260,7 +329,7 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             # An origin is what a browser sends in `Origin`: scheme, host and port, no path; an
             # entry of another form would never match, silently.
-            bad = [o for o in value if o != "*" and not re.fullmatch(r"https?://[^/\s]+", o)]
+            bad = [o for o in value if o != "*" and not _is_origin(o)]
             if bad:
                 raise ValueError(f"not origins like https://app.example.org or *: {bad}")
         return value

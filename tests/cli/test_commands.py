@@ -234,11 +234,12 @@ def test_serve_on_a_taken_port_is_one_line_before_any_sign_in_link(tmp_path: Pat
         holder.listen()
         port = holder.getsockname()[1]
         result = licchavi(
-            "serve", "--demo", "--port", str(port), env={"DATA_DIR": str(tmp_path / "data")}
+            "serve", "--demo", "--port", str(port), env={"DATA_DIR": str(tmp_path / "served")}
         )
     assert result.returncode == 2
     assert one_line(result) == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
-    assert "signin" not in result.stdout and not (tmp_path / "data").exists()
+    # Nothing was set up: no data directory, no demo key, no sign-in link.
+    assert "signin" not in result.stdout and not (tmp_path / "served").exists()
 
 
 def test_import_refuses_a_directory_and_a_damaged_zip(tmp_path: Path) -> None:
