@@ -41,20 +41,30 @@ async def readyz(request: Request) -> Any:
         "broker": await run_in_threadpool(check_broker, settings),
     }
     summary = {name: "error" if problem else "ok" for name, problem in checks.items()}
-    problems = [problem for problem in checks.values() if problem]
     # Sweeps are optional: without their extra the service serves everything else, so it stays
     # ready, and says that sweeps are not available (a submission gets the same reason, 503).
     sweeps_problem = check_sweeps()
     summary["sweeps"] = "unavailable" if sweeps_problem else "ok"
-    if problems:
+    if checks["database"]:
         return problem_response(
             request,
             status=503,
             slug="not-ready",
-            detail="; ".join(problems),
+            detail="; ".join(problem for problem in checks.values() if problem),
             extra={"checks": summary},
         )
-    body: dict[str, Any] = {"status": "ready", "checks": summary}
-    if sweeps_problem:
-        body["unavailable"] = {"sweeps": sweeps_problem}
+    # Without the broker the API still serves every read and write, and the runs queued
+    # meanwhile start once it is back (run recovery re-sends their wake-ups): a load balancer
+    # must not take every API host out during a broker outage, so it is ready, degraded.
+    unavailable = {
+        name: problem
+        for name, problem in (("broker", checks["broker"]), ("sweeps", sweeps_problem))
+        if problem
+    }
+    body: dict[str, Any] = {
+        "status": "degraded" if checks["broker"] else "ready",
+        "checks": summary,
+    }
+    if unavailable:
+        body["unavailable"] = unavailable
     return JSONResponse(body)
