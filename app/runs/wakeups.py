@@ -32,6 +32,11 @@ GPU_QUEUE = "gpu"
 # A worker whose heartbeat is older than this many heartbeat intervals is taken as gone.
 LIVE_HEARTBEATS = 3
 _gpu_consumers: tuple[float, bool] = (-float("inf"), False)
+# After a wake-up could not be sent, the next ones are skipped for this long: reaching a broker
+# that is down takes seconds (the connection's retries), and every write sends a wake-up. Run
+# recovery re-sends what was skipped once the broker is back.
+BROKER_DOWN_BACKOFF_SECONDS = 5.0
+_broker_down_since: float | None = None
 Heartbeat = WorkerHeartbeat.__table__  # type: ignore[attr-defined]
 
 
@@ -79,6 +84,11 @@ def wake_workers(
     """
     from app.core.celery_app import celery_app  # the Celery app only; no task module, no torch
 
+    global _broker_down_since
+    down_since = _broker_down_since
+    if down_since is not None and time.monotonic() - down_since < BROKER_DOWN_BACKOFF_SECONDS:
+        logger.debug("wake-up for %s skipped: the broker was unreachable just now", reason)
+        return -1
     limit = max_pending or get_settings().wakeup_max_pending
     queues = [celery_app.conf.task_default_queue]
     if gpu_workers_alive():
@@ -102,15 +112,24 @@ def wake_workers(
                     )
                 sent += sending
     except Exception as exc:
-        logger.warning("wake-up for %s not sent (%s); run recovery will", reason, exc)
+        _broker_down_since = time.monotonic()
+        logger.warning(
+            "wake-up for %s not sent (%s); run recovery will, and wake-ups pause for %g s",
+            reason,
+            exc,
+            BROKER_DOWN_BACKOFF_SECONDS,
+        )
         return -1
+    _broker_down_since = None
     return sent
 
 
 def forget_gpu_workers() -> None:
-    """Read the heartbeats again at the next wake-up (settings or workers changed)."""
-    global _gpu_consumers
+    """Read the heartbeats again at the next wake-up, and try the broker again at once
+    (settings or workers changed)."""
+    global _gpu_consumers, _broker_down_since
     _gpu_consumers = (-float("inf"), False)
+    _broker_down_since = None
 
 
 def gpu_workers_alive() -> bool:

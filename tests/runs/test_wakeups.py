@@ -1,6 +1,7 @@
 """Coalesced wake-ups: a bounded number wait in the broker (Redis and the embedded SQLite
 transport), and a woken worker finds exactly the runs a claim would take."""
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -63,10 +64,26 @@ def test_a_transaction_sends_one_wake_up_however_many_runs_it_queued(
     assert waiting_messages() == 1
 
 
-def test_a_broker_down_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broker_down_is_reported_not_raised_and_not_tried_on_every_write(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reaching a broker that is down takes seconds, and every write sends a wake-up: after a
+    failure the next wake-ups are skipped for a while (run recovery re-sends them)."""
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:9/0")  # nothing listens there
     reset_caches()
-    assert wake_workers() == -1
+    caplog.set_level(logging.DEBUG, logger="app.runs.wakeups")
+    assert wake_workers(reason="first") == -1
+    assert wake_workers(reason="second") == -1
+    messages = [
+        (r.levelno, r.getMessage()) for r in caplog.records if r.message.startswith("wake-up for")
+    ]
+    assert [level for level, _ in messages] == [logging.WARNING, logging.DEBUG]
+    assert "wake-up for first not sent" in messages[0][1]
+    assert "wake-up for second skipped" in messages[1][1]
+    reset_caches()  # settings changed: the broker is tried again at once
+    caplog.clear()
+    assert wake_workers(reason="third") == -1
+    assert "wake-up for third not sent" in caplog.records[-1].getMessage()
 
 
 def new_run(*, trigger: str = "manual", **values: object) -> int:
