@@ -385,9 +385,18 @@ def worker_command_cli(
     if unknown or not named:
         given = f"unknown queue(s) {', '.join(unknown)}" if unknown else "no queue given"
         raise fail(f"{given}; known: {', '.join(WORKER_QUEUES)}")
+    if pool not in WORKER_POOLS:
+        raise fail(f"unknown pool {pool!r}; known: {', '.join(WORKER_POOLS)}")
+    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    if loglevel is not None and loglevel.strip().upper() not in levels:
+        raise fail(f"unknown log level {loglevel!r}; known: {', '.join(levels)}")
     queues = ",".join(named)
     command = worker_command(queues, concurrency, pool, loglevel or get_settings().log_level)
     os.execv(command[0], command)
+
+
+# Celery's pools a worker of this service may run (prefork by default; solo for one GPU).
+WORKER_POOLS = ("prefork", "solo", "threads")
 
 
 @cli.command("serve")

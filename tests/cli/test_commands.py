@@ -226,6 +226,12 @@ def test_bad_service_arguments_are_refused(tmp_path: Path) -> None:
     ]:
         result = licchavi("worker", "--queues", queues)
         assert result.returncode == 2 and one_line(result) == message
+    for args, message in [
+        (("--pool", "bogus"), "error: unknown pool 'bogus'; known: prefork, solo, threads"),
+        (("--loglevel", "loud"), "error: unknown log level 'loud'; known: DEBUG, INFO, WARNING"),
+    ]:
+        result = licchavi("worker", *args)
+        assert result.returncode == 2 and one_line(result).startswith(message)
 
 
 def test_serve_on_a_taken_port_is_one_line_before_any_sign_in_link(tmp_path: Path) -> None:
