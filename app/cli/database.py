@@ -3,6 +3,8 @@ database error told in one line."""
 
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from app.core.config import get_settings
 
 
@@ -21,6 +23,10 @@ class DataDirError(Exception):
     """The embedded default's data directory cannot be made (DATA_DIR under a file, say)."""
 
 
+# What a command that opens the database answers with `database_error_message`, in one line.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, DataDirError)
+
+
 def prepare_database() -> None:
     """The embedded default sets itself up (data directory, schema) as `serve` does; a server
     database is migrated by its operator (`licchavi db upgrade`)."""
@@ -37,11 +43,10 @@ def prepare_database() -> None:
 
 def database_error_message(exc: Exception) -> str:
     """A database error in one line (the statement stays out of it), with the likely cause."""
-    from app.core.db import database_unavailable
-    from app.core.errors import public_error
+    from app.core.errors import database_unavailable, public_error
 
     if isinstance(exc, DataDirError):
         return str(exc)
-    if database_unavailable(exc) and "no such table" not in str(exc):
+    if database_unavailable(exc):
         return f"database unavailable: {public_error(exc)}"
     return f"database error: {public_error(exc)} (is it migrated? `licchavi db upgrade`)"

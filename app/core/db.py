@@ -15,12 +15,11 @@ from fastapi import Depends, Request
 from sqlalchemy import DateTime, event
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, create_engine
 from starlette.concurrency import run_in_threadpool
 
 from app.core.config import Settings, get_settings
-from app.core.errors import public_error
+from app.core.errors import database_unavailable, public_error
 
 # An execution option: the transactions of a connection carrying it only read (see `read_only`).
 READ_ONLY = "licchavi_read_only"
@@ -277,15 +276,6 @@ def without_waiting(engine: Engine) -> Engine:
 def is_read_only(session: Session) -> bool:
     """Whether the session is bound to a `read_only` engine."""
     return bool(session.get_bind().get_execution_options().get(READ_ONLY))
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` says the database could not be reached or could not serve (down,
-    restarting, cut off, its connection dropped, SQLite locked), rather than that a statement
-    was wrong: the kind of failure a later retry overcomes."""
-    return isinstance(exc, OperationalError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
 
 
 def log_background_failure(

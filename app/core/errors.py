@@ -174,7 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OverflowError, _out_of_range)
     app.add_exception_handler(DataError, _out_of_range)
 
-    async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         if database_out_of_reach(exc):
             # Down, restarting, cut off, or the transaction broken by the server (a deadlock,
             # a cancelled statement): rolled back, so the request can be sent again as it was.
@@ -184,28 +184,26 @@ def install_error_handlers(app: FastAPI) -> None:
                 request.url.path,
                 public_error(exc),
             )
-            return problem_response(
-                request,
-                status=503,
-                slug="service-unavailable",
-                detail="The database is unavailable; nothing was changed. Retry shortly.",
-                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
-            )
-        if not database_busy(exc):
+            detail = "The database is unavailable; nothing was changed. Retry shortly."
+            retry_after = UNAVAILABLE_RETRY_AFTER_SECONDS
+        elif database_busy(exc):
+            # SQLite's bounded wait for another process's write ran out; the transaction was
+            # rolled back, so the request can be sent again as it was.
+            detail = "The database is busy with other writes; nothing was changed. Retry shortly."
+            retry_after = BUSY_RETRY_AFTER_SECONDS
+        else:
             return await _unexpected(request, exc)
-        # SQLite's bounded wait for another process's write ran out; the transaction was rolled
-        # back, so the request can be sent again as it was.
         return problem_response(
             request,
             status=503,
             slug="service-unavailable",
-            detail="The database is busy with other writes; nothing was changed. Retry shortly.",
-            headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+            detail=detail,
+            headers={"Retry-After": str(retry_after)},
         )
 
-    app.add_exception_handler(OperationalError, _database_busy)
+    app.add_exception_handler(OperationalError, _database_unavailable)
     # A pooled connection the server dropped fails as an InterfaceError ("connection closed").
-    app.add_exception_handler(InterfaceError, _database_busy)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -239,6 +237,13 @@ def _driver_operational_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # an installation on SQLite alone
         return ()
     return (psycopg.OperationalError,)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether a retry may overcome `exc`: PostgreSQL out of reach (`database_out_of_reach`) or
+    SQLite busy with another writer (`database_busy`), rather than a statement at fault (a
+    missing table, a constraint)."""
+    return database_out_of_reach(exc) or database_busy(exc)
 
 
 def database_busy(exc: BaseException) -> bool:

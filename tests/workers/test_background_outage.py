@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from app.core.db import background_engine, database_unavailable, log_background_failure
+from app.core.db import background_engine, log_background_failure
+from app.core.errors import database_unavailable
 from tests.conftest import reset_caches
 from workers.tasks.maintenance import RunRecoveryLoop
 from workers.tasks.sweeps import SchedulerThread
