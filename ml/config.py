@@ -129,9 +129,8 @@ class LicchaviConfig(BaseModel):
         # Pydantic's lax mode reads `true` as 1.0 and "yes" or 1 as true: in a JSON request or
         # a file those are mistakes, not settings. Numbers written as text still pass (YAML 1.1
         # reads 1e-3 as a string).
-        kinds = set(get_args(cls.model_fields[str(info.field_name)].annotation)) or {
-            cls.model_fields[str(info.field_name)].annotation
-        }
+        annotation = cls.model_fields[str(info.field_name)].annotation
+        kinds = set(get_args(annotation)) or {annotation}  # `int | None` or plain `int`
         if isinstance(value, bool) and kinds & {int, float}:
             raise ValueError("a boolean is not a number")
         if bool in kinds and value is not None and not isinstance(value, bool):

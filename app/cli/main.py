@@ -6,14 +6,19 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
 
-from app.cli.database import DataDirError, database_error_message, migrate, prepare_database
+from app.cli.database import (
+    DATABASE_ERRORS,
+    database_error_message,
+    migrate,
+    prepare_database,
+)
 from app.cli.sweeps import sweep_cli
-from app.core.config import get_settings
+from app.core.config import LogLevel, get_settings
 
 cli = typer.Typer(
     name="licchavi",
@@ -96,7 +101,6 @@ def api_key_create(
 ) -> None:
     """Create an API key and print it once (only its hash is stored)."""
     from pydantic import TypeAdapter, ValidationError
-    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.api.schemas import UserId
@@ -118,7 +122,7 @@ def api_key_create(
         raise fail(f"invalid user id {user!r}: {exc.errors()[0]['msg']}") from exc
     except (UnknownScope, ValueError) as exc:
         raise fail(str(exc)) from exc
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     typer.echo(key)
 
@@ -126,7 +130,6 @@ def api_key_create(
 @api_key_cli.command("list")
 def api_key_list() -> None:
     """List keys: prefix, name, scopes, user, created, last used, expiry, status."""
-    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
@@ -153,7 +156,7 @@ def api_key_list() -> None:
                 )
                 for row in rows
             ]
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     print_columns(lines)
 
@@ -163,7 +166,6 @@ def api_key_revoke(
     key_or_prefix: Annotated[str, typer.Argument(help="The key itself or its prefix.")],
 ) -> None:
     """Revoke a key: every API process refuses it within seconds."""
-    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
@@ -177,7 +179,7 @@ def api_key_revoke(
             session.commit()
     except UnknownKey as exc:
         raise fail(str(exc), code=1) from exc
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     out.print(f"revoked {shown}", highlight=False)
 
@@ -207,7 +209,6 @@ def users_trust(
 ) -> None:
     """Mark users trusted (a user no comparison named yet is created): full voting rights from
     the next training run."""
-    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
@@ -220,7 +221,7 @@ def users_trust(
             for user_id in wanted:
                 set_trusted(session, user_id, True)
             session.commit()
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     out.print(f"trusted {', '.join(wanted)}", highlight=False)
 
@@ -230,7 +231,6 @@ def users_untrust(
     user_ids: Annotated[list[str], typer.Argument(help="User id(s); comma-separate or repeat.")],
 ) -> None:
     """Remove the trust mark; exit 1 (and change nothing) if a user is unknown."""
-    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
@@ -245,7 +245,7 @@ def users_untrust(
             session.commit()
     except UnknownUser as exc:
         raise fail(str(exc), code=1) from exc
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     out.print(f"untrusted {', '.join(wanted)}", highlight=False)
 
@@ -258,7 +258,6 @@ def users_list(
     ] = None,
 ) -> None:
     """List users: id, trusted, when the mark changed (one per line, plain aligned columns)."""
-    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
     from app.core.db import get_engine
@@ -278,7 +277,7 @@ def users_list(
                         "-" if changed is None else f"{changed:%Y-%m-%dT%H:%MZ}",
                     )
                 )
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     print_columns(lines)
 
@@ -306,7 +305,7 @@ def import_command(
         raise fail(str(exc)) from exc
     try:
         prepare_database()
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     with Progress(
         "[progress.description]{task.description}",
@@ -351,7 +350,6 @@ def import_command(
 @cli.command("export")
 def export_command(directory: Annotated[Path, typer.Argument(help="Output directory.")]) -> None:
     """Write every comparison as comparisons.csv in the public-dataset format."""
-    from sqlalchemy.exc import SQLAlchemyError
 
     from app.comparisons.transfer import export_comparisons
     from app.core.db import get_engine
@@ -361,7 +359,7 @@ def export_command(directory: Annotated[Path, typer.Argument(help="Output direct
         count = export_comparisons(get_engine(), directory)
     except OSError as exc:
         raise fail(f"{directory}: {exc.strerror or exc}") from exc
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     out.print(f"exported {count} comparisons to {directory / 'comparisons.csv'}")
 
@@ -387,7 +385,7 @@ def worker_command_cli(
         raise fail(f"{given}; known: {', '.join(WORKER_QUEUES)}")
     if pool not in WORKER_POOLS:
         raise fail(f"unknown pool {pool!r}; known: {', '.join(WORKER_POOLS)}")
-    levels = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+    levels = get_args(LogLevel)
     if loglevel is not None and loglevel.strip().upper() not in levels:
         raise fail(f"unknown log level {loglevel!r}; known: {', '.join(levels)}")
     queues = ",".join(named)
@@ -414,7 +412,6 @@ def serve(
 ) -> None:
     """Serve the HTTP API; on the embedded default also migrate and supervise a Celery worker."""
     import uvicorn
-    from sqlalchemy.exc import SQLAlchemyError
 
     from app.cli.supervisor import WorkerSupervisor, worker_command
     from app.core.logs import configure_logging, logging_config
@@ -431,7 +428,7 @@ def serve(
         signin = _demo_signin() if demo else None
         if demo:
             _load_demo()
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise database_failure(exc) from exc
     run_worker = settings.is_embedded if worker is None else worker
     supervisor = (

@@ -32,10 +32,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 @contextmanager
 def _session() -> Iterator[Any]:
     """A session on the configured database; service errors become one-line CLI errors."""
-    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import Session
 
-    from app.cli.database import DataDirError, database_error_message, prepare_database
+    from app.cli.database import DATABASE_ERRORS, database_error_message, prepare_database
     from app.core.db import get_engine
     from app.core.errors import ServiceError
 
@@ -46,7 +45,7 @@ def _session() -> Iterator[Any]:
             session.commit()
     except ServiceError as exc:
         raise fail(exc.detail) from exc
-    except (SQLAlchemyError, DataDirError) as exc:
+    except DATABASE_ERRORS as exc:
         raise fail(database_error_message(exc)) from exc
 
 
@@ -66,10 +65,11 @@ def submit(
     """Submit a sweep; a worker's scheduler freezes its data and runs it."""
     from app.sweeps import control
     from app.sweeps.study import missing_extra
-    from ml.sweep.spec import SpecError, load_spec
+    from ml.sweep.spec import SpecError, parse_spec, read_spec_file
 
     try:
-        load_spec(spec_file)  # the file's own faults first, before the database is asked
+        content = read_spec_file(spec_file)
+        parse_spec(content)  # the file's own faults first, before the database is asked
     except SpecError as exc:
         raise fail(str(exc)) from exc
     missing = missing_extra()
@@ -77,7 +77,7 @@ def submit(
         raise fail(missing)
     # Its base laid over the production settings, as the API does.
     try:
-        spec = load_spec(spec_file, _run(control.production_settings))
+        spec = parse_spec(content, _run(control.production_settings))
     except SpecError as exc:
         raise fail(str(exc)) from exc
     if dry_run:

@@ -15,6 +15,9 @@ PLACEHOLDER_SECRET = "changethis"
 SCORE_MAX_LIMIT = 1000.0
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
 def _is_origin(value: str) -> bool:
     """Scheme, host and an optional port within 1–65535, nothing else."""
     from urllib.parse import urlsplit
@@ -86,9 +89,7 @@ class Settings(BaseSettings):
     )
     task_soft_time_limit_seconds: int = Field(default=6 * 3600, ge=1)
     task_time_limit_seconds: int = Field(default=6 * 3600 + 300, ge=1)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        default="INFO", description="Least severe level logged (any case)."
-    )
+    log_level: LogLevel = Field(default="INFO", description="Least severe level logged (any case).")
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="`json`: one JSON object per log line, with the request id of the work.",

@@ -533,6 +533,11 @@ def parse_spec(content: dict[str, Any], defaults: dict[str, Any] | None = None) 
 
 def load_spec(path: str | Path, defaults: dict[str, Any] | None = None) -> SweepSpec:
     """Read a YAML or JSON spec file (its `base` over `defaults`)."""
+    return parse_spec(read_spec_file(path), defaults)
+
+
+def read_spec_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML or JSON spec file holds, not yet validated; SpecError in one line."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -546,7 +551,7 @@ def load_spec(path: str | Path, defaults: dict[str, Any] | None = None) -> Sweep
         raise SpecError(f"{path}: cannot parse ({error})") from error
     if not isinstance(content, dict):
         raise SpecError(f"{path}: expected a mapping")
-    return parse_spec(content, defaults)
+    return content
 
 
 def read_document(text: str | bytes, kind: Literal["json", "yaml"]) -> Any:
